@@ -1,0 +1,3 @@
+from dj_orchestrate.cli import main
+
+main()

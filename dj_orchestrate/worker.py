@@ -1,0 +1,296 @@
+"""The one entry point every backend launches (``dj-orchestrate work``).
+
+A worker claims keys in batches, makes each with DataJoint's own ``_populate1`` (one
+transaction per key, the three-part make, part tables, job metadata), and reports
+back through the jobs table:
+
+* batches adapt to the time a key takes (about ``batch_seconds`` of work per claim),
+  so fast keys cost one claim per many keys and slow keys are never hoarded;
+* completions are flushed in batches; a crash before the flush costs nothing, since
+  a re-claimed key that is already in the table is only marked done, never re-made;
+* SIGTERM/SIGINT/SIGUSR1/SIGUSR2: stop claiming, let the key in flight finish for up
+  to ``grace`` seconds (else roll it back), release every unstarted claim, exit. A key
+  rolled back because the scheduler stopped the worker (TERM, USR1, USR2: preemption,
+  time limit) is charged an attempt, so a key that never fits its time limit ends as
+  ``error``; one rolled back for Ctrl-C (INT) is not;
+* a lost database connection: reconnect with backoff, release the old connection's
+  claims (the key in flight is charged an attempt), carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import ledger
+from .db import is_lost as _is_lost, reconnect
+from .jobs import Claim, JobTable, Owner, Policy
+from .pipeline import TableInfo
+
+log = logging.getLogger("dj_orchestrate")
+
+EMPTY_CLAIM_RETRIES = 50  # empty claims in a row while keys are due, before a worker gives up
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+_DATABASE_CALLS = ("pymysql", "psycopg2", "datajoint.connection", "datajoint.adapters")  # not to be interrupted
+
+
+class WorkerInterrupted(SystemExit):
+    """Raised into ``make`` when the grace period after a stop signal ends. A SystemExit,
+    so that DataJoint's ``_populate1`` rolls the transaction back before it propagates."""
+
+
+@dataclass
+class Settings:
+    """How one worker behaves; the CLI exposes each field as a flag."""
+
+    max_batch: int = 50
+    # Work one claim takes. It bounds the tail: when the queue runs dry, a worker may still
+    # hold this much unstarted work while the others idle (2.0 left 8 workers on 20 ms keys
+    # finishing 1.3 s apart, 0.5 leaves 0.3 s). Keys faster than batch_seconds / max_batch
+    # (10 ms) are claimed max_batch at a time either way; slower keys now cost at most two
+    # claims a second per worker (one claim is a few ms of database time).
+    batch_seconds: float = 0.5
+    flush_seconds: float = 1.0
+    grace: float = 5.0
+    policy: Policy = field(default_factory=Policy)
+    reconnect_seconds: float = 60.0
+    backend_job_id: str = ""
+    log_path: str = ""
+    make_kwargs: dict | None = None
+
+
+@dataclass
+class Tally:
+    done: int = 0
+    failed: int = 0
+    stop_signal: int | None = None
+
+
+class _JobsHandle:
+    """What DataJoint's ``_populate1`` calls ``jobs``: the key is already claimed, so
+    ``reserve`` says yes; ``complete`` is buffered; ``error`` is owner-checked, counts
+    the attempt, and is not an error at all when the worker was told to stop."""
+
+    def __init__(self, worker: "Worker", jt: JobTable, claim: Claim) -> None:
+        self.worker, self.jt, self.claim = worker, jt, claim
+        self.outcome = "done"
+
+    def reserve(self, key: dict) -> bool:
+        return True
+
+    def complete(self, key: dict, duration: float | None = None) -> None:
+        self.worker._completed.append(self.claim)
+
+    def error(self, key: dict, error_message: str, error_stack: str | None = None) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, WorkerInterrupted):
+            self.outcome = "interrupted"
+        elif _is_lost(exc, self.jt.conn):
+            self.outcome = "lost"
+        else:
+            self.outcome = self.jt.fail(self.worker.owner, self.claim, error_message, error_stack, self.worker.settings.policy)
+
+
+class Worker:
+    """Claims and makes keys of the given tables, one table after the other."""
+
+    def __init__(self, tables: list[TableInfo], settings: Settings, shard: tuple | None = None,
+                 run_id: str | None = None, shard_index: int | None = None) -> None:
+        self.tables = tables
+        self.settings = settings
+        self.shard = shard
+        self.run_id = run_id
+        self.shard_index = shard_index
+        self.conn = tables[0].cls.connection
+        self.conn._config["database.reconnect"] = False  # a lost connection must be seen, not hidden
+        self.owner = self._new_owner()
+        self.stopping = False
+        self.stop_signal: int | None = None
+        self.in_flight: Claim | None = None
+        self._completed: list[Claim] = []
+        self._last_flush = time.monotonic()
+        self._seconds_per_key = 0.0
+
+    def _new_owner(self) -> Owner:
+        return Owner.of(self.conn, self.settings.backend_job_id, self.settings.log_path)
+
+    # ------------------------------------------------------------------ signals
+    def _install_signals(self) -> dict:
+        previous = {s: signal.signal(s, self._on_stop) for s in STOP_SIGNALS}
+        previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_grace_over)
+        return previous
+
+    def _on_stop(self, signum: int, frame: Any) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_signal = signum
+        log.warning("signal %d: stopping after the key in flight (grace %.0fs)", signum, self.settings.grace)
+        if self.in_flight is not None:
+            if self.settings.grace > 0:
+                signal.setitimer(signal.ITIMER_REAL, self.settings.grace)
+            else:
+                self._interrupt(f"signal {signum}", frame)
+
+    def _on_grace_over(self, signum: int, frame: Any) -> None:
+        if self.in_flight is not None:
+            self._interrupt("grace period over", frame)
+
+    def _interrupt(self, why: str, frame: Any) -> None:
+        """Roll the key in flight back by raising into its make, but never in the middle
+        of a database call (raised there, the exception tears the connection: pymysql is
+        left mid-packet, and the worker can no longer release its claims) nor outside
+        ``_populate1`` (the worker's own bookkeeping). Else try again in 20 ms."""
+        in_make = False
+        while frame is not None:
+            if frame.f_globals.get("__name__", "").startswith(_DATABASE_CALLS):
+                in_make = False
+                break
+            in_make = in_make or frame.f_code.co_name == "_populate1"
+            frame = frame.f_back
+        if in_make:
+            raise WorkerInterrupted(why)
+        signal.setitimer(signal.ITIMER_REAL, 0.02)
+
+    # --------------------------------------------------------------------- run
+    def run(self) -> Tally:
+        tally = Tally()
+        previous = self._install_signals()
+        self._record(state="running", started=ledger.now())
+        try:
+            for info in self.tables:
+                jt = JobTable(info.instance())
+                jt.ensure()
+                empty = 0
+                while not self.stopping:
+                    batch = self._claim(jt)
+                    if not batch:
+                        empty += 1
+                        if empty <= EMPTY_CLAIM_RETRIES and self._still_due(jt, empty):
+                            continue
+                        break
+                    empty = 0
+                    self._make_batch(info, jt, batch, tally)
+                self._flush(jt, force=True)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        tally.stop_signal = self.stop_signal
+        self._record(state="interrupted" if self.stopping else "done", ended=ledger.now(),
+                     keys_done=tally.done, keys_failed=tally.failed)
+        return tally
+
+    def _still_due(self, jt: JobTable, empty: int) -> bool:
+        """After an empty claim: are keys of this worker still pending and due? (A claim
+        can skip keys another claim is scanning past: see ``JobTable.ready``.) If so,
+        wait a moment, growing, and claim again."""
+        try:
+            due = jt.ready(self.shard)
+        except Exception as err:
+            if not _is_lost(err, self.conn):
+                raise
+            return True  # the next claim reconnects
+        if due and not self.stopping:
+            time.sleep(min(0.5, 0.005 * 2 ** empty))
+        return bool(due)
+
+    def _batch_size(self) -> int:
+        if self._seconds_per_key <= 0:
+            return 1
+        return max(1, min(self.settings.max_batch, int(self.settings.batch_seconds / self._seconds_per_key)))
+
+    def _claim(self, jt: JobTable) -> list[Claim]:
+        while True:
+            try:
+                return jt.claim(self.owner, self._batch_size(), self.shard)
+            except Exception as err:
+                if not _is_lost(err, self.conn):
+                    raise
+                self._reconnect(jt, [])
+
+    def _make_batch(self, info: TableInfo, jt: JobTable, batch: list[Claim], tally: Tally) -> None:
+        table = jt.table
+        for i, claim in enumerate(batch):
+            if self.stopping:
+                self._safe(lambda: jt.release(self.owner, batch[i:]))
+                return
+            handle = _JobsHandle(self, jt, claim)
+            started = time.monotonic()
+            self.in_flight = claim
+            try:
+                table._populate1(claim.key, handle, suppress_errors=True, return_exception_objects=False,
+                                 make_kwargs=self.settings.make_kwargs)
+            except WorkerInterrupted:
+                handle.outcome = "interrupted"
+                self._close_transaction()
+            except Exception as err:  # outside make: the key-in-table check, a commit
+                if _is_lost(err, self.conn):
+                    handle.outcome = "lost"
+                else:
+                    self._close_transaction()
+                    handle.outcome = jt.fail(self.owner, claim, f"{type(err).__name__}: {err}",
+                                             traceback.format_exc(), self.settings.policy)
+            finally:
+                self.in_flight = None
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            if handle.outcome == "interrupted":
+                charge = claim if self.stop_signal not in (None, signal.SIGINT) else None
+                reason = f"was stopped by {signal.Signals(self.stop_signal or signal.SIGINT).name} (preemption or time limit)"
+                self._safe(lambda: jt.release(self.owner, batch[i:], charge=charge, reason=reason,
+                                              policy=self.settings.policy))
+                self.stopping = True
+                return
+            if handle.outcome == "lost":
+                self._reconnect(jt, batch[i:], charge=claim)
+                return
+            elapsed = time.monotonic() - started
+            self._seconds_per_key = elapsed if not self._seconds_per_key else 0.7 * self._seconds_per_key + 0.3 * elapsed
+            if handle.outcome == "done":
+                tally.done += 1
+            else:
+                tally.failed += handle.outcome == "error"
+            self._flush(jt)
+
+    def _close_transaction(self) -> None:
+        """An exception from ``_populate1`` outside make's try (an interrupt or an error in
+        DataJoint's key-in-table check, after it opened the key's transaction) leaves that
+        transaction open: what the worker writes next would be rolled back with it."""
+        if self.conn._in_transaction:
+            self._safe(self.conn.cancel_transaction)
+
+    def _flush(self, jt: JobTable, force: bool = False) -> None:
+        if self._completed and (force or time.monotonic() - self._last_flush >= self.settings.flush_seconds):
+            done, self._completed = self._completed, []
+            self._safe(lambda: jt.complete(self.owner, done))
+            self._last_flush = time.monotonic()
+
+    def _safe(self, action: Callable[[], Any]) -> None:
+        """Bookkeeping that may fail on a dying connection: reconcile covers what it misses."""
+        try:
+            action()
+        except Exception as err:
+            log.warning("could not update the jobs table (%s); `dj-orchestrate reconcile` will", err)
+
+    def _reconnect(self, jt: JobTable, unstarted: list[Claim], charge: Claim | None = None) -> None:
+        """New connection, new owner; the old owner's claims go back to pending."""
+        old = self.owner
+        self.owner = reconnect(self.conn, self.settings.reconnect_seconds, "worker", give_up=lambda: self.stopping,
+                               then=self._new_owner, hint="its keys are released by `dj-orchestrate reconcile`")
+        done, self._completed = self._completed, []
+        self._safe(lambda: jt.complete(old, done))
+        reason = "lost its database connection"
+        self._safe(lambda: jt.release(old, unstarted, charge=charge, reason=reason, policy=self.settings.policy))
+
+    def _record(self, **fields: Any) -> None:
+        if self.run_id is None or self.shard_index is None:
+            return
+        self._safe(lambda: ledger.record_shard(
+            self.run_id, ",".join(t.name for t in self.tables), self.shard_index,
+            host=self.owner.host, pid=self.owner.pid, backend_job_id=self.settings.backend_job_id,
+            log_path=self.settings.log_path, **fields))
