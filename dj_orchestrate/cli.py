@@ -1,0 +1,410 @@
+"""The ``dj-orchestrate`` command.
+
+Exit codes: 0 every attempted key succeeded; 1 some keys failed (they are recorded);
+2 bad input or configuration (one line saying what and how to fix it; nothing written).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from . import db
+
+db.quiet_datajoint()  # before DataJoint is imported: its config warnings are not ours to show
+
+from . import __version__, ledger, pipeline  # noqa: E402
+from .errors import UsageError  # noqa: E402
+from .jobs import JobTable, Policy, Restriction, reconcile_all  # noqa: E402
+from .backends.base import SUBMITTED  # noqa: E402
+from .worker import Settings  # noqa: E402
+
+# ----------------------------------------------------------------- option sets
+pipeline_arg = click.argument("pipeline_spec", metavar="PIPELINE")
+table_opt = click.option("--table", "tables", multiple=True, metavar="NAME",
+                         help="Table class name (repeatable). Upstream tables are not implied.")
+key_opt = click.option("--key", "key_json", metavar="JSON", help="Restrict by a key dict or a list of them.")
+json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def policy_options(f: Callable) -> Callable:
+    f = click.option("--retries", default=0, show_default=True, help="Retry a failing make this many times.")(f)
+    f = click.option("--backoff", default=30.0, show_default=True, help="Seconds before the first retry; doubles.")(f)
+    f = click.option("--max-attempts", default=3, show_default=True,
+                     help="Attempts a key may lose to dead workers before it becomes an error.")(f)
+    f = click.option("--grace", default=5.0, show_default=True,
+                     help="Seconds the key in flight may finish after SIGTERM before it is rolled back.")(f)
+    f = click.option("--max-batch", default=50, show_default=True, help="Most keys one claim reserves.")(f)
+    return f
+
+
+def worker_settings(retries: int, backoff: float, max_attempts: int, grace: float, max_batch: int, **extra: Any) -> Settings:
+    for name, value in (("--retries", retries), ("--max-attempts", max_attempts - 1), ("--max-batch", max_batch - 1)):
+        if value < 0:
+            raise UsageError(f"{name} is too small", "use a positive number")
+    return Settings(max_batch=max_batch, grace=grace, policy=Policy(retries, backoff, max_attempts), **extra)
+
+
+def friendly(f: Callable) -> Callable:
+    """UsageError → one line on stderr, exit 2."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except UsageError as err:
+            click.echo(f"dj-orchestrate: error: {err.message}", err=True)
+            if err.hint:
+                click.echo(f"  hint: {err.hint}", err=True)
+            sys.exit(err.exit_code)
+
+    return wrapper
+
+
+def open_pipeline(spec: str, tables: tuple[str, ...], key_json: str | None) -> tuple[db.Target, list[pipeline.TableInfo], Restriction]:
+    """Validate what can be validated offline, then connect, import and select."""
+    pipeline.check_spec(spec)
+    keys = pipeline.parse_keys(key_json)
+    target = db.connect()
+    module = pipeline.load(spec)
+    infos = pipeline.select(pipeline.discover(module), tables)
+    return target, infos, Restriction(pipeline.check_key_attributes(keys, infos))
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def render_table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ commands
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dj-orchestrate")
+def main() -> None:
+    """Run DataJoint pipelines at cluster scale: plan, run, watch, and fix failed keys.
+
+    PIPELINE is an importable module (my_lab.pipeline) or a path to a .py file. The
+    database is DataJoint's own configuration (DJ_HOST, DJ_USER, DJ_PASS, DJ_BACKEND,
+    datajoint.json); with none, an embedded PostgreSQL in ./.dj_orchestrate/pgdata.
+    """
+
+
+@main.command()
+@pipeline_arg
+@table_opt
+@key_opt
+@click.option("--shard-size", type=int, help="Keys per shard (default 1000).")
+@click.option("--shards", type=int, help="Split each table into this many shards instead.")
+@json_opt
+@friendly
+def plan(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, shard_size: int | None,
+         shards: int | None, as_json: bool) -> None:
+    """Dry run: per table, what is done, missing, failed, and in how many shards. Writes nothing."""
+    from .planner import plan_table
+
+    target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    plans = [plan_table(t, restriction, shard_size, shards) for t in infos]
+    if as_json:
+        emit_json([p.as_json() for p in plans])
+        return
+    rows = [{**p.as_json(), "in key_source": p.total} for p in plans]
+    click.echo(render_table(rows, ["table", "level", "in key_source", "done", "missing", "error", "ignore", "reserved", "shards"]))
+    click.echo(f"\n{sum(p.missing for p in plans)} keys to make in {sum(p.shards for p in plans)} shards "
+               f"({target.describe()}). Downstream counts grow as upstream tables fill.")
+
+
+@main.command()
+@pipeline_arg
+@click.option("--backend", default="local", show_default=True, help="local or slurm.")
+@click.option("--workers", default=4, show_default=True, help="Worker processes (local) or array parallelism.")
+@table_opt
+@key_opt
+@click.option("--shard-size", type=int, help="Keys per shard (array task).")
+@click.option("--shards", type=int, help="Shards per table instead of --shard-size.")
+@click.option("--wait/--no-wait", default=None, help="Follow until done (default: local waits, slurm returns).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Backend config (dj_orchestrate.toml).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@policy_options
+@json_opt
+@friendly
+def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...], key_json: str | None,
+        shard_size: int | None, shards: int | None, wait: bool | None, config_path: str | None,
+        no_progress: bool, as_json: bool, **policy: Any) -> None:
+    """Reconcile, then compute every missing key of the selected tables."""
+    from . import backends
+    from .backends.base import RunRequest
+
+    backend_cls = backends.get(backend)
+    settings = worker_settings(**policy)
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}", "e.g. --workers 8")
+    backend_obj = backend_cls.from_config(config_path) if hasattr(backend_cls, "from_config") else backend_cls()
+    target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    wait = (backend == "local") if wait is None else wait
+    backend_obj.check(infos, bool(target.embedded), wait)
+    reconcile_all([t.instance() for t in infos], settings.policy, ended_jobs(infos))
+    spec = pipeline.resolve_spec(pipeline_spec)
+    run_id = ledger.new_run(spec, backend, [t.name for t in infos])
+    request = RunRequest(
+        pipeline=spec, tables=infos, restriction=restriction, target=target, worker=settings, run_id=run_id,
+        log_dir=Path(os.environ.get("DJO_LOG_DIR", ".dj_orchestrate/logs")).resolve() / run_id,
+        workers=workers, shard_size=shard_size, shards=shards, wait=wait,
+        progress=not (no_progress or as_json), key_json=key_json,
+    )
+    code = backend_obj.run(request)
+    state = {0: "done", 1: "errors", 130: "interrupted", SUBMITTED: "submitted"}.get(code, "failed")
+    ledger.finish_run(run_id, state)
+    summary = [{"table": t.name, **JobTable(t.instance()).counts(restriction)} for t in infos]
+    if as_json:
+        emit_json({"run_id": run_id, "state": state, "tables": summary})
+    else:
+        click.echo(render_table(summary, ["table", "total", "done", "missing", "pending", "reserved", "error", "ignore"]))
+        click.echo(f"run {run_id}: {state}" + ("; see `dj-orchestrate errors`" if code == 1 else ""))
+    sys.exit(0 if code == SUBMITTED else code)
+
+
+@main.command()
+@pipeline_arg
+@table_opt
+@key_opt
+@click.option("--enqueue", is_flag=True, help="First enqueue the tables' missing keys (downstream pull workers).")
+@click.option("--run-id", help="The run this worker belongs to (for the ledger).")
+@click.option("--shard-index", type=int, help="This worker's shard (or pull-worker) number.")
+@click.option("--fixed-shard", is_flag=True, help="Claim only the key range of the shard in the ledger.")
+@click.option("--log-path", default="", help="Where this worker's output goes (recorded with errors).")
+@click.option("--backend-job-id", default=None, help="Scheduler job id (default: from SLURM/Kubernetes env).")
+@policy_options
+@friendly
+def work(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, enqueue: bool, run_id: str | None,
+         shard_index: int | None, fixed_shard: bool, log_path: str, backend_job_id: str | None, **policy: Any) -> None:
+    """Claim and make keys (what every backend launches). Pull mode unless --fixed-shard."""
+    from .planner import decode_bound
+    from .worker import Worker
+
+    settings = worker_settings(**policy, backend_job_id=backend_job_id or backend_job_id_from_env(),
+                               log_path=log_path or os.environ.get("DJO_LOG_PATH", ""))
+    _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    if enqueue:
+        for t in infos:
+            JobTable(t.instance()).enqueue(restriction)
+    shard = None
+    if fixed_shard:
+        if not (run_id and shard_index is not None and len(infos) == 1):
+            raise UsageError("--fixed-shard needs --run-id, --shard-index and exactly one --table",
+                             "or leave it out: the worker then claims whatever is pending")
+        row = ledger.shard(run_id, infos[0].name, shard_index)
+        if row is None:
+            raise UsageError(f"no shard {shard_index} of {infos[0].name} in run {run_id}", "check the run id")
+        shard = (decode_bound(row["lo"]), decode_bound(row["hi"]))
+    tally = Worker(infos, settings, shard=shard, run_id=run_id, shard_index=shard_index).run()
+    stopped = f" (stopped by {signal.Signals(tally.stop_signal).name})" if tally.stop_signal else ""
+    click.echo(f"worker done: {tally.done} made, {tally.failed} failed{stopped}")
+    sys.exit(128 + tally.stop_signal if tally.stop_signal else 0)
+
+
+def ended_jobs(infos: list[pipeline.TableInfo]) -> set[str]:
+    """Scheduler hint for reconcile: reserved keys whose SLURM array task has ended."""
+    import shutil
+
+    ids = {j for t in infos for j in JobTable(t.instance()).reserved_backend_ids()}
+    if not ids or not shutil.which("squeue"):
+        return set()
+    from .backends.slurm import SlurmBackend
+
+    return SlurmBackend().ended_jobs(ids)
+
+
+def backend_job_id_from_env() -> str:
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
+    if env.get("SLURM_JOB_ID"):
+        return env["SLURM_JOB_ID"]
+    if env.get("JOB_COMPLETION_INDEX") is not None and env.get("HOSTNAME"):
+        return env["HOSTNAME"]
+    return ""
+
+
+@main.command()
+@pipeline_arg
+@table_opt
+@key_opt
+@json_opt
+@friendly
+def status(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, as_json: bool) -> None:
+    """Per table: total, done, pending, reserved, error, ignore; and recent runs."""
+    target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    rows = []
+    for t in infos:
+        c = JobTable(t.instance()).counts(restriction)
+        pending = max(0, c["total"] - c["done"] - c["reserved"] - c["error"] - c["ignore"])
+        rows.append({"table": t.name, "total": c["total"], "done": c["done"], "pending": pending,
+                     "reserved": c["reserved"], "error": c["error"], "ignore": c["ignore"],
+                     "progress": f"{100 * c['done'] / c['total']:.0f}%" if c["total"] else "-"})
+    if as_json:
+        emit_json([{k: v for k, v in r.items() if k != "progress"} for r in rows])
+        return
+    click.echo(render_table(rows, ["table", "total", "done", "pending", "reserved", "error", "ignore", "progress"]))
+    runs = ledger.recent_runs()
+    for r in runs:
+        if r["backend"] != "local" and r["state"] in ("submitted", "running"):
+            from . import backends
+
+            r["backend_info"] = backends.get(r["backend"])().describe(r) or r["backend_info"]
+    if runs:
+        click.echo("\nrecent runs:")
+        click.echo(render_table(runs, ["run_id", "backend", "state", "started", "shards", "keys_done", "keys_failed", "backend_info"]))
+
+
+@main.command()
+@pipeline_arg
+@table_opt
+@key_opt
+@click.option("--match", help="Only errors whose message contains this text.")
+@click.option("--stack", is_flag=True, help="Show the full stack trace.")
+@json_opt
+@friendly
+def errors(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, match: str | None,
+           stack: bool, as_json: bool) -> None:
+    """Failed keys: table, key, message, attempts, host, backend job id, log path."""
+    _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    found = [{"table": t.name, **e} for t in infos for e in JobTable(t.instance()).errors(restriction, match, stack)]
+    if as_json:
+        emit_json(found)
+        return
+    if not found:
+        click.echo("no errors")
+        return
+    for e in found:
+        where = "  ".join(f"{k}={e[k]}" for k in ("host", "backend_job_id", "log_path") if e.get(k))
+        click.echo(f"{e['table']} {json.dumps(e['key'], default=str)}  attempts={e['attempts']}  {where}")
+        click.echo(f"    {e['error_message']}")
+        if stack and e.get("error_stack"):
+            click.echo("    " + str(e["error_stack"]).rstrip().replace("\n", "\n    "))
+    click.echo(f"\n{len(found)} failed keys; `dj-orchestrate retry` puts them back in the queue")
+
+
+@main.command()
+@pipeline_arg
+@table_opt
+@key_opt
+@click.option("--match", help="Only errors whose message contains this text.")
+@json_opt
+@friendly
+def retry(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, match: str | None, as_json: bool) -> None:
+    """Move failed keys back to pending, with a fresh attempt budget."""
+    _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    moved = {t.name: JobTable(t.instance()).retry(restriction, match) for t in infos}
+    if as_json:
+        emit_json(moved)
+    else:
+        click.echo(f"{sum(moved.values())} keys back to pending: " + ", ".join(f"{k} {v}" for k, v in moved.items() if v))
+
+
+@main.command()
+@pipeline_arg
+@table_opt
+@click.option("--key", "key_json", required=True, metavar="JSON", help="The keys to ignore.")
+@json_opt
+@friendly
+def ignore(pipeline_spec: str, tables: tuple[str, ...], key_json: str, as_json: bool) -> None:
+    """Mark keys to be skipped (status ignore) until retried."""
+    _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    marked = {t.name: JobTable(t.instance()).ignore(restriction) for t in infos}
+    if as_json:
+        emit_json(marked)
+    else:
+        click.echo("ignored: " + ", ".join(f"{k} {v}" for k, v in marked.items()))
+
+
+@main.command()
+@pipeline_arg
+@table_opt
+@click.option("--max-attempts", default=3, show_default=True, help="Attempts before a key becomes an error.")
+@json_opt
+@friendly
+def reconcile(pipeline_spec: str, tables: tuple[str, ...], max_attempts: int, as_json: bool) -> None:
+    """Release keys reserved by workers that are gone (their connection no longer exists)."""
+    _, infos, _ = open_pipeline(pipeline_spec, tables, None)
+    result = reconcile_all([t.instance() for t in infos], Policy(max_attempts=max_attempts), ended_jobs(infos))
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"released {result['released']}, charged an attempt {result['charged']}, "
+                   f"already done {result['completed']}")
+
+
+@main.group()
+def slurm() -> None:
+    """SLURM helpers."""
+
+
+@slurm.command("render")
+@pipeline_arg
+@table_opt
+@key_opt
+@click.option("--out", "out_dir", default="slurm-jobs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dj_orchestrate.toml")
+@friendly
+def slurm_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, out_dir: str,
+                 config_path: str | None) -> None:
+    """Write the sbatch scripts and a submit.sh, for review or for a login node without Python."""
+    from .backends.base import RunRequest
+    from .backends.slurm import SlurmBackend
+
+    backend = SlurmBackend.from_config(config_path)
+    target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    request = RunRequest(pipeline=pipeline_spec if not pipeline_spec.endswith(".py") else pipeline.resolve_spec(pipeline_spec),
+                         tables=infos, restriction=restriction, target=target, worker=Settings(), run_id="",
+                         log_dir=Path(out_dir) / "logs", key_json=key_json)
+    for path in backend.render(request, Path(out_dir)):
+        click.echo(str(path))
+
+
+@main.command()
+@click.option("--workers", default=4, show_default=True)
+@click.option("--sessions", default=24, show_default=True, help="Sessions to seed.")
+@friendly
+def demo(workers: int, sessions: int) -> None:
+    """Create, seed and run the example pipeline on the embedded database; show the results."""
+    import datajoint as dj
+
+    from .backends.base import RunRequest
+    from .backends.local import LocalBackend
+
+    target = db.connect()
+    click.echo(f"database: {target.describe()}")
+    name = os.environ.get("DJO_DEMO_SCHEMA", "djo_demo")
+    dj.Schema(name).drop(prompt=False)  # a fresh demo every time
+    sys.modules.pop("dj_orchestrate.examples.demo", None)
+    spec = "dj_orchestrate.examples.demo"
+    module = pipeline.load(spec)
+    module.seed(sessions)
+    infos = pipeline.discover(module)
+    click.echo(f"pipeline {spec}: " + ", ".join(f"{t.name} (level {t.level})" for t in infos))
+    settings = Settings(policy=Policy())
+    run_id = ledger.new_run(spec, "local", [t.name for t in infos])
+    request = RunRequest(pipeline=spec, tables=infos, restriction=Restriction(), target=target, worker=settings,
+                         run_id=run_id, log_dir=Path(".dj_orchestrate/logs").resolve() / run_id, workers=workers)
+    code = LocalBackend().run(request)
+    ledger.finish_run(run_id, "done" if code == 0 else "errors")
+    click.echo("")
+    rows = [{"table": t.name, **JobTable(t.instance()).counts()} for t in infos]
+    click.echo(render_table(rows, ["table", "total", "done", "missing", "error"]))
+    failed = [{"table": t.name, **e} for t in infos for e in JobTable(t.instance()).errors()]
+    click.echo(f"\n{len(failed)} keys failed on purpose:")
+    for e in failed:
+        click.echo(f"  {e['table']} {json.dumps(e['key'], default=str)}: {e['error_message']}")
+    click.echo(f"\nnext: dj-orchestrate status {spec}   |   dj-orchestrate errors {spec} --stack")
