@@ -1,0 +1,550 @@
+"""SLURM: one array job per table via submitit, no driver left running.
+
+Tables whose keys are known at submit time (the first level) get fixed shards: array
+task ``i`` claims the key range of shard ``i`` recorded in the ledger. Downstream
+tables are submitted at the same time as pull workers that wait for their upstream
+arrays (``afterany``), enqueue their table when they start and claim what is pending.
+Arrays longer than the cluster's ``MaxArraySize`` are split (submitit does not). A run's
+arrays start only once SLURM accepted all of them: a rejected one (SLURM's words, exit 2)
+cancels the others, and nothing was enqueued.
+
+The jobs table is the truth; ``squeue`` is a hint that tells reconcile which array
+tasks are gone. On USR2 (sent ``signal_delay_s`` before the time limit, or on
+preemption) a worker releases its claims and submitit requeues the task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from tqdm import tqdm
+
+from .. import db, ledger
+from ..errors import UsageError
+from ..jobs import JobTable, reconcile_all
+from ..pipeline import TableInfo, levels_of
+from ..planner import encode_bound, plan_table
+from .base import SUBMITTED, Backend, RunRequest, outcome, ready_keys, worker_command
+
+EXTRA_DIRECTIVE = re.compile(r"--[A-Za-z][A-Za-z0-9-]*(=.*)?")
+SLURM_JOB_ID = re.compile(r"\d+(_\d+)?")  # 123 (a job) or 123_4 (an array task)
+ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED"}
+CONFIG_FILE = "dj_orchestrate.toml"
+# Arrays of a run are submitted with a begin time this far ahead (--begin) and released
+# together once SLURM accepted them all. Not --hold: SLURM accepts a held job that no node
+# can ever run (its feasibility is checked only on release), while --begin keeps the check.
+GATE = "now+600"
+WHO = "slurm --wait"
+DB_PATIENCE = 300.0  # seconds --wait waits for a database that restarts
+RENDER_LOGS = "/djo-render-logs"  # submitit makes log folders absolute; rendered scripts use logs/
+
+
+@dataclass(frozen=True)
+class SlurmResources:
+    """Per-table SLURM resources: ``[slurm]`` in dj_orchestrate.toml, overridden by a
+    table class's ``slurm`` dict, overridden by ``[slurm.tables.<Table>]``."""
+
+    partition: str | None = None
+    time: str = "01:00:00"  # minutes, MM:SS, HH:MM:SS or D-HH:MM:SS
+    mem: str | None = None  # e.g. "4G"
+    cpus_per_task: int = 1
+    gpus: int | None = None  # GPUs per node (--gpus-per-node)
+    gres: str | None = None  # e.g. "gpu:a100:1"
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    array_parallelism: int = 32  # the %N throttle of each array
+    pull_workers: int = 4  # array tasks for tables whose keys appear only upstream
+    signal_delay_s: int = 90  # USR2 this long before the time limit
+    extra: tuple[str, ...] = ()  # more #SBATCH directives, e.g. "--exclusive", "--mail-type=END"
+    setup: tuple[str, ...] = ()  # shell lines before the worker: module load, venv activation
+
+    @classmethod
+    def build(cls, values: dict[str, Any], where: str) -> "SlurmResources":
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise UsageError(f"unknown SLURM resource {', '.join(map(repr, unknown))} in {where}",
+                             f"valid keys: {', '.join(fields)}")
+        clean: dict[str, Any] = {}
+        for name, value in values.items():
+            default = fields[name].default
+            if name in ("extra", "setup"):
+                if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise UsageError(f"{name} in {where} must be a list of strings", f'e.g. {name} = ["..."]')
+                bad = [v for v in value if name == "extra" and not EXTRA_DIRECTIVE.fullmatch(v)]
+                if bad:
+                    raise UsageError(f"extra in {where}: {bad[0]!r} is not a long sbatch option",
+                                     'write each as "--name" or "--name=value", e.g. "--mail-type=END"')
+                value = tuple(value)
+            elif isinstance(default, int) and not isinstance(default, bool) or name == "gpus":
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise UsageError(f"{name} in {where} must be a non-negative integer, got {value!r}", f"e.g. {name} = 2")
+            elif not isinstance(value, (str, int)):
+                raise UsageError(f"{name} in {where} must be a string, got {value!r}", f'e.g. {name} = "..."')
+            clean[name] = str(value) if name == "time" else value
+        resources = dataclasses.replace(cls(), **clean)
+        resources.minutes()  # validate the time format now
+        return resources
+
+    def merged(self, values: dict[str, Any], where: str) -> "SlurmResources":
+        override = SlurmResources.build(values, where)
+        return dataclasses.replace(self, **{k: getattr(override, k) for k in values})
+
+    def validated(self, where: str) -> "SlurmResources":
+        """Checks across keys: a time SLURM reads, and a USR2 notice that comes after the
+        task started (else every task would be stopped and requeued as soon as it runs)."""
+        if self.signal_delay_s >= self.minutes() * 60:
+            raise UsageError(f"signal_delay_s = {self.signal_delay_s} in {where} is not shorter than time = {self.time!r}",
+                             "the time-limit notice must come after the task starts: lower signal_delay_s or raise time")
+        if self.array_parallelism < 1 or self.pull_workers < 1:
+            raise UsageError(f"array_parallelism and pull_workers in {where} must be at least 1", "e.g. pull_workers = 4")
+        return self
+
+    def minutes(self) -> int:
+        """SLURM's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in whole minutes."""
+        text = self.time.strip()
+        days, _, rest = text.rpartition("-")
+        parts = rest.split(":")
+        if not re.fullmatch(r"\d*", days) or not all(p.isdigit() for p in parts) or len(parts) > 3:
+            raise UsageError(f"time {self.time!r} is not a SLURM time", 'use minutes, "HH:MM:SS" or "D-HH:MM:SS"')
+        values = [int(p) for p in parts]
+        if days:  # D-H, D-H:M, D-H:M:S
+            h, m, sec = (values + [0, 0])[:3]
+            seconds = int(days) * 86400 + h * 3600 + m * 60 + sec
+        else:  # M, M:S, H:M:S
+            seconds = [lambda m: m * 60, lambda m, s_: m * 60 + s_, lambda h, m, s_: h * 3600 + m * 60 + s_][len(values) - 1](*values)
+        return max(1, -(-seconds // 60))
+
+    def submitit_parameters(self, job_name: str, dependency: str | None = None, gate: bool = False) -> dict[str, Any]:
+        """The one translation to sbatch parameters (submitit's SlurmExecutor names).
+        ``gate``: start no earlier than GATE from now (``--begin``), until released."""
+        extra: dict[str, Any] = {"begin": GATE} if gate else {}
+        for directive in self.extra:
+            key, _, value = directive.lstrip("-").partition("=")
+            extra[key] = value if value else True
+        params = dict(job_name=job_name, time=self.minutes(), cpus_per_task=self.cpus_per_task,
+                      array_parallelism=self.array_parallelism, signal_delay_s=self.signal_delay_s,
+                      stderr_to_stdout=True, wckey="dj-orchestrate", setup=list(self.setup) or None, additional_parameters=extra or None,
+                      partition=self.partition, mem=self.mem, gpus_per_node=self.gpus, gres=self.gres,
+                      account=self.account, qos=self.qos, constraint=self.constraint, dependency=dependency)
+        return {k: v for k, v in params.items() if v is not None}
+
+
+@dataclass
+class SlurmConfig:
+    defaults: SlurmResources = field(default_factory=SlurmResources)
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: str = "defaults"
+
+    @classmethod
+    def load(cls, path: str | None) -> "SlurmConfig":
+        """``--config``, else ./dj_orchestrate.toml, else [tool.dj_orchestrate] in pyproject.toml."""
+        candidates = [Path(path)] if path else [Path(CONFIG_FILE), Path("pyproject.toml")]
+        for candidate in candidates:
+            if not candidate.is_file():
+                if path:
+                    raise UsageError(f"config file not found: {path}", f"create it, e.g. from slurm/{CONFIG_FILE}")
+                continue
+            try:
+                data = tomllib.loads(candidate.read_text())
+            except tomllib.TOMLDecodeError as err:
+                raise UsageError(f"{candidate} is not valid TOML: {err}", "fix the file's syntax") from None
+            if candidate.name == "pyproject.toml":
+                data = data.get("tool", {}).get("dj_orchestrate", {})
+            section = dict(data.get("slurm", {}))
+            tables = section.pop("tables", {})
+            config = cls(SlurmResources.build(section, f"{candidate} [slurm]"), tables, str(candidate))
+            for name, values in tables.items():
+                SlurmResources.build(values, f"{candidate} [slurm.tables.{name}]")
+            return config
+        return cls()
+
+    def resources_for(self, info: TableInfo) -> SlurmResources:
+        """What one table's array asks for, checked as a whole (a table may override the
+        time and inherit the signal delay)."""
+        resources = self.defaults
+        class_defaults = getattr(info.cls, "slurm", None)
+        if isinstance(class_defaults, dict):
+            resources = resources.merged(class_defaults, f"{info.name}.slurm")
+        if info.name in self.tables:
+            resources = resources.merged(self.tables[info.name], f"{self.source} [slurm.tables.{info.name}]")
+        return resources.validated(f"the resources of {info.name} ({self.source})")
+
+
+class WorkerTask:
+    """What each array task runs, in the task's own Python process: ``dj-orchestrate work``.
+
+    Checkpointable: after USR2 the worker has released its claims and returns; the
+    task then hands the signal back to submitit, which requeues it. Any other non-zero
+    exit (the database unreachable, a bad pipeline) fails the task, so that SLURM and
+    ``sacct`` show it as FAILED instead of COMPLETED."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+
+    def __call__(self, shard_index: int) -> int:
+        import submitit
+
+        from ..cli import main
+
+        env = submitit.JobEnvironment()
+        os.environ["DJO_LOG_PATH"] = str(env.paths.stdout)
+        try:
+            main.main(args=[*self.argv, "--shard-index", str(shard_index)], standalone_mode=False)
+            code = 0
+        except SystemExit as stop:
+            if isinstance(stop.code, str):  # SystemExit("message"): the message is the reason
+                print(stop.code, file=sys.stderr, flush=True)
+                code = 1
+            else:
+                code = int(stop.code or 0)
+        if code == 128 + signal.SIGUSR2:
+            os.kill(os.getpid(), signal.SIGUSR2)  # submitit: checkpoint and requeue (exits)
+            time.sleep(5)
+        if code:
+            raise RuntimeError(f"dj-orchestrate work exited with status {code}; see the lines above")
+        return code
+
+    def checkpoint(self, shard_index: int) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, shard_index)
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+
+    def __init__(self, config: SlurmConfig | None = None) -> None:
+        self.config = config or SlurmConfig()
+        self._states_at = 0.0
+        self._states: dict[str, str] = {}
+        self._next_pull = 100_000  # pull workers' shard numbers, apart from fixed shards
+
+    @classmethod
+    def from_config(cls, path: str | None) -> "SlurmBackend":
+        return cls(SlurmConfig.load(path))
+
+    # ------------------------------------------------------------- the cluster
+    @staticmethod
+    def _slurm(*cmd: str) -> str:
+        if shutil.which(cmd[0]) is None:
+            raise UsageError(f"no {cmd[0]} on PATH: this machine cannot reach a SLURM cluster",
+                             "run from a login node, or use --backend local (`slurm render` writes sbatch scripts)")
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise UsageError(f"{cmd[0]} did not answer within 60 s", "check the cluster with sinfo") from None
+        if out.returncode:
+            raise UsageError(f"{cmd[0]} failed: {_slurm_words(out.stderr or out.stdout)}", "check the cluster with sinfo")
+        return out.stdout
+
+    def check(self, tables: list[TableInfo], embedded: bool = False, wait: bool = False) -> None:
+        """Fail before anything is written: sbatch and srun exist, the controller answers,
+        every partition exists, every table's resources are consistent, and an embedded
+        database is not asked to outlive this command. (No ``sbatch`` call here: a run
+        costs one sbatch per array and nothing else.)"""
+        if embedded and not wait:
+            raise UsageError("the embedded database stops when this command exits, so SLURM jobs could not reach it",
+                             "use --wait, or configure a database server (DJ_HOST/DJ_USER/DJ_PASS)")
+        for command in ("sbatch", "srun", "squeue", "scontrol"):
+            if shutil.which(command) is None:
+                raise UsageError(f"no {command} on PATH: this machine cannot reach a SLURM cluster",
+                                 "run from a login node, or use --backend local (`slurm render` writes sbatch scripts)")
+        partitions = {p.rstrip("*") for p in self._slurm("sinfo", "-h", "-o", "%P").split()}
+        for t in tables:
+            wanted = self.config.resources_for(t).partition
+            if wanted and wanted not in partitions:
+                raise UsageError(f"unknown SLURM partition {wanted!r} for {t.name}",
+                                 f"partitions on this cluster: {', '.join(sorted(partitions))}")
+        m = re.search(r"MaxArraySize\s*=\s*(\d+)", self._slurm("scontrol", "show", "config"))
+        self.max_array = int(m.group(1)) if m else 1001
+
+    def _squeue(self, job_ids: set[str]) -> dict[str, str] | None:
+        """``{"123_4": "RUNNING", "125": "PENDING"}`` for the jobs and arrays of these ids;
+        None when squeue gave no answer (missing, timed out, controller down)."""
+        jobs = sorted({j.split("_")[0] for j in job_ids if SLURM_JOB_ID.fullmatch(j)})
+        if not jobs:
+            return {}
+        if shutil.which("squeue") is None:
+            return None
+        try:
+            out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(jobs)],
+                                 capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if out.returncode:
+            # one unknown id (purged after MinJobAge) is an answer: nothing of it runs
+            return {} if "Invalid job id" in out.stderr else None
+        return dict(line.split(None, 1) for line in out.stdout.splitlines() if line.strip())
+
+    def states(self, job_ids: set[str], max_age: float = 2.0) -> dict[str, str]:
+        """State of every task of these jobs (``123_4`` → RUNNING); one squeue call, at
+        most every ``max_age`` seconds. Finished tasks are simply absent. Without an
+        answer, the last one."""
+        if time.monotonic() - self._states_at > max_age:
+            answer = self._squeue(job_ids)
+            if answer is not None:
+                self._states, self._states_at = answer, time.monotonic()
+        return self._states
+
+    def ended_jobs(self, job_ids: set[str]) -> set[str]:
+        """Which of these SLURM jobs or array tasks are no longer queued or running. No
+        answer from squeue is no hint: a controller that is restarting must not make
+        reconcile release the keys of tasks that are still running."""
+        answer = self._squeue(job_ids)
+        if answer is None:
+            return set()
+        return {j for j in job_ids if SLURM_JOB_ID.fullmatch(j) and answer.get(j) not in ACTIVE_STATES}
+
+    # -------------------------------------------------------------- submission
+    def _submit(self, request: RunRequest, info: TableInfo, argv: list[str], indices: Sequence[int],
+                dependency: str | None) -> list[str]:
+        """One array per table; several when the indices exceed MaxArraySize. An array
+        that depends on none is gated: nothing starts before every array is accepted."""
+        import submitit
+
+        resources = self.config.resources_for(info)
+        executor = submitit.SlurmExecutor(folder=request.log_dir / "%j", python=shlex.quote(sys.executable),
+                                          max_num_timeout=max(3, request.worker.policy.max_attempts))
+        gate = dependency is None and not any(e.startswith("--begin") for e in resources.extra)
+        executor.update_parameters(**resources.submitit_parameters(f"djo-{info.name}", dependency, gate=gate))
+        ids = []
+        indices = list(indices)
+        with _environment(request.target.worker_env() if request.target.embedded else {}):
+            for start in range(0, len(indices), self.max_array):
+                chunk = indices[start:start + self.max_array]
+                try:  # (submitit submits a chunk of one as a plain job, id "123")
+                    with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's errors too
+                        jobs = executor.map_array(WorkerTask(argv), chunk)
+                except Exception as err:  # submitit wraps sbatch's own words
+                    raise UsageError(f"SLURM rejected the {info.name} array: {_slurm_words(str(err))}",
+                                     "check the partition, time limit and resources in your config") from None
+                ids.append(jobs[0].job_id.split("_")[0])
+                self._submitted.append(ids[-1])
+                if gate:
+                    self._gated.append(ids[-1])
+        return ids
+
+    def run(self, request: RunRequest) -> int:
+        if not hasattr(self, "max_array"):
+            self.check(request.tables, bool(request.target.embedded), request.wait)
+        errors_before = _errors(request.tables) if request.wait else 0
+        try:
+            arrays = self._submit_levels(request, levels_of(request.tables), first=True)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the reason to report is the one above
+                ledger.finish_run(request.run_id, "rejected")
+            raise
+        info = "; ".join(f"{name}: {','.join(ids)}" for name, ids in arrays.items())
+        ledger.set_backend_info(request.run_id, info)
+        print(f"submitted {sum(map(len, arrays.values()))} array job(s): {info or 'nothing to do'}", file=sys.stderr)
+        if not request.wait:
+            return SUBMITTED
+        self._follow(request, arrays)
+        gave_up = _errors(request.tables) > errors_before  # keys whose tasks died until max_attempts
+        return 1 if gave_up else outcome(request.run_id)
+
+    def _submit_levels(self, request: RunRequest, levels: list[list[TableInfo]], first: bool) -> dict[str, list[str]]:
+        """Fixed shards for the first level (keys known now), pull workers downstream.
+
+        Arrays without a dependency are submitted gated (the others wait for them); the
+        first level's keys are enqueued and its shards recorded only once SLURM accepted
+        every array, and then the gated ones are released at once. When SLURM rejects
+        one, those already accepted are cancelled (none of them ran) and nothing was
+        written to the jobs tables."""
+        arrays: dict[str, list[str]] = {}
+        upstream: list[str] = []
+        fixed: list[tuple[TableInfo, Any]] = []
+        self._submitted: list[str] = []
+        self._gated: list[str] = []
+        try:
+            for depth, level in enumerate(levels):
+                level_ids: list[str] = []
+                for info in level:
+                    dependency = "afterany:" + ":".join(upstream) if upstream else None
+                    resources = self.config.resources_for(info)
+                    if depth == 0 and first:
+                        plan = plan_table(info, request.restriction, request.shard_size, request.shards)
+                        if not plan.shards:
+                            continue
+                        fixed.append((info, plan))
+                        argv = worker_command(request, [info], fixed_shard=True)[3:]
+                        indices: Sequence[int] = range(plan.shards)
+                    else:
+                        argv = worker_command(request, [info])[3:] + ["--enqueue"]
+                        if request.key_json:
+                            argv += ["--key", request.key_json]
+                        indices = range(self._next_pull, self._next_pull + resources.pull_workers)
+                        self._next_pull += resources.pull_workers
+                    ids = self._submit(request, info, argv, indices, dependency)
+                    arrays.setdefault(info.name, []).extend(ids)
+                    level_ids += ids
+                upstream += level_ids
+            for info, plan in fixed:
+                JobTable(info.instance()).enqueue(request.restriction)
+                ledger.add_shards(request.run_id, info.name,
+                                  [tuple(map(encode_bound, plan.shard_bounds(i))) for i in range(plan.shards)])
+            if self._gated:
+                self._slurm("scontrol", "update", f"JobId={','.join(self._gated)}", "StartTime=now")
+        except BaseException:
+            if self._submitted:
+                subprocess.run(["scancel", *self._submitted], capture_output=True, timeout=60)
+            raise
+        return arrays
+
+    def _follow(self, request: RunRequest, arrays: dict[str, list[str]]) -> None:
+        """--wait: progress from the jobs tables until no task of the run is active;
+        then reconcile and resubmit pull workers for keys released on the way.
+
+        The arrays do not need this process, and a database restart must not end it:
+        progress and reconcile are retried on a new connection for DB_PATIENCE seconds."""
+        conn = request.tables[0].cls.connection
+        for round_ in range(request.worker.policy.max_attempts + 1):
+            job_ids = {i for ids in arrays.values() for i in ids}
+            tables = [JobTable(t.instance()) for t in request.tables]
+            silent_since = None
+            with tqdm(desc="slurm", unit="key", disable=not request.progress or None) as bar:
+                while True:
+                    states = self._squeue(job_ids)
+                    if states is None:  # no answer is not "all ended": ask again, for a while
+                        silent_since = silent_since or time.monotonic()
+                        if time.monotonic() - silent_since > 600:
+                            raise UsageError("squeue has not answered for 10 minutes; the arrays may still run",
+                                             "check the cluster; `dj-orchestrate status` shows the keys")
+                        time.sleep(5)
+                        continue
+                    silent_since = None
+                    active = [s for j, s in states.items() if j.split("_")[0] in job_ids and s in ACTIVE_STATES]
+                    counts = db.retrying(conn, lambda: [jt.status_counts() for jt in tables], WHO, DB_PATIENCE)
+                    bar.set_postfix_str(f"pending={sum(c['pending'] for c in counts)} "
+                                        f"reserved={sum(c['reserved'] for c in counts)} tasks={len(active)}")
+                    bar.refresh()
+                    if not active:
+                        break
+                    time.sleep(2)
+
+            def settle() -> list[list[TableInfo]]:
+                """Reconcile; then the levels to run again: the first that has work left
+                and every level after it (its new rows are the downstream's new keys)."""
+                reserved = {j for jt in tables for j in jt.reserved_backend_ids()}
+                reconcile_all([t.instance() for t in request.tables], request.worker.policy, self.ended_jobs(reserved))
+                levels = levels_of(request.tables)
+                first = next((i for i, level in enumerate(levels) if _has_work(level, request.restriction)), None)
+                return [] if first is None else levels[first:]
+
+            todo = db.retrying(conn, settle, WHO, DB_PATIENCE)
+            if not todo or round_ == request.worker.policy.max_attempts:
+                break
+            arrays = self._submit_levels(request, todo, first=False)
+
+    def describe(self, run: dict) -> str:
+        """Per-table task states of a run, for ``status``."""
+        parts = []
+        for item in filter(None, (run.get("backend_info") or "").split("; ")):
+            name, _, ids = item.partition(": ")
+            states = self.states(set(ids.split(",")), max_age=0)
+            counts: dict[str, int] = {}
+            for job, state in states.items():
+                if job.split("_")[0] in ids.split(","):
+                    counts[state] = counts.get(state, 0) + 1
+            parts.append(f"{name} [{ids}]: " + (", ".join(f"{s} {n}" for s, n in sorted(counts.items())) or "ended"))
+        return "; ".join(parts)
+
+    # ----------------------------------------------------------------- render
+    def render(self, request: RunRequest, out: Path) -> list[Path]:
+        """sbatch scripts for review or for a login node without Python: every table as
+        a pull array (``--enqueue``), chained by ``submit.sh`` with afterany.
+
+        The scripts are what ``run --backend slurm`` submits, less submitit: the worker
+        runs as a job step (``srun``, so that the USR2 time-limit notice reaches it), logs
+        go to ``logs/`` beside the scripts, and a task stopped by USR2 requeues itself.
+        Nothing machine-specific and no credential is written."""
+        from submitit.slurm.slurm import _make_sbatch_string
+
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        submit = ["#!/bin/bash", "# Submit the pipeline: one array per table, downstream after upstream.",
+                  "# The database credentials come from the environment (DJ_HOST, DJ_USER, DJ_PASS) or",
+                  "# datajoint.json on the compute nodes; they are never written into these scripts.",
+                  "set -euo pipefail", 'cd "$(dirname "$0")"', "mkdir -p logs", "deps="]
+        requeue = ["code=$?",
+                   f"if [ \"$code\" -eq {128 + signal.SIGUSR2} ]; then  # USR2: the worker released its keys",
+                   '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
+                   "fi",
+                   'exit "$code"']
+        levels = levels_of(request.tables)
+        for n, level in enumerate(levels):
+            level_vars = []
+            for info in level:
+                resources = self.config.resources_for(info)
+                command = ["dj-orchestrate", "work", request.pipeline, "--table", info.name, "--enqueue",
+                           "--shard-index", "$SLURM_ARRAY_TASK_ID"]
+                if request.key_json:
+                    command += ["--key", request.key_json]
+                text = _make_sbatch_string(
+                    command=" ".join(c if c.startswith("$") else shlex.quote(c) for c in command),
+                    folder=RENDER_LOGS, map_count=resources.pull_workers, teardown=requeue,
+                    **resources.submitit_parameters(f"djo-{info.name}"))
+                path = out / f"{n:02d}-{info.name}.sbatch"
+                path.write_text(text.replace(RENDER_LOGS, "logs").rstrip("\n") + "\n")
+                written.append(path)
+                var = f"j_{info.name}"
+                submit.append(f'{var}=$(sbatch --parsable ${{deps:+--dependency=afterany${{deps}}}} {path.name})')
+                submit.append(f'echo "{info.name}: ${var}"')
+                level_vars.append(var)
+            if n + 1 < len(levels):
+                submit.append("deps=" + '"${deps}' + "".join(f":${{{v}}}" for v in level_vars) + '"')
+        script = out / "submit.sh"
+        script.write_text("\n".join(submit) + "\n")
+        script.chmod(0o755)
+        return [*written, script]
+
+
+def _has_work(level: list[TableInfo], restriction: Any) -> bool:
+    """Keys to claim now, or keys never enqueued: a downstream table whose pull workers
+    ran before its upstream keys were made (they were made in a later round)."""
+    if ready_keys(level):
+        return True
+    return any((c := JobTable(t.instance()).counts(restriction))["missing"] > c["pending"] for t in level)
+
+
+def _errors(tables: list[TableInfo]) -> int:
+    return sum(JobTable(t.instance()).status_counts()["error"] for t in tables)
+
+
+def _slurm_words(text: str) -> str:
+    """SLURM's own reason from a command's output: its ``error:`` lines, without the
+    tool's prefix (``sbatch: error: Batch job submission failed: ...``)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    errors = [re.sub(r"^\w+: error: ", "", line) for line in lines if re.match(r"^\w+: error: ", line)]
+    return "; ".join(dict.fromkeys(errors)) if errors else (lines[-1] if lines else "no output")
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """sbatch hands its environment to the job: set what the workers need, for the call."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
