@@ -1,0 +1,175 @@
+"""Fixtures: the real MariaDB and PostgreSQL services, a fresh schema per test.
+
+Every DB-touching test runs once per database (``db`` is parametrized). When a
+database is unreachable the tests skip locally, but fail in CI (CI=true): a skipped
+database test in CI tested nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINES = Path(__file__).resolve().parent / "pipelines"
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+DATABASES = {
+    "mysql": {"DJ_HOST": "127.0.0.1", "DJ_PORT": "3306", "DJ_USER": "root", "DJ_PASS": "", "DJ_BACKEND": "mysql"},
+    "postgresql": {"DJ_HOST": "127.0.0.1", "DJ_PORT": "5432", "DJ_USER": "postgres", "DJ_PASS": "", "DJ_BACKEND": "postgresql"},
+}
+
+
+def reachable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def require(ok: bool, what: str) -> None:
+    """Skip locally; fail in CI."""
+    if ok:
+        return
+    if CI:
+        pytest.fail(f"{what} is required in CI (CI=true) but is not available", pytrace=False)
+    pytest.skip(f"{what} not available")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _services() -> None:
+    if not (reachable(3306) and reachable(5432)):
+        subprocess.run(["bash", str(ROOT / "scripts" / "services.sh"), "--no-slurm"], check=False)
+
+
+class DB:
+    """One test's database: its env (for subprocesses) and its fresh schemas."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        tag = uuid.uuid4().hex[:8]
+        self.schema = f"djot_{tag}"
+        self.ledger = f"djot_{tag}_ledger"
+        self.env = {
+            **os.environ,
+            **DATABASES[backend],
+            "DJ_USE_TLS": "false",
+            "DJO_TEST_SCHEMA": self.schema,
+            "DJO_LEDGER_SCHEMA": self.ledger,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(PIPELINES)]),
+        }
+        self.env.pop("DJO_EMBEDDED_DIR", None)
+
+    def cli(self, *args: str, env: dict | None = None, timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        """Run ``dj-orchestrate ARGS`` as a user would, in its own process."""
+        return subprocess.run([sys.executable, "-m", "dj_orchestrate", *args], env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT)
+
+
+def configure(db: DB) -> None:
+    """Point this process's DataJoint at ``db`` and forget every cached module/table."""
+    import datajoint as dj
+
+    from dj_orchestrate import ledger
+
+    for k, v in db.env.items():
+        if k.startswith(("DJ_", "DJO_")):
+            os.environ[k] = v
+    cfg = DATABASES[db.backend]
+    dj.config["database.host"] = cfg["DJ_HOST"]
+    dj.config["database.port"] = int(cfg["DJ_PORT"])
+    dj.config["database.user"] = cfg["DJ_USER"]
+    dj.config["database.password"] = ""
+    dj.config["database.backend"] = db.backend
+    dj.config["database.use_tls"] = False
+    dj.config["database.reconnect"] = True
+    dj.conn(reset=True)
+    ledger.tables.cache_clear()
+    for name in ("chain",):
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture(params=sorted(DATABASES))
+def db(request):
+    backend = request.param
+    port = int(DATABASES[backend]["DJ_PORT"])
+    require(reachable(port), f"{backend} on 127.0.0.1:{port}")
+    d = DB(backend)
+    configure(d)
+    yield d
+    import datajoint as dj
+
+    conn = dj.conn()
+    for name in (d.schema, d.ledger):
+        try:
+            dj.Schema(name, create_schema=False).drop(prompt=False)
+        except Exception:
+            q = conn.adapter.quote_identifier
+            try:
+                conn.query(f"DROP {'DATABASE' if backend == 'mysql' else 'SCHEMA'} IF EXISTS {q(name)}"
+                           + ("" if backend == "mysql" else " CASCADE"))
+            except Exception:
+                pass
+
+
+@pytest.fixture
+def chain(db):
+    """The chain test pipeline, loaded fresh in this process, with its tables."""
+    from dj_orchestrate import pipeline
+
+    module = pipeline.load(str(PIPELINES / "chain.py"))
+    return module
+
+
+def seed(module, n: int) -> None:
+    module.Item.insert(({"item_id": i, "value": float(i)} for i in range(n)), skip_duplicates=True)
+
+
+def infos(module, *names: str):
+    from dj_orchestrate import pipeline
+
+    return pipeline.select(pipeline.discover(module), names)
+
+
+def wait_for(predicate, timeout: float, what: str = "condition", interval: float = 0.2, detail=None):
+    """Poll ``predicate`` until truthy; on timeout, fail with ``detail()`` (what was seen).
+    A database restarted under the poll (not under the run) is reconnected, not fatal."""
+    import datajoint as dj
+
+    from dj_orchestrate.db import is_lost
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except Exception as err:
+            if not is_lost(err, dj.conn()):
+                raise
+            with contextlib.suppress(Exception):
+                dj.conn().connect()
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            seen = f"; last seen: {detail()}" if detail else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{seen}")
+        time.sleep(interval)
+
+
+def jobs_rows(table) -> list[dict]:
+    """Every row of the table's ``~~table`` jobs table (none when it is not declared)."""
+    from dj_orchestrate.jobs import JobTable
+
+    jt = JobTable(table())
+    if not jt.declared:
+        return []
+    return [dict(r) for r in jt.conn.query(f"SELECT * FROM {jt.name}", as_dict=True).fetchall()]
