@@ -1,0 +1,227 @@
+#!/usr/bin/env python
+"""The SLURM backend on the single-node cluster against the local backend: same
+pipeline, same keys, same number of workers.
+
+    python bench/bench_slurm.py                       # PostgreSQL, 10,000 keys per table
+    python bench/bench_slurm.py --db mysql --keys 2000
+
+The pipeline (bench/slurm_pipeline.py) has three computed tables in a chain, each with
+``--keys`` keys: 3 x 10,000 makes by default. Workers default to the node's CPUs
+(SLURM runs at most that many 1-CPU tasks at once): the SLURM run gets ``--shards W``
+fixed shards for the first table and ``pull_workers = W`` tasks for each downstream
+table (``array_parallelism = W``); the local run gets ``--workers W``.
+
+Measured:
+  * sbatch calls: counted by a shim named ``sbatch`` first on PATH (a temp dir) that
+    logs each call and runs the real one; target: at most one per table;
+  * time to submit: wall time of ``run --backend slurm`` (no --wait), from process start
+    to exit, Python start and database connection included; target: 3 s;
+  * time to complete: from that process start until every key of the last table is
+    made, against the wall time of ``run --backend local --workers W``.
+
+Needs the cluster (slurm/start-cluster.sh) and the database; uses a fresh schema
+``djo_bench_slurm_<random>`` (and its ledger), dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PIPELINE = str(BENCH / "slurm_pipeline.py")
+TABLES = ("Stage1", "Stage2", "Stage3")
+
+DATABASES = {
+    "mysql": {"DJ_HOST": "127.0.0.1", "DJ_PORT": "3306", "DJ_USER": "root", "DJ_PASS": "", "DJ_BACKEND": "mysql"},
+    "postgresql": {"DJ_HOST": "127.0.0.1", "DJ_PORT": "5432", "DJ_USER": "postgres", "DJ_PASS": "",
+                   "DJ_BACKEND": "postgresql"},
+}
+
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def node_cpus() -> int:
+    out = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, check=True).stdout.split()
+    return int(out[0].rstrip("+"))
+
+
+def sbatch_shim(folder: Path) -> tuple[Path, Path]:
+    """A ``sbatch`` that logs its arguments, then execs the real one."""
+    real = shutil.which("sbatch")
+    if real is None:
+        sys.exit("bench_slurm: no sbatch on PATH; start the cluster with slurm/start-cluster.sh")
+    calls = folder / "sbatch-calls.log"
+    shim = folder / "bin" / "sbatch"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\nexec "{real}" "$@"\n')
+    shim.chmod(shim.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    calls.touch()
+    return shim.parent, calls
+
+
+class Bench:
+    def __init__(self, backend: str, keys: int, workers: int, tmp: Path) -> None:
+        self.keys, self.workers, self.tmp = keys, workers, tmp
+        tag = uuid.uuid4().hex[:8]
+        self.schema = f"djo_bench_slurm_{tag}"
+        self.ledger = f"{self.schema}_ledger"
+        self.shim_dir, self.calls = sbatch_shim(tmp)
+        self.env = {**os.environ, **DATABASES[backend], "DJ_USE_TLS": "false", "DJO_BENCH_SCHEMA": self.schema,
+                    "DJO_LEDGER_SCHEMA": self.ledger, "DJO_LOG_DIR": str(tmp / "logs"),
+                    "PATH": f"{self.shim_dir}{os.pathsep}{os.environ['PATH']}"}
+        for k, v in self.env.items():  # this process counts rows on the same database
+            if k.startswith(("DJ_", "DJO_")):
+                os.environ[k] = v
+        self.arrays: list[str] = []
+        self.config = tmp / "dj_orchestrate.toml"
+        self.config.write_text(f"[slurm]\narray_parallelism = {workers}\npull_workers = {workers}\n")
+        import datajoint as dj
+
+        from dj_orchestrate import db, pipeline
+
+        db.connect()
+        self.dj = dj
+        self.conn = dj.conn()
+        self.q = self.conn.adapter.quote_identifier
+        self.m = pipeline.load(PIPELINE)
+        self.mysql = self.conn.adapter.backend == "mysql"
+
+    def cli(self, *args: str, timeout: float = 3600) -> tuple[subprocess.CompletedProcess, float]:
+        t = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "dj_orchestrate", *args], env=self.env, cwd=self.tmp,
+                             capture_output=True, text=True, timeout=timeout)
+        return out, time.perf_counter() - t
+
+    def fill(self) -> None:
+        self.m.Source.insert(({"key_id": i} for i in range(self.keys)), skip_duplicates=True)
+
+    def made(self, table: str) -> int:
+        return len(getattr(self.m, table)())
+
+    def reset(self) -> None:
+        """Empty the computed tables and their jobs tables (downstream first)."""
+        from dj_orchestrate.jobs import JobTable
+
+        for name in reversed(TABLES):
+            t = getattr(self.m, name)()
+            self.conn.query(f"DELETE FROM {t.full_table_name}")
+            jt = JobTable(t)
+            if jt.declared:
+                self.conn.query(f"DELETE FROM {jt.name}")
+
+    def leftovers(self) -> dict:
+        from dj_orchestrate.jobs import JobTable
+
+        out = {}
+        for name in TABLES:
+            counts = {k: v for k, v in JobTable(getattr(self.m, name)()).status_counts().items() if v}
+            if counts:
+                out[name] = counts
+        return out
+
+    def slurm(self) -> dict:
+        log(f"slurm: submitting {len(TABLES)} tables x {self.keys:,} keys, {self.workers} workers")
+        start = time.perf_counter()
+        out, submit = self.cli("run", PIPELINE, "--backend", "slurm", "--shards", str(self.workers),
+                               "--config", str(self.config), "--no-progress", timeout=300)
+        if out.returncode:
+            sys.exit(f"bench_slurm: submission failed ({out.returncode}):\n{out.stderr}")
+        calls = [line for line in self.calls.read_text().splitlines() if line.strip()]
+        submitted = next((line for line in out.stderr.splitlines() if line.startswith("submitted")), "")
+        self.arrays = re.findall(r"\b\d+\b", submitted.partition(": ")[2])
+        log(f"slurm: submitted in {submit:.2f} s with {len(calls)} sbatch call(s); {submitted}")
+        deadline = time.monotonic() + 3600
+        while self.made(TABLES[-1]) < self.keys:
+            if time.monotonic() > deadline:
+                sys.exit(f"bench_slurm: not done after an hour: {self.leftovers()}")
+            time.sleep(0.5)
+        complete = time.perf_counter() - start
+        made = {t: self.made(t) for t in TABLES}
+        log(f"slurm: complete in {complete:.1f} s ({made})")
+        return {"calls": len(calls), "submit": submit, "complete": complete, "made": made,
+                "left": self.leftovers()}
+
+    def local(self) -> dict:
+        log(f"local: {self.workers} workers")
+        out, complete = self.cli("run", PIPELINE, "--backend", "local", "--workers", str(self.workers), "--no-progress")
+        if out.returncode:
+            sys.exit(f"bench_slurm: local run failed ({out.returncode}):\n{out.stderr}")
+        made = {t: self.made(t) for t in TABLES}
+        log(f"local: complete in {complete:.1f} s ({made})")
+        return {"complete": complete, "made": made, "left": self.leftovers()}
+
+    def drop(self) -> None:
+        if self.arrays:  # a bench that stopped early leaves nothing running
+            subprocess.run(["scancel", *self.arrays], capture_output=True)
+        for name in (self.schema, self.ledger):
+            try:
+                self.dj.Schema(name, create_schema=False).drop(prompt=False)
+            except Exception as err:  # best effort
+                log(f"could not drop {name}: {err}")
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    mem = ""
+    try:
+        kb = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 1024 / 1024:.0f} GiB"
+    except (OSError, StopIteration):
+        pass
+    version = subprocess.run(["sbatch", "--version"], capture_output=True, text=True).stdout.strip()
+    return f"{platform.node()}: {platform.machine()}, {cpus} CPUs{mem}, {version}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", choices=sorted(DATABASES), default="postgresql")
+    parser.add_argument("--keys", type=int, default=10_000, help="keys per table (default 10,000)")
+    parser.add_argument("--workers", type=int, help="workers for both backends (default: the node's CPUs)")
+    args = parser.parse_args()
+    workers = args.workers or node_cpus()
+    with tempfile.TemporaryDirectory(prefix="djo-bench-slurm-") as tmp:
+        bench = Bench(args.db, args.keys, workers, Path(tmp))
+        try:
+            log(f"{args.db}: filling Source with {args.keys:,} keys (schema {bench.schema})")
+            bench.fill()
+            slurm = bench.slurm()
+            bench.reset()
+            local = bench.local()
+        finally:
+            bench.drop()
+    n = args.keys * len(TABLES)
+    ok = all(v == args.keys for v in (*slurm["made"].values(), *local["made"].values()))
+    ratio = slurm["complete"] / local["complete"]
+    print(f"\n{machine()}\n{args.db}, {len(TABLES)} tables x {args.keys:,} keys = {n:,} makes, {workers} workers\n")
+    rows = [
+        ("sbatch calls", f"≤ {len(TABLES)} (tables)", str(slurm["calls"]), "—", "", slurm["calls"] <= len(TABLES)),
+        ("time to submit (CLI wall time)", "≤ 3 s", f"{slurm['submit']:.2f} s", "—", "", slurm["submit"] <= 3.0),
+        ("time to complete", "—", f"{slurm['complete']:.1f} s", f"{local['complete']:.1f} s", f"{ratio:.2f}x", None),
+        ("throughput", "—", f"{n / slurm['complete']:.0f} makes/s", f"{n / local['complete']:.0f} makes/s", "", None),
+        ("every key made, nothing left", "yes", "yes" if ok and not slurm["left"] else f"no {slurm['left']}",
+         "yes" if ok and not local["left"] else f"no {local['left']}", "", ok and not slurm["left"] and not local["left"]),
+    ]
+    print("| metric | target | slurm | local | slurm/local | met |")
+    print("|---|---|---|---|---|---|")
+    for what, target, s, loc, r, met in rows:
+        print(f"| {what} | {target} | {s} | {loc} | {r} | {'' if met is None else ('yes' if met else 'NO')} |")
+
+
+if __name__ == "__main__":
+    main()
