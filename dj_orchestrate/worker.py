@@ -227,8 +227,9 @@ class Worker:
                 table._populate1(claim.key, handle, suppress_errors=True, return_exception_objects=False,
                                  make_kwargs=self.settings.make_kwargs)
             except WorkerInterrupted:
-                handle.outcome = "interrupted"
                 self._close_transaction()
+                handle.outcome = "done" if self._committed(table, claim) else "interrupted"
+                self.stopping = True
             except Exception as err:  # outside make: the key-in-table check, a commit
                 if _is_lost(err, self.conn):
                     handle.outcome = "lost"
@@ -256,6 +257,18 @@ class Worker:
             else:
                 tally.failed += handle.outcome == "error"
             self._flush(jt)
+
+    def _committed(self, table: Any, claim: Claim) -> bool:
+        """Did the key's transaction commit before the interrupt landed? (It can land in
+        ``_populate1`` after the commit: in its logging, its job metadata, its finally.)
+        Such a key is done; releasing it would leave a made key ``pending``."""
+        try:
+            made = claim.key in table
+        except Exception:  # the connection is gone: reconcile releases it; a re-claim only marks it done
+            return False
+        if made and claim not in self._completed:
+            self._completed.append(claim)
+        return made
 
     def _close_transaction(self) -> None:
         """An exception from ``_populate1`` outside make's try (an interrupt or an error in

@@ -280,6 +280,35 @@ def test_interrupt_outside_make_leaves_no_transaction_open(chain, db, monkeypatc
     assert len(chain.Square()) == 0
 
 
+def test_interrupt_after_the_commit_keeps_the_key_done(chain, db, monkeypatch):
+    """With grace 0 a stop signal may also land in ``_populate1`` after the key's commit
+    (its logging, its job metadata, its finally): the key is made, so it must end done,
+    not released to ``pending`` beside its row (CI caught this once). The unstarted
+    claims are released, uncharged by that key."""
+    from conftest import infos
+
+    from dj_orchestrate.worker import Settings, Worker
+
+    seed(chain, 3)
+    JobTable(chain.Square()).enqueue()
+    after_commit = chain.Square._has_job_metadata_attrs
+
+    def signalled(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs on the next line of Python
+        return after_commit(self)
+
+    monkeypatch.setattr(chain.Square, "_has_job_metadata_attrs", signalled)
+    tally = Worker(infos(chain, "Square"), Settings(grace=0, max_batch=3)).run()
+    monkeypatch.undo()
+    assert tally.stop_signal == signal.SIGTERM and tally.done == 1
+    assert not dj.conn()._in_transaction
+    assert [r["item_id"] for r in chain.Square.to_dicts()] == [0]
+    rows = {r["item_id"]: (r["status"], r["attempts"]) for r in jobs_rows(chain.Square)}
+    assert rows.get(0, ("success", 0))[0] == "success", rows
+    assert {k: v for k, v in rows.items() if k} == {1: ("pending", 0), 2: ("pending", 0)}
+    assert makes(chain) == {("Square", 0): 1}
+
+
 def test_stop_signal_while_launching_reaches_every_worker(chain, db, tmp_path, monkeypatch):
     """A stop signal that lands while the driver is still starting a level's workers
     (here: right after the first one started, before the driver recorded it) reaches
