@@ -55,15 +55,8 @@ show_logs() {
   done
 }
 fail() { echo "[slurm] ERROR: $*" >&2; show_logs; exit 1; }
-# running NAME: a live (non-zombie) process with that exact name exists
-running() {
-  local pid st
-  for pid in $(pgrep -x "$1" 2>/dev/null); do
-    st="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" || continue
-    [ -n "$st" ] && [ "$st" != Z ] && return 0
-  done
-  return 1
-}
+# shellcheck source=common.sh
+. "$(dirname "$0")/common.sh"
 
 # --------------------------------------------------------------------------
 # 1. Packages

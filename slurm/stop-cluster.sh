@@ -21,15 +21,8 @@ for a in "$@"; do
   esac
 done
 
-# running NAME: a live (non-zombie) process with that exact name exists
-running() {
-  local pid st
-  for pid in $(pgrep -x "$1" 2>/dev/null); do
-    st="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" || continue
-    [ -n "$st" ] && [ "$st" != Z ] && return 0
-  done
-  return 1
-}
+# shellcheck source=common.sh
+. "$(dirname "$0")/common.sh"
 
 if running slurmctld && command -v scancel >/dev/null 2>&1; then
   if [ -n "$(squeue -h -o %i 2>/dev/null | head -n1)" ]; then
