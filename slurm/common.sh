@@ -9,3 +9,18 @@ running() {
   done
   return 1
 }
+
+# stop_daemon NAME: TERM it, wait up to 10 s, then KILL (needs log() from the caller)
+stop_daemon() {  # name
+  local name="$1"
+  running "$name" || return 0
+  log "stopping $name"
+  pkill -TERM -x "$name" || true
+  for _ in $(seq 1 50); do
+    running "$name" || return 0
+    sleep 0.2
+  done
+  log "$name did not exit after 10s: sending SIGKILL"
+  pkill -KILL -x "$name" || true
+  sleep 0.5
+}

@@ -241,18 +241,6 @@ fi
 # --------------------------------------------------------------------------
 # 3. Daemons
 # --------------------------------------------------------------------------
-stop_daemon() {  # name
-  local name="$1" i
-  running "$name" || return 0
-  log "stopping $name"
-  pkill -TERM -x "$name" || true
-  for i in $(seq 1 50); do
-    running "$name" || return 0
-    sleep 0.2
-  done
-  pkill -KILL -x "$name" || true
-  sleep 0.5
-}
 
 if [ "$CONF_CHANGED" -eq 1 ] && { running slurmctld || running slurmd || running slurmdbd; }; then
   log "config changed while daemons were running: restarting slurm daemons"

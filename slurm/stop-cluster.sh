@@ -39,19 +39,6 @@ if running slurmctld && command -v scancel >/dev/null 2>&1; then
   fi
 fi
 
-stop_daemon() {  # name
-  local name="$1"
-  running "$name" || return 0
-  log "stopping $name"
-  pkill -TERM -x "$name" || true
-  for _ in $(seq 1 50); do
-    running "$name" || return 0
-    sleep 0.2
-  done
-  log "$name did not exit after 10s: sending SIGKILL"
-  pkill -KILL -x "$name" || true
-  sleep 0.5
-}
 
 stop_daemon slurmd
 # Leftover job step daemons (slurmstepd) would keep running after slurmd.
