@@ -187,6 +187,8 @@ Waittime=0
 
 NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=${CPUS} SocketsPerBoard=${SOCKETS} CoresPerSocket=${CORES} ThreadsPerCore=${THREADS} RealMemory=${REAL_MEM} State=UNKNOWN
 PartitionName=debug Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP
+# a 5-minute limit: time limits are checked against the partition for real
+PartitionName=short Nodes=${NODE} MaxTime=00:05:00 State=UP
 EOF
 }
 

@@ -402,6 +402,7 @@ def _no_slurm_path(tmp_path: Path) -> str:
         ("key", '[slurm]\nmemory = "4G"\n', "unknown SLURM resource 'memory'"),
         ("table-key", '[slurm.tables.Total]\ngpu = 1\n', "unknown SLURM resource 'gpu'"),
         ("signal", '[slurm]\ntime = "1"\nsignal_delay_s = 90\n', "signal_delay_s = 90"),
+        ("time-limit", '[slurm]\npartition = "short"\ntime = "10"\n', "time '10' for Square exceeds partition short's limit 5:00"),
         ("rejected", '[slurm.tables.Total]\nmem = "100000G"\n',
          "SLURM rejected the Total array: Memory specification can not be satisfied"),
     ],
@@ -430,6 +431,27 @@ def test_bad_input_exit_2_nothing_reserved(chain, db, slurm, tmp_path, case, con
         states = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", held[0]],
                                 capture_output=True, text=True).stdout.split()
         assert states and set(states) == {"CANCELLED"} or not queued(held[0]), states
+
+
+def test_wait_stops_when_slurm_will_never_start_a_task(chain, db, slurm):
+    """--wait ends with SLURM's reason and exit 2, instead of waiting forever, when
+    SLURM says it will never start a task: here the Square array depends (an extra
+    directive) on a job that failed, so SLURM marks it DependencyNeverSatisfied. The
+    arrays stay queued for the user to cancel, the keys stay pending, none reserved;
+    ``status`` shows the reason next to the array."""
+    failed = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "false"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    wait_for(lambda: not queued(failed), 60, what="the failing job to end")
+    seed(chain, 3)
+    slurm.write_config(f'[slurm.tables.Square]\nextra = ["--dependency=afterok:{failed}"]\n')
+    out = slurm.run("--wait", "--shard-size", "1", timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    square = submitted(out.stderr)["Square"]
+    assert f"SLURM will not start 3 task(s) of Square ({square[0]}): DependencyNeverSatisfied" in out.stderr, out.stderr
+    assert f"scancel {square[0]}" in out.stderr and "Traceback" not in out.stderr
+    assert {r["status"] for r in jobs_rows(chain.Square)} == {"pending"}
+    status = slurm.cli("status", CHAIN)
+    assert "PENDING (DependencyNeverSatisfied) 3" in status.stdout, status.stdout
 
 
 def test_fixed_shards_running_together_each_finish_their_shard(chain, db):

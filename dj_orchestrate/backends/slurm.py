@@ -29,7 +29,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 from tqdm import tqdm
 
@@ -43,6 +43,10 @@ from .base import SUBMITTED, Backend, RunRequest, outcome, ready_keys, worker_co
 EXTRA_DIRECTIVE = re.compile(r"--[A-Za-z][A-Za-z0-9-]*(=.*)?")
 SLURM_JOB_ID = re.compile(r"\d+(_\d+)?")  # 123 (a job) or 123_4 (an array task)
 ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED"}
+# Pending reasons (squeue's JOB REASON CODES) after which SLURM starts a task only if
+# someone changes the job or the cluster: --wait stops and says so instead of waiting forever
+NEVER_STARTS = {"BadConstraints", "DependencyNeverSatisfied", "InvalidAccount", "InvalidQOS",
+                "PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit"}
 CONFIG_FILE = "dj_orchestrate.toml"
 # Arrays of a run are submitted with a begin time this far ahead (--begin) and released
 # together once SLURM accepted them all. Not --hold: SLURM accepts a held job that no node
@@ -116,19 +120,7 @@ class SlurmResources:
         return self
 
     def minutes(self) -> int:
-        """SLURM's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in whole minutes."""
-        text = self.time.strip()
-        days, _, rest = text.rpartition("-")
-        parts = rest.split(":")
-        if not re.fullmatch(r"\d*", days) or not all(p.isdigit() for p in parts) or len(parts) > 3:
-            raise UsageError(f"time {self.time!r} is not a SLURM time", 'use minutes, "HH:MM:SS" or "D-HH:MM:SS"')
-        values = [int(p) for p in parts]
-        if days:  # D-H, D-H:M, D-H:M:S
-            h, m, sec = (values + [0, 0])[:3]
-            seconds = int(days) * 86400 + h * 3600 + m * 60 + sec
-        else:  # M, M:S, H:M:S
-            seconds = [lambda m: m * 60, lambda m, s_: m * 60 + s_, lambda h, m, s_: h * 3600 + m * 60 + s_][len(values) - 1](*values)
-        return max(1, -(-seconds // 60))
+        return slurm_minutes(self.time)
 
     def submitit_parameters(self, job_name: str, dependency: str | None = None, gate: bool = False) -> dict[str, Any]:
         """The one translation to sbatch parameters (submitit's SlurmExecutor names).
@@ -143,6 +135,28 @@ class SlurmResources:
                       partition=self.partition, mem=self.mem, gpus_per_node=self.gpus, gres=self.gres,
                       account=self.account, qos=self.qos, constraint=self.constraint, dependency=dependency)
         return {k: v for k, v in params.items() if v is not None}
+
+
+def slurm_minutes(time_: str) -> int:
+    """SLURM's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in whole minutes."""
+    days, _, rest = time_.strip().rpartition("-")
+    parts = rest.split(":")
+    if not re.fullmatch(r"\d*", days) or not all(p.isdigit() for p in parts) or len(parts) > 3:
+        raise UsageError(f"time {time_!r} is not a SLURM time", 'use minutes, "HH:MM:SS" or "D-HH:MM:SS"')
+    values = [int(p) for p in parts]
+    if days:  # D-H, D-H:M, D-H:M:S
+        h, m, sec = (values + [0, 0])[:3]
+        seconds = int(days) * 86400 + h * 3600 + m * 60 + sec
+    else:  # M, M:S, H:M:S
+        seconds = [lambda m: m * 60, lambda m, s_: m * 60 + s_, lambda h, m, s_: h * 3600 + m * 60 + s_][len(values) - 1](*values)
+    return max(1, -(-seconds // 60))
+
+
+class Task(NamedTuple):
+    """What squeue says of one job or array task."""
+
+    state: str  # PENDING, RUNNING, ...
+    reason: str  # why it is pending (Priority, Dependency, PartitionTimeLimit, ...)
 
 
 @dataclass
@@ -232,7 +246,7 @@ class SlurmBackend(Backend):
     def __init__(self, config: SlurmConfig | None = None) -> None:
         self.config = config or SlurmConfig()
         self._states_at = 0.0
-        self._states: dict[str, str] = {}
+        self._states: dict[str, Task] = {}
         self._next_pull = 100_000  # pull workers' shard numbers, apart from fixed shards
 
     @classmethod
@@ -265,17 +279,24 @@ class SlurmBackend(Backend):
             if shutil.which(command) is None:
                 raise UsageError(f"no {command} on PATH: this machine cannot reach a SLURM cluster",
                                  "run from a login node, or use --backend local (`slurm render` writes sbatch scripts)")
-        partitions = {p.rstrip("*") for p in self._slurm("sinfo", "-h", "-o", "%P").split()}
+        listed = [line.split() for line in self._slurm("sinfo", "-h", "-o", "%P %l").splitlines() if line.strip()]
+        limits = {p.rstrip("*"): limit for p, limit in listed}  # partition -> time limit
+        default = next((p.rstrip("*") for p, _ in listed if p.endswith("*")), None)
         for t in tables:
-            wanted = self.config.resources_for(t).partition
-            if wanted and wanted not in partitions:
+            resources = self.config.resources_for(t)
+            wanted = resources.partition
+            if wanted and wanted not in limits:
                 raise UsageError(f"unknown SLURM partition {wanted!r} for {t.name}",
-                                 f"partitions on this cluster: {', '.join(sorted(partitions))}")
+                                 f"partitions on this cluster: {', '.join(sorted(limits))}")
+            limit = limits.get(wanted or default or "", "infinite")
+            if limit not in ("infinite", "n/a") and resources.minutes() > slurm_minutes(limit):
+                raise UsageError(f"time {resources.time!r} for {t.name} exceeds partition {wanted or default}'s limit {limit}",
+                                 "SLURM would queue the array and never start it: lower time, or pick another partition")
         m = re.search(r"MaxArraySize\s*=\s*(\d+)", self._slurm("scontrol", "show", "config"))
         self.max_array = int(m.group(1)) if m else 1001
 
-    def _squeue(self, job_ids: set[str]) -> dict[str, str] | None:
-        """``{"123_4": "RUNNING", "125": "PENDING"}`` for the jobs and arrays of these ids;
+    def _squeue(self, job_ids: set[str]) -> dict[str, Task] | None:
+        """``{"123_4": Task("RUNNING", "None"), ...}`` for the jobs and arrays of these ids;
         None when squeue gave no answer (missing, timed out, controller down)."""
         jobs = sorted({j.split("_")[0] for j in job_ids if SLURM_JOB_ID.fullmatch(j)})
         if not jobs:
@@ -283,16 +304,17 @@ class SlurmBackend(Backend):
         if shutil.which("squeue") is None:
             return None
         try:
-            out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(jobs)],
+            out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T %r", "-j", ",".join(jobs)],
                                  capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired):
             return None
         if out.returncode:
             # one unknown id (purged after MinJobAge) is an answer: nothing of it runs
             return {} if "Invalid job id" in out.stderr else None
-        return dict(line.split(None, 1) for line in out.stdout.splitlines() if line.strip())
+        return {job: Task(state, reason) for job, state, reason in
+                ((line.split(None, 2) + [""])[:3] for line in out.stdout.splitlines() if line.strip())}
 
-    def states(self, job_ids: set[str], max_age: float = 2.0) -> dict[str, str]:
+    def states(self, job_ids: set[str], max_age: float = 2.0) -> dict[str, Task]:
         """State of every task of these jobs (``123_4`` → RUNNING); one squeue call, at
         most every ``max_age`` seconds. Finished tasks are simply absent. Without an
         answer, the last one."""
@@ -309,7 +331,7 @@ class SlurmBackend(Backend):
         answer = self._squeue(job_ids)
         if answer is None:
             return set()
-        return {j for j in job_ids if SLURM_JOB_ID.fullmatch(j) and answer.get(j) not in ACTIVE_STATES}
+        return {j for j in job_ids if SLURM_JOB_ID.fullmatch(j) and (j not in answer or answer[j].state not in ACTIVE_STATES)}
 
     # -------------------------------------------------------------- submission
     def _submit(self, request: RunRequest, info: TableInfo, argv: list[str], indices: Sequence[int],
@@ -429,7 +451,9 @@ class SlurmBackend(Backend):
                         time.sleep(5)
                         continue
                     silent_since = None
-                    active = [s for j, s in states.items() if j.split("_")[0] in job_ids and s in ACTIVE_STATES]
+                    ours = {j: t for j, t in states.items() if j.split("_")[0] in job_ids}
+                    active = [t for t in ours.values() if t.state in ACTIVE_STATES]
+                    _stop_if_never_starts(arrays, ours)
                     counts = db.retrying(conn, lambda: [jt.status_counts() for jt in tables], WHO, DB_PATIENCE)
                     bar.set_postfix_str(f"pending={sum(c['pending'] for c in counts)} "
                                         f"reserved={sum(c['reserved'] for c in counts)} tasks={len(active)}")
@@ -459,8 +483,9 @@ class SlurmBackend(Backend):
             name, _, ids = item.partition(": ")
             states = self.states(set(ids.split(",")), max_age=0)
             counts: dict[str, int] = {}
-            for job, state in states.items():
+            for job, task in states.items():
                 if job.split("_")[0] in ids.split(","):
+                    state = f"{task.state} ({task.reason})" if task.reason in NEVER_STARTS else task.state
                     counts[state] = counts.get(state, 0) + 1
             parts.append(f"{name} [{ids}]: " + (", ".join(f"{s} {n}" for s, n in sorted(counts.items())) or "ended"))
         return "; ".join(parts)
@@ -521,6 +546,20 @@ def _has_work(level: list[TableInfo], restriction: Any) -> bool:
     if ready_keys(level):
         return True
     return any((c := JobTable(t.instance()).counts(restriction))["missing"] > c["pending"] for t in level)
+
+
+def _stop_if_never_starts(arrays: dict[str, list[str]], tasks: dict[str, Task]) -> None:
+    """--wait: a task SLURM will never start (its time over the partition's limit, an
+    unsatisfiable dependency, ...) ends the wait with SLURM's reason, instead of a wait
+    without end. The arrays stay queued: the user decides, and their keys are pending."""
+    stuck = {j: t.reason for j, t in tasks.items() if t.state == "PENDING" and t.reason in NEVER_STARTS}
+    if not stuck:
+        return
+    jobs = sorted({j.split("_")[0] for j in stuck}, key=int)
+    names = [name for name, ids in arrays.items() if set(ids) & set(jobs)]
+    raise UsageError(f"SLURM will not start {len(stuck)} task(s) of {', '.join(names)} ({', '.join(jobs)}): "
+                     f"{', '.join(sorted(set(stuck.values())))}",
+                     f"their keys stay pending; fix the config, `scancel {' '.join(jobs)}` and run again")
 
 
 def _errors(tables: list[TableInfo]) -> int:
