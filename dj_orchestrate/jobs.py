@@ -176,8 +176,8 @@ class JobTable:
 
     @property
     def _by_key(self) -> str:
-        """The jobs table for a statement on listed keys. MySQL: forced onto the primary
-        key. Left to itself, InnoDB runs such a statement through the (status, priority,
+        """The jobs table for a statement on listed keys or a key range. MySQL: forced
+        onto the primary key. Left to itself, InnoDB runs such a statement through the (status, priority,
         scheduled_time) index whenever few rows have that status (the end of a queue),
         locking the entries of keys other workers hold while they do the same: two
         claims then deadlock (seen with 32 workers on MariaDB 10.11)."""
@@ -313,14 +313,22 @@ class JobTable:
         until it has checked the shard bounds). A fixed-shard worker that stopped there
         left most of its shard pending."""
         where, args = self._due(shard)
-        return int(self._query(f"SELECT COUNT(*) FROM {self.name} WHERE {' AND '.join(where)}", args).fetchone()[0])
+        source = self._by_key if shard else self.name
+        return int(self._query(f"SELECT COUNT(*) FROM {source} WHERE {' AND '.join(where)}", args).fetchone()[0])
 
     def claim(self, owner: Owner, limit: int, shard: tuple[tuple | None, tuple | None] | None = None) -> list[Claim]:
-        """Reserve up to ``limit`` pending keys (within ``[lo, hi)`` when a shard is given)."""
+        """Reserve up to ``limit`` pending keys (within ``[lo, hi)`` when a shard is given).
+
+        Pull claims take keys by (priority, scheduled_time, key). A shard's keys are taken
+        in key order along the primary key, reading about ``limit`` rows: in claim order a
+        claim read the whole shard (PostgreSQL, 1.2 ms for 2,000 keys) or every pending
+        row before it (MySQL: 185 ms for the last shard of 200,000 keys). Priority orders
+        the work of many workers; a shard's one worker makes all of its keys anyway."""
         where, args = self._due(shard)
+        order = self._cols() if shard else f"{self.q('priority')}, {self.q('scheduled_time')}, {self._cols()}"
         pick = (
-            f"SELECT {self._cols()}, {self.q('attempts')} FROM {self.name} WHERE {' AND '.join(where)} "
-            f"ORDER BY {self.q('priority')}, {self.q('scheduled_time')}, {self._cols()} LIMIT %s FOR UPDATE SKIP LOCKED"
+            f"SELECT {self._cols()}, {self.q('attempts')} FROM {self._by_key if shard else self.name} "
+            f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT %s FOR UPDATE SKIP LOCKED"
         )
         args.append(int(limit))
         sets = (

@@ -217,3 +217,16 @@ def test_a_batch_is_handed_out_in_key_order(chain):
     jt._query(f"UPDATE {jt.name} SET priority = 1 WHERE item_id = 3")
     claims = jt.claim(owner(jt), 5)
     assert [c.key["item_id"] for c in claims] == [0, 1, 2, 3, 4]
+
+
+def test_pull_claims_follow_priority_shard_claims_key_order(chain):
+    """A pull claim takes the most urgent keys first (lower priority number first, as
+    DataJoint does); a shard's claim takes its keys in key order, along the primary key
+    (so a claim reads about as many rows as it takes, however long the queue)."""
+    seed(chain, 6)
+    jt = JobTable(chain.Square())
+    jt.enqueue()
+    jt._query(f"UPDATE {jt.name} SET priority = 1 WHERE item_id IN (2, 4)")
+    assert [c.key["item_id"] for c in jt.claim(owner(jt), 1, ((1,), (6,)))] == [1]
+    assert [c.key["item_id"] for c in jt.claim(owner(jt), 2)] == [2, 4]
+    assert [c.key["item_id"] for c in jt.claim(owner(jt), 2, ((1,), (6,)))] == [3, 5]
