@@ -496,6 +496,9 @@ def test_crash_loop_ends_as_error_after_max_attempts(chain, db, procs):
     assert [e["key"] for e in errors] == [{"item_id": bad}], explain(procs, run)
     assert errors[0]["attempts"] == 2
     assert "gave up after 2 attempts" in errors[0]["error_message"]
+    # the local backend names its workers: the dead one's id and log are on the error
+    assert errors[0]["backend_job_id"].startswith("local-") and errors[0]["backend_job_id"] in errors[0]["error_message"]
+    assert Path(errors[0]["log_path"]).is_file()
     assert_all_made(chain, n, skip={bad})
     assert_nothing_reserved(chain)
     assert max(makes(chain).values()) == 1

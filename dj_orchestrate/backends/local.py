@@ -24,6 +24,7 @@ class LocalBackend(Backend):
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
+        self.job_ids: dict[subprocess.Popen, str] = {}  # the backend job id each worker records
         self.stopping = False
         self.stop_signal = signal.SIGTERM
 
@@ -58,8 +59,11 @@ class LocalBackend(Backend):
                     self._launch(request, level, range(next_index, next_index + n))
                     next_index += n
                     self._follow(request, level)
+                    # every worker of the round has exited: what they still hold is released
+                    # now, not once the server has noticed their sessions are gone
+                    ended = {self.job_ids[p] for p in self.current}
                     self._db(request, lambda level=level: reconcile_all([t.instance() for t in level],
-                                                                        request.worker.policy))
+                                                                        request.worker.policy, ended))
                 if self.stopping:
                     break
         finally:
@@ -79,10 +83,12 @@ class LocalBackend(Backend):
             if self.stopping:  # stopped while launching: start no more
                 break
             log_path = request.log_dir / f"worker-{i}.log"
-            cmd = worker_command(request, level, shard_index=i) + ["--log-path", str(log_path)]
+            job_id = f"local-{request.run_id.rsplit('-', 1)[-1]}-{i}"
+            cmd = worker_command(request, level, shard_index=i) + ["--log-path", str(log_path), "--backend-job-id", job_id]
             with open(log_path, "ab") as out:
                 proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             self.procs.append(proc)
+            self.job_ids[proc] = job_id
             self.current.append(proc)
             if self.stopping:  # the signal came before this worker was in self.procs
                 proc.send_signal(self.stop_signal)
