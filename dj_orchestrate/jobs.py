@@ -177,10 +177,10 @@ class JobTable:
     @property
     def _by_key(self) -> str:
         """The jobs table for a statement on listed keys or a key range. MySQL: forced
-        onto the primary key. Left to itself, InnoDB runs such a statement through the (status, priority,
-        scheduled_time) index whenever few rows have that status (the end of a queue),
-        locking the entries of keys other workers hold while they do the same: two
-        claims then deadlock (seen with 32 workers on MariaDB 10.11)."""
+        onto the primary key. Left to itself, InnoDB runs such a statement through the
+        (status, priority, scheduled_time) index whenever few rows have that status (the
+        end of a queue), locking the entries of keys other workers hold while they do the
+        same: two claims then deadlock (seen with 32 workers on MariaDB 10.11)."""
         return f"{self.name} FORCE INDEX (PRIMARY)" if self.mysql else self.name
 
     def _interval(self, seconds: float) -> str:
