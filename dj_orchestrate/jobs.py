@@ -130,6 +130,8 @@ class JobTable:
             fk.update(props.get("attr_map", {}))
         self.pk = [a for a in table.primary_key if a in fk]
         self.uuid_cols = {a for a in self.pk if table.heading[a].uuid}
+        # Python orders numbers as the database does; strings follow a column's collation
+        self.numeric_key = all(table.heading[a].numeric for a in self.pk)
         self._declared: bool | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -357,10 +359,13 @@ class JobTable:
                     )
                     # in key order, as on PostgreSQL: a worker makes its batch in this order,
                     # and reconcile takes the first unmade key of a dead owner as its key in flight
-                    rows = self._query(
-                        f"SELECT {self._cols()}, {self.q('attempts')} FROM {self._by_key} WHERE {cond} ORDER BY {self._cols()}",
-                        in_args,
-                    ).fetchall()
+                    if self.numeric_key:  # (the rows are locked: all of them were updated)
+                        rows = sorted(rows, key=lambda r: tuple(r[:n]))
+                    else:
+                        rows = self._query(
+                            f"SELECT {self._cols()}, {self.q('attempts')} FROM {self._by_key} WHERE {cond} "
+                            f"ORDER BY {self._cols()}", in_args,
+                        ).fetchall()
                 self._query("COMMIT")
             except BaseException:
                 try:
