@@ -79,12 +79,15 @@ class _JobsHandle:
     def __init__(self, worker: "Worker", jt: JobTable, claim: Claim) -> None:
         self.worker, self.jt, self.claim = worker, jt, claim
         self.outcome = "done"
+        self.completed = False
 
     def reserve(self, key: dict) -> bool:
         return True
 
     def complete(self, key: dict, duration: float | None = None) -> None:
-        self.worker._completed.append(self.claim)
+        if not self.completed:  # once: the worker also calls it for a key committed before an interrupt
+            self.completed = True
+            self.worker._completed.append(self.claim)
 
     def error(self, key: dict, error_message: str, error_stack: str | None = None) -> None:
         exc = sys.exc_info()[1]
@@ -226,10 +229,11 @@ class Worker:
             try:
                 table._populate1(claim.key, handle, suppress_errors=True, return_exception_objects=False,
                                  make_kwargs=self.settings.make_kwargs)
-            except WorkerInterrupted:
+            except WorkerInterrupted:  # (only ever raised once a stop signal set self.stopping)
                 self._close_transaction()
-                handle.outcome = "done" if self._committed(table, claim) else "interrupted"
-                self.stopping = True
+                if self._committed(table, claim):
+                    handle.complete(claim.key)
+                handle.outcome = "done" if handle.completed else "interrupted"
             except Exception as err:  # outside make: the key-in-table check, a commit
                 if _is_lost(err, self.conn):
                     handle.outcome = "lost"
@@ -245,7 +249,6 @@ class Worker:
                 reason = f"was stopped by {signal.Signals(self.stop_signal or signal.SIGINT).name} (preemption or time limit)"
                 self._safe(lambda: jt.release(self.owner, batch[i:], charge=charge, reason=reason,
                                               policy=self.settings.policy))
-                self.stopping = True
                 return
             if handle.outcome == "lost":
                 self._reconnect(jt, batch[i:], charge=claim)
@@ -263,12 +266,9 @@ class Worker:
         ``_populate1`` after the commit: in its logging, its job metadata, its finally.)
         Such a key is done; releasing it would leave a made key ``pending``."""
         try:
-            made = claim.key in table
+            return claim.key in table
         except Exception:  # the connection is gone: reconcile releases it; a re-claim only marks it done
             return False
-        if made and claim not in self._completed:
-            self._completed.append(claim)
-        return made
 
     def _close_transaction(self) -> None:
         """An exception from ``_populate1`` outside make's try (an interrupt or an error in
