@@ -23,7 +23,7 @@ db.quiet_datajoint()  # before DataJoint is imported: its config warnings are no
 from . import __version__, ledger, pipeline  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .jobs import JobTable, Policy, Restriction, reconcile_all  # noqa: E402
-from .backends.base import SUBMITTED  # noqa: E402
+from .backends.base import SUBMITTED, Backend, RunRequest  # noqa: E402
 from .worker import Settings  # noqa: E402
 
 # ----------------------------------------------------------------- option sets
@@ -76,6 +76,18 @@ def open_pipeline(spec: str, tables: tuple[str, ...], key_json: str | None) -> t
     module = pipeline.load(spec)
     infos = pipeline.select(pipeline.discover(module), tables)
     return target, infos, Restriction(pipeline.check_key_attributes(keys, infos))
+
+
+def log_dir(run_id: str) -> Path:
+    return Path(os.environ.get("DJO_LOG_DIR", ".dj_orchestrate/logs")).resolve() / run_id
+
+
+def launch(backend: Backend, request: RunRequest) -> tuple[int, str]:
+    """Run it, and record in the ledger how the run ended."""
+    code = backend.run(request)
+    state = {0: "done", 1: "errors", 130: "interrupted", SUBMITTED: "submitted"}.get(code, "failed")
+    ledger.finish_run(request.run_id, state)
+    return code, state
 
 
 def emit_json(value: Any) -> None:
@@ -144,7 +156,6 @@ def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...],
         no_progress: bool, as_json: bool, **policy: Any) -> None:
     """Reconcile, then compute every missing key of the selected tables."""
     from . import backends
-    from .backends.base import RunRequest
 
     backend_cls = backends.get(backend)
     settings = worker_settings(**policy)
@@ -159,13 +170,10 @@ def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...],
     run_id = ledger.new_run(spec, backend, [t.name for t in infos])
     request = RunRequest(
         pipeline=spec, tables=infos, restriction=restriction, target=target, worker=settings, run_id=run_id,
-        log_dir=Path(os.environ.get("DJO_LOG_DIR", ".dj_orchestrate/logs")).resolve() / run_id,
-        workers=workers, shard_size=shard_size, shards=shards, wait=wait,
+        log_dir=log_dir(run_id), workers=workers, shard_size=shard_size, shards=shards, wait=wait,
         progress=not (no_progress or as_json), key_json=key_json,
     )
-    code = backend_obj.run(request)
-    state = {0: "done", 1: "errors", 130: "interrupted", SUBMITTED: "submitted"}.get(code, "failed")
-    ledger.finish_run(run_id, state)
+    code, state = launch(backend_obj, request)
     summary = [{"table": t.name, **JobTable(t.instance()).counts(restriction)} for t in infos]
     if as_json:
         emit_json({"run_id": run_id, "state": state, "tables": summary})
@@ -249,8 +257,7 @@ def status(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, as
     rows = []
     for t in infos:
         c = JobTable(t.instance()).counts(restriction)
-        pending = max(0, c["total"] - c["done"] - c["reserved"] - c["error"] - c["ignore"])
-        rows.append({"table": t.name, "total": c["total"], "done": c["done"], "pending": pending,
+        rows.append({"table": t.name, "total": c["total"], "done": c["done"], "pending": c["missing"],
                      "reserved": c["reserved"], "error": c["error"], "ignore": c["ignore"],
                      "progress": f"{100 * c['done'] / c['total']:.0f}%" if c["total"] else "-"})
     if as_json:
@@ -361,7 +368,6 @@ def slurm() -> None:
 def slurm_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, out_dir: str,
                  config_path: str | None) -> None:
     """Write the sbatch scripts and a submit.sh, for review or for a login node without Python."""
-    from .backends.base import RunRequest
     from .backends.slurm import SlurmBackend
 
     backend = SlurmBackend.from_config(config_path)
@@ -381,7 +387,6 @@ def demo(workers: int, sessions: int) -> None:
     """Create, seed and run the example pipeline on the embedded database; show the results."""
     import datajoint as dj
 
-    from .backends.base import RunRequest
     from .backends.local import LocalBackend
 
     target = db.connect()
@@ -397,9 +402,8 @@ def demo(workers: int, sessions: int) -> None:
     settings = Settings(policy=Policy())
     run_id = ledger.new_run(spec, "local", [t.name for t in infos])
     request = RunRequest(pipeline=spec, tables=infos, restriction=Restriction(), target=target, worker=settings,
-                         run_id=run_id, log_dir=Path(".dj_orchestrate/logs").resolve() / run_id, workers=workers)
-    code = LocalBackend().run(request)
-    ledger.finish_run(run_id, "done" if code == 0 else "errors")
+                         run_id=run_id, log_dir=log_dir(run_id), workers=workers)
+    launch(LocalBackend(), request)
     click.echo("")
     rows = [{"table": t.name, **JobTable(t.instance()).counts()} for t in infos]
     click.echo(render_table(rows, ["table", "total", "done", "missing", "error"]))
