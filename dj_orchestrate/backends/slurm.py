@@ -255,10 +255,14 @@ class SlurmBackend(Backend):
 
     # ------------------------------------------------------------- the cluster
     @staticmethod
-    def _slurm(*cmd: str) -> str:
-        if shutil.which(cmd[0]) is None:
-            raise UsageError(f"no {cmd[0]} on PATH: this machine cannot reach a SLURM cluster",
+    def _require(command: str) -> None:
+        if shutil.which(command) is None:
+            raise UsageError(f"no {command} on PATH: this machine cannot reach a SLURM cluster",
                              "run from a login node, or use --backend local (`slurm render` writes sbatch scripts)")
+
+    @classmethod
+    def _slurm(cls, *cmd: str) -> str:
+        cls._require(cmd[0])
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         except subprocess.TimeoutExpired:
@@ -276,9 +280,7 @@ class SlurmBackend(Backend):
             raise UsageError("the embedded database stops when this command exits, so SLURM jobs could not reach it",
                              "use --wait, or configure a database server (DJ_HOST/DJ_USER/DJ_PASS)")
         for command in ("sbatch", "srun", "squeue", "scontrol"):
-            if shutil.which(command) is None:
-                raise UsageError(f"no {command} on PATH: this machine cannot reach a SLURM cluster",
-                                 "run from a login node, or use --backend local (`slurm render` writes sbatch scripts)")
+            self._require(command)
         listed = [line.split() for line in self._slurm("sinfo", "-h", "-o", "%P %l").splitlines() if line.strip()]
         limits = {p.rstrip("*"): limit for p, limit in listed}  # partition -> time limit
         default = next((p.rstrip("*") for p, _ in listed if p.endswith("*")), None)
@@ -334,13 +336,12 @@ class SlurmBackend(Backend):
         return {j for j in job_ids if SLURM_JOB_ID.fullmatch(j) and (j not in answer or answer[j].state not in ACTIVE_STATES)}
 
     # -------------------------------------------------------------- submission
-    def _submit(self, request: RunRequest, info: TableInfo, argv: list[str], indices: Sequence[int],
-                dependency: str | None) -> list[str]:
+    def _submit(self, request: RunRequest, info: TableInfo, resources: SlurmResources, argv: list[str],
+                indices: Sequence[int], dependency: str | None) -> list[str]:
         """One array per table; several when the indices exceed MaxArraySize. An array
         that depends on none is gated: nothing starts before every array is accepted."""
         import submitit
 
-        resources = self.config.resources_for(info)
         executor = submitit.SlurmExecutor(folder=request.log_dir / "%j", python=shlex.quote(sys.executable),
                                           max_num_timeout=max(3, request.worker.policy.max_attempts))
         gate = dependency is None and not any(e.startswith("--begin") for e in resources.extra)
@@ -413,7 +414,7 @@ class SlurmBackend(Backend):
                             argv += ["--key", request.key_json]
                         indices = range(self._next_pull, self._next_pull + resources.pull_workers)
                         self._next_pull += resources.pull_workers
-                    ids = self._submit(request, info, argv, indices, dependency)
+                    ids = self._submit(request, info, resources, argv, indices, dependency)
                     arrays.setdefault(info.name, []).extend(ids)
                     level_ids += ids
                 upstream += level_ids
