@@ -7,8 +7,9 @@ database test in CI tested nothing.
 
 from __future__ import annotations
 
-import os
+import collections
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -173,3 +174,9 @@ def jobs_rows(table) -> list[dict]:
     if not jt.declared:
         return []
     return [dict(r) for r in jt.conn.query(f"SELECT * FROM {jt.name}", as_dict=True).fetchall()]
+
+
+def makes(chain) -> dict[tuple[str, int], int]:
+    """Committed makes per (table, item_id), from the chain pipeline's side ledger
+    (written inside each make's transaction: a key made twice shows up twice)."""
+    return dict(collections.Counter((r["tbl"], r["item_id"]) for r in chain.MakeLog.to_dicts()))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import PIPELINES, seed
+from conftest import PIPELINES, makes, seed
 
 from dj_orchestrate.jobs import JobTable
 
@@ -36,16 +36,13 @@ def test_workers_and_stock_populate_make_each_key_exactly_once(chain, db):
     outputs = [p.communicate(timeout=300)[0] for p in [*workers, stock]]
     assert all(p.returncode == 0 for p in [*workers, stock]), "\n".join(o[-2000:] for o in outputs)
 
-    made = chain.MakeLog.to_dicts()
-    per_key = {}
-    for row in made:
-        per_key[row["item_id"]] = per_key.get(row["item_id"], 0) + 1
+    per_key = makes(chain)  # (only Square is made here)
     assert len(per_key) == N_KEYS, "keys lost"
     assert max(per_key.values()) == 1, "a key was made twice"
     assert len(chain.Square()) == N_KEYS
     counts = JobTable(chain.Square()).counts()
     assert counts["reserved"] == 0 and counts["pending"] == 0 and counts["error"] == 0
-    makers = {row["pid"] for row in made}
+    makers = {row["pid"] for row in chain.MakeLog.to_dicts()}
     assert len(makers) >= 5, f"work was not spread: {len(makers)} processes made keys"
     stock_made = int(outputs[-1].strip().splitlines()[-1].split()[-1])
     assert stock_made > 0, "the stock populate took no part"

@@ -25,7 +25,7 @@ from pathlib import Path
 import datajoint as dj
 import psutil
 import pytest
-from conftest import PIPELINES, ROOT, jobs_rows, reachable, seed, wait_for
+from conftest import PIPELINES, ROOT, jobs_rows, makes, reachable, seed, wait_for
 
 from dj_orchestrate.jobs import JobTable, LiveConnections, Owner, Policy, Restriction
 
@@ -40,15 +40,6 @@ def reserved(table) -> list[dict]:
 
 def live_ids() -> set[int]:
     return LiveConnections(dj.conn()).snapshot()
-
-
-def makes(chain) -> dict[tuple[str, int], int]:
-    """Committed makes per (table, item_id), from the side ledger."""
-    out: dict[tuple[str, int], int] = {}
-    for row in chain.MakeLog.to_dicts():
-        k = (row["tbl"], row["item_id"])
-        out[k] = out.get(k, 0) + 1
-    return out
 
 
 def assert_all_made(chain, n: int, skip: set[int] = frozenset()) -> None:

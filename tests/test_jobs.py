@@ -6,7 +6,7 @@ import dataclasses
 
 import datajoint as dj
 import pytest
-from conftest import infos, seed
+from conftest import infos, jobs_rows, seed
 
 from dj_orchestrate.jobs import JobTable, LiveConnections, Owner, Policy, Restriction, reconcile_all
 from dj_orchestrate.planner import plan_table
@@ -16,8 +16,12 @@ def owner(jt: JobTable, **changes) -> Owner:
     return dataclasses.replace(Owner.of(jt.conn), **changes)
 
 
-def jobs_rows(module, table) -> list[dict]:
-    return dj.jobs.Job(table()).to_dicts(order_by="item_id")
+def queued(chain, n: int) -> JobTable:
+    """Square's jobs table with items 0..n-1 seeded and enqueued."""
+    seed(chain, n)
+    jt = JobTable(chain.Square())
+    jt.enqueue()
+    return jt
 
 
 def test_discovery_order_and_levels(chain):
@@ -42,7 +46,7 @@ def test_enqueue_honours_restriction_as_bound_data(chain):
     seed(chain, 20)
     jt = JobTable(chain.Square())
     assert jt.enqueue(Restriction([{"item_id": 3}, {"item_id": 5}])) == 2
-    assert sorted(r["item_id"] for r in jobs_rows(chain, chain.Square)) == [3, 5]
+    assert sorted(r["item_id"] for r in jobs_rows(chain.Square)) == [3, 5]
     # a string that would be SQL if it were pasted is only ever compared as data
     mlog = JobTable(chain.Square())
     evil = "x'); DROP TABLE item; --"
@@ -53,9 +57,7 @@ def test_enqueue_honours_restriction_as_bound_data(chain):
 
 
 def test_claim_is_exclusive_and_batched(chain):
-    seed(chain, 30)
-    jt = JobTable(chain.Square())
-    jt.enqueue()
+    jt = queued(chain, 30)
     a, b = owner(jt, pid=1), owner(jt, pid=2)
     first = jt.claim(a, 10)
     second = jt.claim(b, 100)
@@ -68,9 +70,7 @@ def test_claim_is_exclusive_and_batched(chain):
 
 
 def test_complete_and_fail_are_owner_checked(chain):
-    seed(chain, 4)
-    jt = JobTable(chain.Square())
-    jt.enqueue()
+    jt = queued(chain, 4)
     me = owner(jt)
     claims = jt.claim(me, 4)
     stranger = owner(jt, pid=me.pid + 1)
@@ -88,9 +88,7 @@ def test_complete_and_fail_are_owner_checked(chain):
 
 
 def test_retry_with_backoff_then_error(chain):
-    seed(chain, 1)
-    jt = JobTable(chain.Square())
-    jt.enqueue()
+    jt = queued(chain, 1)
     me = owner(jt)
     policy = Policy(retries=1, backoff=3600)
     claim = jt.claim(me, 1)[0]
@@ -105,13 +103,11 @@ def test_retry_with_backoff_then_error(chain):
 
 
 def test_release_charges_only_the_key_in_flight(chain):
-    seed(chain, 5)
-    jt = JobTable(chain.Square())
-    jt.enqueue()
+    jt = queued(chain, 5)
     me = owner(jt)
     claims = jt.claim(me, 5)
     jt.release(me, claims, charge=claims[0], reason="was killed", policy=Policy(max_attempts=2))
-    rows = {r["item_id"]: r for r in jobs_rows(chain, chain.Square)}
+    rows = {r["item_id"]: r for r in jobs_rows(chain.Square)}
     assert all(r["status"] == "pending" for r in rows.values())
     assert rows[0]["attempts"] == 1 and all(rows[i]["attempts"] == 0 for i in range(1, 5))
     claims = jt.claim(me, 5)
@@ -124,9 +120,7 @@ def test_release_charges_only_the_key_in_flight(chain):
 
 
 def test_reconcile_releases_dead_owners_only(chain):
-    seed(chain, 6)
-    jt = JobTable(chain.Square())
-    jt.enqueue()
+    jt = queued(chain, 6)
     alive = owner(jt)
     dead = owner(jt, connection_id=987654321, pid=4242)
     mine = jt.claim(alive, 2)
@@ -136,7 +130,7 @@ def test_reconcile_releases_dead_owners_only(chain):
     chain.Square.insert1({**theirs[0].key, "square": 0.0}, allow_direct_insert=True)
     result = reconcile_all([chain.Square()], Policy())
     assert result == {"released": 1, "charged": 1, "completed": 1}
-    rows = {r["item_id"]: r for r in jobs_rows(chain, chain.Square)}
+    rows = {r["item_id"]: r for r in jobs_rows(chain.Square)}
     assert theirs[0].key["item_id"] not in rows  # done: job row removed
     assert rows[theirs[1].key["item_id"]]["attempts"] == 1  # the key in flight
     assert rows[theirs[2].key["item_id"]]["attempts"] == 0
@@ -179,9 +173,7 @@ def test_plan_writes_nothing_and_shards_deterministically(chain):
 
 
 def test_errors_retry_ignore(chain):
-    seed(chain, 6)
-    jt = JobTable(chain.Square())
-    jt.enqueue()
+    jt = queued(chain, 6)
     me = owner(jt)
     claims = jt.claim(me, 3)
     jt.fail(me, claims[0], "ValueError: disk full", None, Policy())
@@ -196,9 +188,7 @@ def test_errors_retry_ignore(chain):
 
 
 def test_stock_populate_skips_ignored_and_reserved(chain):
-    seed(chain, 5)
-    jt = JobTable(chain.Square())
-    jt.enqueue()
+    jt = queued(chain, 5)
     me = owner(jt)
     jt.claim(me, 2)
     jt.ignore(Restriction([{"item_id": 4}]))
@@ -211,9 +201,7 @@ def test_a_batch_is_handed_out_in_key_order(chain):
     """Workers make a batch in the order claim returns it, and reconcile takes a dead
     owner's first unmade key (by key) as its key in flight: the two must agree, also
     when the batch spans priorities."""
-    seed(chain, 5)
-    jt = JobTable(chain.Square())
-    jt.enqueue()
+    jt = queued(chain, 5)
     jt._query(f"UPDATE {jt.name} SET priority = 1 WHERE item_id = 3")
     claims = jt.claim(owner(jt), 5)
     assert [c.key["item_id"] for c in claims] == [0, 1, 2, 3, 4]
@@ -223,9 +211,7 @@ def test_pull_claims_follow_priority_shard_claims_key_order(chain):
     """A pull claim takes the most urgent keys first (lower priority number first, as
     DataJoint does); a shard's claim takes its keys in key order, along the primary key
     (so a claim reads about as many rows as it takes, however long the queue)."""
-    seed(chain, 6)
-    jt = JobTable(chain.Square())
-    jt.enqueue()
+    jt = queued(chain, 6)
     jt._query(f"UPDATE {jt.name} SET priority = 1 WHERE item_id IN (2, 4)")
     assert [c.key["item_id"] for c in jt.claim(owner(jt), 1, ((1,), (6,)))] == [1]
     assert [c.key["item_id"] for c in jt.claim(owner(jt), 2)] == [2, 4]

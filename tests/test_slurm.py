@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import PIPELINES, ROOT, jobs_rows, require, seed, wait_for
+from conftest import PIPELINES, ROOT, jobs_rows, makes, require, seed, wait_for
 
 from dj_orchestrate.jobs import JobTable
 
@@ -108,13 +108,6 @@ def queued(*job_ids: str) -> dict[str, str]:
 
 def row_of(table, item_id: int) -> dict | None:
     return next((r for r in jobs_rows(table) if r["item_id"] == item_id), None)
-
-
-def makes(chain) -> dict[tuple[str, int], int]:
-    out: dict[tuple[str, int], int] = {}
-    for r in chain.MakeLog.to_dicts():
-        out[(r["tbl"], r["item_id"])] = out.get((r["tbl"], r["item_id"]), 0) + 1
-    return out
 
 
 def assert_once(chain, ids: set[int], tables=("Square", "Total")) -> None:
