@@ -139,7 +139,7 @@ def plan(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, shar
 
 @main.command()
 @pipeline_arg
-@click.option("--backend", default="local", show_default=True, help="local or slurm.")
+@click.option("--backend", default="local", show_default=True, help="local, slurm, dask or kubernetes.")
 @click.option("--workers", default=4, show_default=True, help="Worker processes (local) or array parallelism.")
 @table_opt
 @key_opt
@@ -148,12 +148,18 @@ def plan(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, shar
 @click.option("--wait/--no-wait", default=None, help="Follow until done (default: local waits, slurm returns).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Backend config (dj_orchestrate.toml).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--scheduler", help="dask: the scheduler's address (default: [dask] scheduler, DASK_SCHEDULER_ADDRESS).")
+@click.option("--cluster", help="dask: start a cluster for this run instead: local, slurm (dask-jobqueue) or cuda (dask-cuda).")
+@click.option("--image", help="kubernetes: the worker image (default: [kubernetes] image).")
+@click.option("--namespace", help="kubernetes: the namespace (default: [kubernetes] namespace, then the context's).")
+@click.option("--secret", help="kubernetes: the Secret with the database credentials (default: [kubernetes] secret).")
 @policy_options
 @json_opt
 @friendly
 def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...], key_json: str | None,
         shard_size: int | None, shards: int | None, wait: bool | None, config_path: str | None,
-        no_progress: bool, as_json: bool, **policy: Any) -> None:
+        no_progress: bool, scheduler: str | None, cluster: str | None, image: str | None, namespace: str | None,
+        secret: str | None, as_json: bool, **policy: Any) -> None:
     """Reconcile, then compute every missing key of the selected tables."""
     from . import backends
 
@@ -161,7 +167,8 @@ def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...],
     settings = worker_settings(**policy)
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}", "e.g. --workers 8")
-    backend_obj = backend_cls.from_config(config_path) if hasattr(backend_cls, "from_config") else backend_cls()
+    backend_obj = backend_cls.create(config_path, scheduler=scheduler, cluster=cluster, image=image,
+                                     namespace=namespace, secret=secret)
     target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
     wait = (backend == "local") if wait is None else wait
     backend_obj.check(infos, bool(target.embedded), wait)
@@ -223,15 +230,11 @@ def work(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, enqu
 
 
 def ended_jobs(infos: list[pipeline.TableInfo]) -> set[str]:
-    """Scheduler hint for reconcile: reserved keys whose SLURM array task has ended."""
-    import shutil
+    """Schedulers' hint for reconcile: reserved keys whose backend job has ended."""
+    from . import backends
 
     ids = {j for t in infos for j in JobTable(t.instance()).reserved_backend_ids()}
-    if not ids or not shutil.which("squeue"):
-        return set()
-    from .backends.slurm import SlurmBackend
-
-    return SlurmBackend().ended_jobs(ids)
+    return backends.ended_jobs(ids) if ids else set()
 
 
 def backend_job_id_from_env() -> str:
@@ -269,7 +272,7 @@ def status(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, as
         if r["backend"] != "local" and r["state"] in ("submitted", "running"):
             from . import backends
 
-            r["backend_info"] = backends.get(r["backend"])().describe(r) or r["backend_info"]
+            r["backend_info"] = backends.get(r["backend"]).from_config().describe(r) or r["backend_info"]
     if runs:
         click.echo("\nrecent runs:")
         click.echo(render_table(runs, ["run_id", "backend", "state", "started", "shards", "keys_done", "keys_failed", "backend_info"]))

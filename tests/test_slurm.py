@@ -320,10 +320,10 @@ def test_example_config_documents_every_key():
     resource key, in [slurm] and in a per-table section."""
     import dataclasses
 
-    from dj_orchestrate.backends.slurm import SlurmConfig, SlurmResources
+    from dj_orchestrate.backends.slurm import SlurmResources, load_config
 
     path = ROOT / "slurm" / "dj_orchestrate.toml.example"
-    config = SlurmConfig.load(str(path))
+    config = load_config(str(path))
     assert config.defaults.partition == "debug" and config.tables
     text = path.read_text()
     for f in dataclasses.fields(SlurmResources):

@@ -1,5 +1,9 @@
-"""What every backend shares: the run request, the worker command line, the driver's
-level-by-level loop helpers."""
+"""What every backend shares: the run request, the launch plan (which tables get fixed
+shards, which get pull slots, in what order), the worker command line, and the
+interface a backend implements to launch, follow and describe workers.
+
+A backend module is the translation of one plan into one scheduler's terms; config
+loading and per-table settings live in ``dj_orchestrate.config``."""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
 from ..db import Target
+from ..errors import UsageError
 from ..jobs import JobTable, Restriction
-from ..pipeline import TableInfo
+from ..pipeline import TableInfo, levels_of
+from ..planner import TablePlan, encode_bound, plan_table
 from ..worker import Settings
 
 
@@ -41,10 +47,27 @@ SUBMITTED = 3  # run() returned without waiting: the CLI exits 0 and says "submi
 class Backend(ABC):
     """Launches workers for a run and reports how it ended (an exit code).
 
-    ``ended_jobs`` answers, for reconcile, which of the given backend job ids are no
-    longer running: a hint on top of the jobs table, never a replacement for it."""
+    ``ended_jobs`` answers, for reconcile, which of the given backend job ids (those this
+    backend made: ``<name>:…``, see ``backends.maker``) are no longer running: a hint on
+    top of the jobs table, never a replacement for it."""
 
     name: ClassVar[str]
+    options: ClassVar[tuple[str, ...]] = ()  # `run` options this backend takes (e.g. "scheduler")
+
+    @classmethod
+    def create(cls, config_path: str | None = None, **options: Any) -> "Backend":
+        """The backend for ``run``: its config section and the options given for it. An
+        option meant for another backend is a mistake, not something to ignore."""
+        given = {k: v for k, v in options.items() if v is not None}
+        stray = sorted(set(given) - set(cls.options))
+        if stray:
+            raise UsageError(f"--{stray[0].replace('_', '-')} is not an option of --backend {cls.name}",
+                             f"leave it out, or pick the backend it belongs to (see `dj-orchestrate run --help`)")
+        return cls.from_config(config_path, **given)
+
+    @classmethod
+    def from_config(cls, path: str | None = None, **options: Any) -> "Backend":
+        return cls()
 
     def check(self, tables: list[TableInfo], embedded: bool = False, wait: bool = False) -> None:
         """Refuse, before anything is written, a run this backend cannot do."""
@@ -58,13 +81,16 @@ class Backend(ABC):
         """What the scheduler says about a run, for ``status`` (a hint, not the truth)."""
         return ""
 
-    def ended_jobs(self, job_ids: set[str]) -> set[str]:
+    @classmethod
+    def ended_jobs(cls, job_ids: set[str]) -> set[str]:
         return set()
 
 
 def worker_command(request: RunRequest, tables: list[TableInfo], shard_index: int | None = None,
-                   fixed_shard: bool = False) -> list[str]:
-    """The ``dj-orchestrate work`` command line every backend runs, one per worker."""
+                   fixed_shard: bool = False, enqueue: bool = False) -> list[str]:
+    """The ``dj-orchestrate work`` command line every backend runs, one per worker.
+    ``enqueue``: a pull worker started after its upstream, which enqueues its tables'
+    missing keys (within ``--key``) first."""
     s = request.worker
     cmd = [sys.executable, "-m", "dj_orchestrate", "work", request.pipeline]
     for t in tables:
@@ -76,6 +102,8 @@ def worker_command(request: RunRequest, tables: list[TableInfo], shard_index: in
         cmd += ["--shard-index", str(shard_index)]
     if fixed_shard:
         cmd += ["--fixed-shard"]
+    if enqueue:
+        cmd += ["--enqueue"] + (["--key", request.key_json] if request.key_json else [])
     return cmd
 
 
@@ -93,3 +121,59 @@ def outcome(run_id: str) -> int:
 def ready_keys(tables: list[TableInfo]) -> int:
     """Keys that a worker could claim right now."""
     return sum(JobTable(t.instance()).status_counts()["ready"] for t in tables)
+
+
+@dataclass
+class TableLaunch:
+    """One table's workers in a run: fixed shards when its keys are known at submit
+    time (``plan`` is set, one worker per shard, claiming its key range), else ``slots``
+    pull workers that start after ``after`` (the tables of earlier levels), enqueue the
+    table and claim whatever is pending."""
+
+    info: TableInfo
+    level: int
+    after: list[str]
+    slots: int
+    plan: TablePlan | None = None
+
+    @property
+    def fixed(self) -> bool:
+        return self.plan is not None
+
+    def command(self, request: RunRequest, shard_index: int | None = None) -> list[str]:
+        """The worker command line for one slot (``shard_index`` None: the scheduler
+        appends it, e.g. from its array or completion index)."""
+        return worker_command(request, [self.info], shard_index, fixed_shard=self.fixed, enqueue=not self.fixed)
+
+
+def plan_launches(request: RunRequest, pull_slots: Callable[[TableInfo], int], fixed_first: bool = True,
+                  levels: list[list[TableInfo]] | None = None) -> list[TableLaunch]:
+    """The backend-free plan of a run that launches short-lived workers per table (SLURM
+    arrays, Kubernetes Indexed Jobs, Airflow mapped tasks): the first level gets fixed
+    shards (its keys are known now; a table with nothing missing gets no launch), each
+    later table ``pull_slots(table)`` pull workers after every earlier level. Writes
+    nothing: see ``record_fixed``."""
+    launches: list[TableLaunch] = []
+    before: list[str] = []
+    for depth, level in enumerate(levels if levels is not None else levels_of(request.tables)):
+        for info in level:
+            if depth == 0 and fixed_first:
+                plan = plan_table(info, request.restriction, request.shard_size, request.shards)
+                if plan.shards:
+                    launches.append(TableLaunch(info, depth, [], plan.shards, plan))
+            else:
+                launches.append(TableLaunch(info, depth, list(before), pull_slots(info)))
+        before += [t.name for t in level]
+    return launches
+
+
+def record_fixed(request: RunRequest, launches: list[TableLaunch]) -> None:
+    """Enqueue the fixed-shard tables and record their shards in the ledger: done once
+    the scheduler accepted every launch, so that a rejected run leaves nothing behind."""
+    from .. import ledger
+
+    for launch in launches:
+        if launch.plan is not None:
+            JobTable(launch.info.instance()).enqueue(request.restriction)
+            ledger.add_shards(request.run_id, launch.info.name,
+                              [tuple(map(encode_bound, launch.plan.shard_bounds(i))) for i in range(launch.plan.shards)])

@@ -26,19 +26,18 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, ClassVar, Iterator, NamedTuple, Sequence
 
 from tqdm import tqdm
 
 from .. import db, ledger
+from ..config import BackendConfig, Settings
 from ..errors import UsageError
 from ..jobs import JobTable, reconcile_all
 from ..pipeline import TableInfo, levels_of
-from ..planner import encode_bound, plan_table
-from .base import SUBMITTED, Backend, RunRequest, outcome, ready_keys, worker_command
+from .base import SUBMITTED, Backend, RunRequest, outcome, plan_launches, ready_keys, record_fixed
 
 EXTRA_DIRECTIVE = re.compile(r"--[A-Za-z][A-Za-z0-9-]*(=.*)?")
 SLURM_JOB_ID = re.compile(r"\d+(_\d+)?")  # 123 (a job) or 123_4 (an array task)
@@ -47,7 +46,6 @@ ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED",
 # someone changes the job or the cluster: --wait stops and says so instead of waiting forever
 NEVER_STARTS = {"BadConstraints", "DependencyNeverSatisfied", "InvalidAccount", "InvalidQOS",
                 "PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit"}
-CONFIG_FILE = "dj_orchestrate.toml"
 # Arrays of a run are submitted with a begin time this far ahead (--begin) and released
 # together once SLURM accepted them all. Not --hold: SLURM accepts a held job that no node
 # can ever run (its feasibility is checked only on release), while --begin keeps the check.
@@ -58,12 +56,14 @@ RENDER_LOGS = "/djo-render-logs"  # submitit makes log folders absolute; rendere
 
 
 @dataclass(frozen=True)
-class SlurmResources:
+class SlurmResources(Settings):
     """Per-table SLURM resources: ``[slurm]`` in dj_orchestrate.toml, overridden by a
     table class's ``slurm`` dict, overridden by ``[slurm.tables.<Table>]``."""
 
+    label: ClassVar[str] = "SLURM resource"
+
     partition: str | None = None
-    time: str = "01:00:00"  # minutes, MM:SS, HH:MM:SS or D-HH:MM:SS
+    time: str | int = "01:00:00"  # minutes, MM:SS, HH:MM:SS or D-HH:MM:SS
     mem: str | None = None  # e.g. "4G"
     cpus_per_task: int = 1
     gpus: int | None = None  # GPUs per node (--gpus-per-node)
@@ -77,37 +77,17 @@ class SlurmResources:
     extra: tuple[str, ...] = ()  # more #SBATCH directives, e.g. "--exclusive", "--mail-type=END"
     setup: tuple[str, ...] = ()  # shell lines before the worker: module load, venv activation
 
-    @classmethod
-    def build(cls, values: dict[str, Any], where: str) -> "SlurmResources":
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise UsageError(f"unknown SLURM resource {', '.join(map(repr, unknown))} in {where}",
-                             f"valid keys: {', '.join(fields)}")
-        clean: dict[str, Any] = {}
-        for name, value in values.items():
-            default = fields[name].default
-            if name in ("extra", "setup"):
-                if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise UsageError(f"{name} in {where} must be a list of strings", f'e.g. {name} = ["..."]')
-                bad = [v for v in value if name == "extra" and not EXTRA_DIRECTIVE.fullmatch(v)]
-                if bad:
-                    raise UsageError(f"extra in {where}: {bad[0]!r} is not a long sbatch option",
-                                     'write each as "--name" or "--name=value", e.g. "--mail-type=END"')
-                value = tuple(value)
-            elif isinstance(default, int) and not isinstance(default, bool) or name == "gpus":
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise UsageError(f"{name} in {where} must be a non-negative integer, got {value!r}", f"e.g. {name} = 2")
-            elif not isinstance(value, (str, int)):
-                raise UsageError(f"{name} in {where} must be a string, got {value!r}", f'e.g. {name} = "..."')
-            clean[name] = str(value) if name == "time" else value
-        resources = dataclasses.replace(cls(), **clean)
-        resources.minutes()  # validate the time format now
-        return resources
-
-    def merged(self, values: dict[str, Any], where: str) -> "SlurmResources":
-        override = SlurmResources.build(values, where)
-        return dataclasses.replace(self, **{k: getattr(override, k) for k in values})
+    def parsed(self, where: str) -> "SlurmResources":
+        bad = [v for v in self.extra if not EXTRA_DIRECTIVE.fullmatch(v)]
+        if bad:
+            raise UsageError(f"extra in {where}: {bad[0]!r} is not a long sbatch option",
+                             'write each as "--name" or "--name=value", e.g. "--mail-type=END"')
+        negative = [f.name for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), int) and getattr(self, f.name) < 0]
+        if negative:
+            raise UsageError(f"{negative[0]} in {where} must be a non-negative integer, got {getattr(self, negative[0])!r}",
+                             f"e.g. {negative[0]} = 2")
+        self.minutes()  # the time format
+        return self
 
     def validated(self, where: str) -> "SlurmResources":
         """Checks across keys: a time SLURM reads, and a USR2 notice that comes after the
@@ -137,9 +117,9 @@ class SlurmResources:
         return {k: v for k, v in params.items() if v is not None}
 
 
-def slurm_minutes(time_: str) -> int:
+def slurm_minutes(time_: str | int) -> int:
     """SLURM's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in whole minutes."""
-    days, _, rest = time_.strip().rpartition("-")
+    days, _, rest = str(time_).strip().rpartition("-")
     parts = rest.split(":")
     if not re.fullmatch(r"\d*", days) or not all(p.isdigit() for p in parts) or len(parts) > 3:
         raise UsageError(f"time {time_!r} is not a SLURM time", 'use minutes, "HH:MM:SS" or "D-HH:MM:SS"')
@@ -159,45 +139,9 @@ class Task(NamedTuple):
     reason: str  # why it is pending (Priority, Dependency, PartitionTimeLimit, ...)
 
 
-@dataclass
-class SlurmConfig:
-    defaults: SlurmResources = field(default_factory=SlurmResources)
-    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
-    source: str = "defaults"
-
-    @classmethod
-    def load(cls, path: str | None) -> "SlurmConfig":
-        """``--config``, else ./dj_orchestrate.toml, else [tool.dj_orchestrate] in pyproject.toml."""
-        candidates = [Path(path)] if path else [Path(CONFIG_FILE), Path("pyproject.toml")]
-        for candidate in candidates:
-            if not candidate.is_file():
-                if path:
-                    raise UsageError(f"config file not found: {path}", f"create it, e.g. from slurm/{CONFIG_FILE}")
-                continue
-            try:
-                data = tomllib.loads(candidate.read_text())
-            except tomllib.TOMLDecodeError as err:
-                raise UsageError(f"{candidate} is not valid TOML: {err}", "fix the file's syntax") from None
-            if candidate.name == "pyproject.toml":
-                data = data.get("tool", {}).get("dj_orchestrate", {})
-            section = dict(data.get("slurm", {}))
-            tables = section.pop("tables", {})
-            config = cls(SlurmResources.build(section, f"{candidate} [slurm]"), tables, str(candidate))
-            for name, values in tables.items():
-                SlurmResources.build(values, f"{candidate} [slurm.tables.{name}]")
-            return config
-        return cls()
-
-    def resources_for(self, info: TableInfo) -> SlurmResources:
-        """What one table's array asks for, checked as a whole (a table may override the
-        time and inherit the signal delay)."""
-        resources = self.defaults
-        class_defaults = getattr(info.cls, "slurm", None)
-        if isinstance(class_defaults, dict):
-            resources = resources.merged(class_defaults, f"{info.name}.slurm")
-        if info.name in self.tables:
-            resources = resources.merged(self.tables[info.name], f"{self.source} [slurm.tables.{info.name}]")
-        return resources.validated(f"the resources of {info.name} ({self.source})")
+def load_config(path: str | None = None) -> BackendConfig[SlurmResources]:
+    """``[slurm]`` of the config file (see ``dj_orchestrate.config``)."""
+    return BackendConfig.load("slurm", SlurmResources, path)
 
 
 class WorkerTask:
@@ -243,15 +187,16 @@ class WorkerTask:
 class SlurmBackend(Backend):
     name = "slurm"
 
-    def __init__(self, config: SlurmConfig | None = None) -> None:
-        self.config = config or SlurmConfig()
+    def __init__(self, config: BackendConfig[SlurmResources] | None = None) -> None:
+        self.config = config or load_config()
         self._states_at = 0.0
         self._states: dict[str, Task] = {}
         self._next_pull = 100_000  # pull workers' shard numbers, apart from fixed shards
 
     @classmethod
-    def from_config(cls, path: str | None) -> "SlurmBackend":
-        return cls(SlurmConfig.load(path))
+    def from_config(cls, path: str | None = None, **options: Any) -> "SlurmBackend":
+        return cls(load_config(path))
+
 
     # ------------------------------------------------------------- the cluster
     @staticmethod
@@ -285,7 +230,7 @@ class SlurmBackend(Backend):
         limits = {p.rstrip("*"): limit for p, limit in listed}  # partition -> time limit
         default = next((p.rstrip("*") for p, _ in listed if p.endswith("*")), None)
         for t in tables:
-            resources = self.config.resources_for(t)
+            resources = self.config.for_table(t)
             wanted = resources.partition
             if wanted and wanted not in limits:
                 raise UsageError(f"unknown SLURM partition {wanted!r} for {t.name}",
@@ -297,7 +242,8 @@ class SlurmBackend(Backend):
         m = re.search(r"MaxArraySize\s*=\s*(\d+)", self._slurm("scontrol", "show", "config"))
         self.max_array = int(m.group(1)) if m else 1001
 
-    def _squeue(self, job_ids: set[str]) -> dict[str, Task] | None:
+    @staticmethod
+    def _squeue(job_ids: set[str]) -> dict[str, Task] | None:
         """``{"123_4": Task("RUNNING", "None"), ...}`` for the jobs and arrays of these ids;
         None when squeue gave no answer (missing, timed out, controller down)."""
         jobs = sorted({j.split("_")[0] for j in job_ids if SLURM_JOB_ID.fullmatch(j)})
@@ -326,11 +272,12 @@ class SlurmBackend(Backend):
                 self._states, self._states_at = answer, time.monotonic()
         return self._states
 
-    def ended_jobs(self, job_ids: set[str]) -> set[str]:
+    @classmethod
+    def ended_jobs(cls, job_ids: set[str]) -> set[str]:
         """Which of these SLURM jobs or array tasks are no longer queued or running. No
         answer from squeue is no hint: a controller that is restarting must not make
         reconcile release the keys of tasks that are still running."""
-        answer = self._squeue(job_ids)
+        answer = cls._squeue(job_ids)
         if answer is None:
             return set()
         return {j for j in job_ids if SLURM_JOB_ID.fullmatch(j) and (j not in answer or answer[j].state not in ACTIVE_STATES)}
@@ -383,7 +330,8 @@ class SlurmBackend(Backend):
         return 1 if gave_up else outcome(request.run_id)
 
     def _submit_levels(self, request: RunRequest, levels: list[list[TableInfo]], first: bool) -> dict[str, list[str]]:
-        """Fixed shards for the first level (keys known now), pull workers downstream.
+        """The run's launch plan as arrays: fixed shards for the first level (keys known
+        now), pull workers downstream, each after every earlier level (``afterany``).
 
         Arrays without a dependency are submitted gated (the others wait for them); the
         first level's keys are enqueued and its shards recorded only once SLURM accepted
@@ -391,37 +339,23 @@ class SlurmBackend(Backend):
         one, those already accepted are cancelled (none of them ran) and nothing was
         written to the jobs tables."""
         arrays: dict[str, list[str]] = {}
-        upstream: list[str] = []
-        fixed: list[tuple[TableInfo, Any]] = []
         self._submitted: list[str] = []
         self._gated: list[str] = []
+        launches = plan_launches(request, lambda info: self.config.for_table(info).pull_workers, fixed_first=first,
+                                 levels=levels)
         try:
-            for depth, level in enumerate(levels):
-                level_ids: list[str] = []
-                for info in level:
-                    dependency = "afterany:" + ":".join(upstream) if upstream else None
-                    resources = self.config.resources_for(info)
-                    if depth == 0 and first:
-                        plan = plan_table(info, request.restriction, request.shard_size, request.shards)
-                        if not plan.shards:
-                            continue
-                        fixed.append((info, plan))
-                        argv = worker_command(request, [info], fixed_shard=True)[3:]
-                        indices: Sequence[int] = range(plan.shards)
-                    else:
-                        argv = worker_command(request, [info])[3:] + ["--enqueue"]
-                        if request.key_json:
-                            argv += ["--key", request.key_json]
-                        indices = range(self._next_pull, self._next_pull + resources.pull_workers)
-                        self._next_pull += resources.pull_workers
-                    ids = self._submit(request, info, resources, argv, indices, dependency)
-                    arrays.setdefault(info.name, []).extend(ids)
-                    level_ids += ids
-                upstream += level_ids
-            for info, plan in fixed:
-                JobTable(info.instance()).enqueue(request.restriction)
-                ledger.add_shards(request.run_id, info.name,
-                                  [tuple(map(encode_bound, plan.shard_bounds(i))) for i in range(plan.shards)])
+            for launch in launches:
+                upstream = [j for name in launch.after for j in arrays.get(name, [])]
+                dependency = "afterany:" + ":".join(upstream) if upstream else None
+                if launch.fixed:
+                    indices: Sequence[int] = range(launch.slots)
+                else:
+                    indices = range(self._next_pull, self._next_pull + launch.slots)
+                    self._next_pull += launch.slots
+                ids = self._submit(request, launch.info, self.config.for_table(launch.info),
+                                   launch.command(request)[3:], indices, dependency)
+                arrays.setdefault(launch.info.name, []).extend(ids)
+            record_fixed(request, launches)
             if self._gated:
                 self._slurm("scontrol", "update", f"JobId={','.join(self._gated)}", "StartTime=now")
         except BaseException:
@@ -517,7 +451,7 @@ class SlurmBackend(Backend):
         for n, level in enumerate(levels):
             level_vars = []
             for info in level:
-                resources = self.config.resources_for(info)
+                resources = self.config.for_table(info)
                 command = ["dj-orchestrate", "work", request.pipeline, "--table", info.name, "--enqueue",
                            "--shard-index", "$SLURM_ARRAY_TASK_ID"]
                 if request.key_json:
