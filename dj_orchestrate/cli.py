@@ -356,29 +356,41 @@ def reconcile(pipeline_spec: str, tables: tuple[str, ...], max_attempts: int, as
                    f"already done {result['completed']}")
 
 
+def render_options(f: Callable) -> Callable:
+    """What every ``<backend> render`` takes: the same pipeline, tables, keys and config
+    as ``run``, and where to write."""
+    for option in reversed([pipeline_arg, table_opt, key_opt,
+                            click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                                         help="dj_orchestrate.toml (default: ./dj_orchestrate.toml, pyproject.toml)")]):
+        f = option(f)
+    return f
+
+
+def render_request(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, out_dir: str) -> RunRequest:
+    """The run a render describes. Reads the pipeline's tables and counts, writes nothing
+    to the database; the pipeline is named as a worker elsewhere can load it."""
+    target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    spec = pipeline_spec if not pipeline_spec.endswith(".py") else pipeline.resolve_spec(pipeline_spec)
+    return RunRequest(pipeline=spec, tables=infos, restriction=restriction, target=target, worker=Settings(), run_id="",
+                      log_dir=Path(out_dir) / "logs", key_json=key_json)
+
+
 @main.group()
 def slurm() -> None:
     """SLURM helpers."""
 
 
 @slurm.command("render")
-@pipeline_arg
-@table_opt
-@key_opt
+@render_options
 @click.option("--out", "out_dir", default="slurm-jobs", show_default=True, type=click.Path(file_okay=False))
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dj_orchestrate.toml")
 @friendly
-def slurm_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, out_dir: str,
-                 config_path: str | None) -> None:
+def slurm_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, config_path: str | None,
+                 out_dir: str) -> None:
     """Write the sbatch scripts and a submit.sh, for review or for a login node without Python."""
     from .backends.slurm import SlurmBackend
 
     backend = SlurmBackend.from_config(config_path)
-    target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
-    request = RunRequest(pipeline=pipeline_spec if not pipeline_spec.endswith(".py") else pipeline.resolve_spec(pipeline_spec),
-                         tables=infos, restriction=restriction, target=target, worker=Settings(), run_id="",
-                         log_dir=Path(out_dir) / "logs", key_json=key_json)
-    for path in backend.render(request, Path(out_dir)):
+    for path in backend.render(render_request(pipeline_spec, tables, key_json, out_dir), Path(out_dir)):
         click.echo(str(path))
 
 
