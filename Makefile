@@ -1,9 +1,10 @@
 # One command each: `make demo` runs the example pipeline end to end on an embedded
-# PostgreSQL; `make test` starts the services the tests need and runs the whole suite.
+# PostgreSQL; `make test` starts the services and installs the tools the tests need, then
+# runs the whole suite.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench services
+.PHONY: demo test bench services tools
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,7 +18,10 @@ demo: $(VENV)/.installed
 services:
 	bash scripts/services.sh
 
-test: $(VENV)/.installed services
+tools:
+	bash scripts/tools.sh
+
+test: $(VENV)/.installed services tools
 	$(PY) -m pytest -q -ra
 
 bench: $(VENV)/.installed services

@@ -397,8 +397,11 @@ def slurm_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | No
 @main.command()
 @click.option("--workers", default=4, show_default=True)
 @click.option("--sessions", default=24, show_default=True, help="Sessions to seed.")
+@click.option("--seed-only", is_flag=True,
+              help="Only declare the pipeline and add its sessions, keeping what is there; run nothing "
+                   "(the init step of docker-compose.yml).")
 @friendly
-def demo(workers: int, sessions: int) -> None:
+def demo(workers: int, sessions: int, seed_only: bool) -> None:
     """Create, seed and run the example pipeline on the embedded database; show the results."""
     import datajoint as dj
 
@@ -407,11 +410,15 @@ def demo(workers: int, sessions: int) -> None:
     target = db.connect()
     click.echo(f"database: {target.describe()}")
     name = os.environ.get("DJO_DEMO_SCHEMA", "djo_demo")
-    dj.Schema(name).drop(prompt=False)  # a fresh demo every time
+    if not seed_only:
+        dj.Schema(name).drop(prompt=False)  # a fresh demo every time
     sys.modules.pop("dj_orchestrate.examples.demo", None)
     spec = "dj_orchestrate.examples.demo"
     module = pipeline.load(spec)
     module.seed(sessions)
+    if seed_only:
+        click.echo(f"{name}: {len(module.Session())} sessions; next: dj-orchestrate run {spec}")
+        return
     infos = pipeline.discover(module)
     click.echo(f"pipeline {spec}: " + ", ".join(f"{t.name} (level {t.level})" for t in infos))
     settings = Settings(policy=Policy())

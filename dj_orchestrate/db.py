@@ -24,6 +24,7 @@ from .errors import UsageError
 log = logging.getLogger("dj_orchestrate")
 
 EMBEDDED_DIR_ENV = "DJO_EMBEDDED_DIR"
+WAIT_ENV = "DJO_DB_WAIT"
 DEFAULT_EMBEDDED_DIR = ".dj_orchestrate/pgdata"
 
 _embedded_server = None  # keeps the embedded server's handle alive for this process
@@ -88,6 +89,7 @@ def connect() -> Target:
         dj.config["database.password"] = ""
         dj.config["database.backend"] = "postgresql"
         dj.config["database.use_tls"] = False
+        _open(target)
     else:
         backend = dj.config["database.backend"]
         host = dj.config["database.host"]
@@ -96,7 +98,13 @@ def connect() -> Target:
             host, _, port_text = host.partition(":")
             port = int(port_text)
         target = Target(backend, host, int(port), dj.config["database.user"] or "")
-        _probe(target)
+        _wait_for(target)
+    return target
+
+
+def _open(target: Target) -> None:
+    import datajoint as dj
+
     try:
         dj.conn()
     except Exception as err:  # DataJoint raises driver-specific errors here
@@ -104,7 +112,25 @@ def connect() -> Target:
             f"cannot connect to {target.describe()}: {str(err).splitlines()[0]}",
             "check DJ_USER/DJ_PASS (or datajoint.json) and that the user may log in",
         ) from None
-    return target
+
+
+def _wait_for(target: Target) -> None:
+    """Fail at once, or, with ``DJO_DB_WAIT`` seconds, keep trying that long: a container
+    started beside its database (docker compose, a Kubernetes pod) may be up first."""
+    text = os.environ.get(WAIT_ENV) or "0"
+    try:
+        deadline = time.monotonic() + float(text)
+    except ValueError:
+        raise UsageError(f"{WAIT_ENV}={text!r} is not a number", f"{WAIT_ENV} is seconds, e.g. {WAIT_ENV}=120") from None
+    while True:
+        try:
+            _probe(target)
+            return _open(target)
+        except UsageError as err:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("waiting for the database (%s): %s", WAIT_ENV, err.message)
+            time.sleep(2)
 
 
 def _probe(target: Target) -> None:
