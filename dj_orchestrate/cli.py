@@ -17,11 +17,30 @@ from typing import Any, Callable
 import click
 
 from . import db
+from .errors import UsageError
+
+
+def report(err: UsageError, debug: bool) -> None:
+    """A UsageError as one line and a hint on stderr (and, with --debug, what caused it)."""
+    if debug:
+        import traceback
+
+        traceback.print_exception(err.__cause__ or err, file=sys.stderr)
+    click.echo(f"dj-orchestrate: error: {err.message}", err=True)
+    if err.hint:
+        click.echo(f"  hint: {err.hint}", err=True)
+
 
 db.quiet_datajoint()  # before DataJoint is imported: its config warnings are not ours to show
+try:
+    db.import_datajoint()  # it validates DJ_* as it is imported
+except UsageError as _err:
+    report(_err, "--debug" in sys.argv)
+    sys.exit(_err.exit_code)
+
+from datajoint.errors import AccessError  # noqa: E402
 
 from . import __version__, ledger, pipeline  # noqa: E402
-from .errors import UsageError  # noqa: E402
 from .jobs import JobTable, Policy, Restriction, reconcile_all  # noqa: E402
 from .backends.base import SUBMITTED, Backend, RunRequest  # noqa: E402
 from .worker import Settings  # noqa: E402
@@ -53,29 +72,75 @@ def worker_settings(retries: int, backoff: float, max_attempts: int, grace: floa
 
 
 def friendly(f: Callable) -> Callable:
-    """UsageError → one line on stderr, exit 2."""
+    """UsageError (or a privilege the database refused) → one line on stderr, exit 2."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(click.get_current_context().find_root().params.get("debug"))
         try:
             return f(*args, **kwargs)
         except UsageError as err:
-            click.echo(f"dj-orchestrate: error: {err.message}", err=True)
-            if err.hint:
-                click.echo(f"  hint: {err.hint}", err=True)
+            report(err, debug)
             sys.exit(err.exit_code)
+        except AccessError as err:
+            detail = str(err.args[1] if len(err.args) > 1 and err.args[1] else err).splitlines()[0]
+            usage = UsageError(f"the database refused: {detail}",
+                               "grant that privilege to the database user, or run this as a user who has it")
+            usage.__cause__ = err
+            report(usage, debug)
+            sys.exit(usage.exit_code)
 
     return wrapper
 
 
-def open_pipeline(spec: str, tables: tuple[str, ...], key_json: str | None) -> tuple[db.Target, list[pipeline.TableInfo], Restriction]:
+def open_pipeline(spec: str, tables: tuple[str, ...], key_json: str | None,
+                  warn: bool = True) -> tuple[db.Target, list[pipeline.TableInfo], Restriction]:
     """Validate what can be validated offline, then connect, import and select."""
     pipeline.check_spec(spec)
     keys = pipeline.parse_keys(key_json)
     target = db.connect()
     module = pipeline.load(spec)
     infos = pipeline.select(pipeline.discover(module), tables)
+    if warn:
+        warn_hidden(infos)
     return target, infos, Restriction(pipeline.check_key_attributes(keys, infos))
+
+
+def warn_hidden(infos: list[pipeline.TableInfo]) -> None:
+    """A make that reads a table no foreign key links it to: it is ordered after that
+    table, and the user should declare the dependency."""
+    for t in infos:
+        for other in t.hidden_names():
+            click.echo(f"dj-orchestrate: warning: {t.name}'s make reads {other}, which no foreign key links it to; "
+                       f"{t.name} runs after {other} (declare `-> {other}` in {t.name} to say so)", err=True)
+
+
+def claimable(infos: list[pipeline.TableInfo], action: str) -> list[pipeline.TableInfo]:
+    """The tables whose keys can be claimed; one line on stderr for each that cannot
+    (its primary key has no foreign-key attribute: DataJoint has no jobs table for it)."""
+    out = []
+    for t in infos:
+        jt = JobTable(t.instance())
+        if jt.supported:
+            out.append(t)
+        else:
+            message, hint = jt.unsupported_reason()
+            click.echo(f"dj-orchestrate: {action} {t.name}: {message}; {hint}", err=True)
+    return out
+
+
+def prepare(infos: list[pipeline.TableInfo]) -> None:
+    """Before a command writes anything: every jobs table declared, with dj-orchestrate's
+    columns. A privilege the database user lacks then stops it before any write."""
+    for t in infos:
+        JobTable(t.instance()).ensure()
+
+
+def identity_of(spec: str) -> tuple[tuple[str, list[str]], set[str]]:
+    """The pipeline's identity for the ledger, and the specs older runs of it were recorded with."""
+    module = pipeline.load(spec)
+    ident = pipeline.identity(module)
+    return ident, {spec, pipeline.resolve_spec(spec), ident[0], module.__name__}
 
 
 def log_dir(run_id: str) -> Path:
@@ -104,7 +169,8 @@ def render_table(rows: list[dict], columns: list[str]) -> str:
 # ------------------------------------------------------------------ commands
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dj-orchestrate")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback behind an error.")
+def main(debug: bool) -> None:
     """Run DataJoint pipelines at cluster scale: plan, run, watch, and fix failed keys.
 
     PIPELINE is an importable module (my_lab.pipeline) or a path to a .py file. The
@@ -153,13 +219,16 @@ def plan(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, shar
 @click.option("--image", help="kubernetes: the worker image (default: [kubernetes] image).")
 @click.option("--namespace", help="kubernetes: the namespace (default: [kubernetes] namespace, then the context's).")
 @click.option("--secret", help="kubernetes: the Secret with the database credentials (default: [kubernetes] secret).")
+@click.option("--order", type=click.Choice(["dependencies", "declared"]), default="dependencies", show_default=True,
+              help="dependencies: as foreign keys, key_source and make's reads require; declared: one table at a "
+                   "time in the order the module defines them (for makes that read tables in ways not detected).")
 @policy_options
 @json_opt
 @friendly
 def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...], key_json: str | None,
         shard_size: int | None, shards: int | None, wait: bool | None, config_path: str | None,
         no_progress: bool, scheduler: str | None, cluster: str | None, image: str | None, namespace: str | None,
-        secret: str | None, as_json: bool, **policy: Any) -> None:
+        secret: str | None, order: str, as_json: bool, **policy: Any) -> None:
     """Reconcile, then compute every missing key of the selected tables."""
     from . import backends
 
@@ -169,12 +238,22 @@ def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...],
         raise UsageError(f"--workers must be at least 1, got {workers}", "e.g. --workers 8")
     backend_obj = backend_cls.create(config_path, scheduler=scheduler, cluster=cluster, image=image,
                                      namespace=namespace, secret=secret)
-    target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    target, selected, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    infos = claimable(selected, "skipping")
+    if not infos:
+        raise UsageError(*JobTable(selected[0].instance()).unsupported_reason())
+    if len(infos) < len(selected):
+        infos = pipeline.select(infos, [t.name for t in infos])  # levels among the tables that run
+    if order == "declared":
+        infos = pipeline.in_declared_order(infos)
     wait = (backend == "local") if wait is None else wait
     backend_obj.check(infos, bool(target.embedded), wait)
-    reconcile_all([t.instance() for t in infos], settings.policy, ended_jobs(infos))
     spec = pipeline.resolve_spec(pipeline_spec)
-    run_id = ledger.new_run(spec, backend, [t.name for t in infos])
+    identity, _ = identity_of(pipeline_spec)
+    ledger.tables()
+    prepare(infos)
+    reconcile_all([t.instance() for t in infos], settings.policy, ended_jobs(infos))
+    run_id = ledger.new_run(spec, backend, [t.name for t in infos], identity=identity)
     request = RunRequest(
         pipeline=spec, tables=infos, restriction=restriction, target=target, worker=settings, run_id=run_id,
         log_dir=log_dir(run_id), workers=workers, shard_size=shard_size, shards=shards, wait=wait,
@@ -210,7 +289,7 @@ def work(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, enqu
 
     settings = worker_settings(**policy, backend_job_id=backend_job_id or backend_job_id_from_env(),
                                log_path=log_path or os.environ.get("DJO_LOG_PATH", ""))
-    _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json, warn=False)
     if enqueue:
         for t in infos:
             JobTable(t.instance()).enqueue(restriction)
@@ -259,15 +338,19 @@ def status(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, as
     target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
     rows = []
     for t in infos:
-        c = JobTable(t.instance()).counts(restriction)
+        jt = JobTable(t.instance())
+        c = jt.counts(restriction)
         rows.append({"table": t.name, "total": c["total"], "done": c["done"], "pending": c["missing"],
                      "reserved": c["reserved"], "error": c["error"], "ignore": c["ignore"],
                      "progress": f"{100 * c['done'] / c['total']:.0f}%" if c["total"] else "-"})
+        if not jt.supported:
+            rows[-1]["note"] = "not run by dj-orchestrate: " + jt.unsupported_reason()[0].split(": ", 1)[-1]
     if as_json:
         emit_json([{k: v for k, v in r.items() if k != "progress"} for r in rows])
         return
-    click.echo(render_table(rows, ["table", "total", "done", "pending", "reserved", "error", "ignore", "progress"]))
-    runs = ledger.recent_runs()
+    notes = ["note"] if any("note" in r for r in rows) else []
+    click.echo(render_table(rows, ["table", "total", "done", "pending", "reserved", "error", "ignore", "progress", *notes]))
+    runs = ledger.recent_runs(*identity_of(pipeline_spec))
     for r in runs:
         if r["backend"] != "local" and r["state"] in ("submitted", "running"):
             from . import backends
@@ -314,13 +397,15 @@ def errors(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, ma
 @json_opt
 @friendly
 def retry(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, match: str | None, as_json: bool) -> None:
-    """Move failed keys back to pending, with a fresh attempt budget."""
+    """Move failed and ignored keys back to pending, with a fresh attempt budget."""
     _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    infos = claimable(infos, "skipping")
+    prepare([t for t in infos if JobTable(t.instance()).declared])
     moved = {t.name: JobTable(t.instance()).retry(restriction, match) for t in infos}
     if as_json:
         emit_json(moved)
     else:
-        click.echo(f"{sum(moved.values())} keys back to pending: " + ", ".join(f"{k} {v}" for k, v in moved.items() if v))
+        click.echo(f"{sum(moved.values())} keys back to pending ({per_table(moved)})")
 
 
 @main.command()
@@ -330,13 +415,20 @@ def retry(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, mat
 @json_opt
 @friendly
 def ignore(pipeline_spec: str, tables: tuple[str, ...], key_json: str, as_json: bool) -> None:
-    """Mark keys to be skipped (status ignore) until retried."""
+    """Mark keys to be skipped (status ignore) until retried: pending, failed and not yet
+    queued keys; keys already done or being made are left alone."""
     _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    infos = claimable(infos, "skipping")
+    prepare(infos)
     marked = {t.name: JobTable(t.instance()).ignore(restriction) for t in infos}
     if as_json:
         emit_json(marked)
     else:
-        click.echo("ignored: " + ", ".join(f"{k} {v}" for k, v in marked.items()))
+        click.echo(f"{sum(marked.values())} keys now ignored ({per_table(marked)}); `dj-orchestrate retry` releases them")
+
+
+def per_table(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none matched"
 
 
 @main.command()
@@ -348,12 +440,16 @@ def ignore(pipeline_spec: str, tables: tuple[str, ...], key_json: str, as_json: 
 def reconcile(pipeline_spec: str, tables: tuple[str, ...], max_attempts: int, as_json: bool) -> None:
     """Release keys reserved by workers that are gone (their connection no longer exists)."""
     _, infos, _ = open_pipeline(pipeline_spec, tables, None)
-    result = reconcile_all([t.instance() for t in infos], Policy(max_attempts=max_attempts), ended_jobs(infos))
+    infos = claimable(infos, "skipping")
+    r = reconcile_all([t.instance() for t in infos], Policy(max_attempts=max_attempts), ended_jobs(infos))
+    outcome = {"back_to_pending": r["released"] + r["charged"] - r["errors"], "charged_an_attempt": r["charged"],
+               "already_done": r["completed"], "became_errors": r["errors"]}
     if as_json:
-        emit_json(result)
+        emit_json(outcome)
     else:
-        click.echo(f"released {result['released']}, charged an attempt {result['charged']}, "
-                   f"already done {result['completed']}")
+        click.echo(f"{outcome['back_to_pending']} keys back to pending ({r['charged'] - r['errors']} charged an attempt), "
+                   f"{outcome['already_done']} already done, {outcome['became_errors']} became errors "
+                   f"(at --max-attempts {max_attempts})")
 
 
 def render_options(f: Callable) -> Callable:
@@ -422,7 +518,7 @@ def demo(workers: int, sessions: int, seed_only: bool) -> None:
     infos = pipeline.discover(module)
     click.echo(f"pipeline {spec}: " + ", ".join(f"{t.name} (level {t.level})" for t in infos))
     settings = Settings(policy=Policy())
-    run_id = ledger.new_run(spec, "local", [t.name for t in infos])
+    run_id = ledger.new_run(spec, "local", [t.name for t in infos], identity=pipeline.identity(module))
     request = RunRequest(pipeline=spec, tables=infos, restriction=Restriction(), target=target, worker=settings,
                          run_id=run_id, log_dir=log_dir(run_id), workers=workers)
     launch(LocalBackend(), request)
@@ -433,4 +529,16 @@ def demo(workers: int, sessions: int, seed_only: bool) -> None:
     click.echo(f"\n{len(failed)} keys failed on purpose:")
     for e in failed:
         click.echo(f"  {e['table']} {json.dumps(e['key'], default=str)}: {e['error_message']}")
-    click.echo(f"\nnext: dj-orchestrate status {spec}   |   dj-orchestrate errors {spec} --stack")
+    command = command_name()
+    click.echo(f"\nnext: {command} status {spec}   |   {command} errors {spec} --stack")
+
+
+def command_name() -> str:
+    """How the user can run dj-orchestrate: by name when it is on PATH, else by the path
+    of the script beside this Python (after `make demo`, .venv/bin is not on PATH)."""
+    import shutil
+
+    script = Path(sys.executable).parent / "dj-orchestrate"
+    if shutil.which("dj-orchestrate") or not script.exists():
+        return "dj-orchestrate"
+    return os.path.relpath(script) if not os.path.relpath(script).startswith("..") else str(script)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -60,6 +61,14 @@ class Target:
 
 
 def quiet_datajoint() -> None:
+    """DataJoint's warnings are not ours to show, and its log goes to stderr: by default
+    it writes to stdout, which made ``--json`` output unparseable (PostgreSQL's SSL
+    fallback is logged on every connection)."""
+    os.environ["DJ_LOG_STREAM"] = "stderr"  # read when DataJoint is imported (workers too)
+    if "datajoint.logging" in sys.modules:
+        for handler in logging.getLogger("datajoint").handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+                handler.setStream(sys.stderr)
     warnings.filterwarnings("ignore", module="datajoint")
     warnings.filterwarnings("ignore", message=".*datajoint.json.*")
     warnings.filterwarnings("ignore", message=".*MariaDB.*")
@@ -68,6 +77,21 @@ def quiet_datajoint() -> None:
     dj_log.setLevel(os.environ.get("DJ_LOG_LEVEL", "WARNING").upper())
     # DataJoint warns about the native types of its own jobs tables on PostgreSQL
     dj_log.addFilter(lambda record: "Native type" not in record.getMessage())
+
+
+def import_datajoint() -> None:
+    """Import DataJoint, which validates its configuration as it is imported: a bad
+    ``DJ_*`` value (``DJ_BACKEND=oracle``) raised a 38-line pydantic error. Name the
+    setting, its value and what it takes instead."""
+    try:
+        import datajoint  # noqa: F401
+    except ValueError as err:
+        if not callable(getattr(err, "errors", None)):
+            raise
+        problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}={e.get('input')!r}: {e.get('msg')}"
+                             for e in err.errors())
+        raise UsageError(f"invalid DataJoint configuration: {problems}",
+                         "fix that DJ_* environment variable (or datajoint.json)") from err
 
 
 def _is_configured(config) -> bool:

@@ -20,6 +20,7 @@ parameters.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import os
@@ -27,18 +28,24 @@ import platform
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from datajoint import blob
+from datajoint.errors import AccessError
 from datajoint.jobs import ERROR_MESSAGE_LENGTH, TRUNCATION_APPENDIX, _get_job_version
 
+from .errors import UsageError
+
 EXTRA_COLUMNS = {
-    # name: (MySQL/MariaDB type, PostgreSQL type)
-    "attempts": ("int NOT NULL DEFAULT 0", "integer NOT NULL DEFAULT 0"),
-    "backend_job_id": ("varchar(255) NOT NULL DEFAULT ''", "varchar(255) NOT NULL DEFAULT ''"),
-    "log_path": ("varchar(1023) NOT NULL DEFAULT ''", "varchar(1023) NOT NULL DEFAULT ''"),
+    # name: (MySQL/MariaDB type, PostgreSQL type, the value a row without the column has)
+    "attempts": ("int NOT NULL DEFAULT 0", "integer NOT NULL DEFAULT 0", "0"),
+    "backend_job_id": ("varchar(255) NOT NULL DEFAULT ''", "varchar(255) NOT NULL DEFAULT ''", "''"),
+    "log_path": ("varchar(1023) NOT NULL DEFAULT ''", "varchar(1023) NOT NULL DEFAULT ''", "''"),
 }
 STATUSES = ("pending", "reserved", "success", "error", "ignore")
+# what reconcile did to keys: back to pending untouched, charged an attempt (then pending
+# or, at max_attempts, error), of which became errors, found already done
+RECONCILED = ("released", "charged", "errors", "completed")
 NOW = "CURRENT_TIMESTAMP(3)"
 
 
@@ -94,14 +101,17 @@ class Restriction:
     """Key dicts from the outside, compiled to a bound SQL condition per table heading.
 
     DataJoint semantics: a key restricts by the attributes the heading has; a key with
-    none of them matches everything."""
+    none of them matches everything. No keys at all (``None``) is no restriction; an
+    empty list of keys matches nothing (``--key '[]'`` must never mean "every key")."""
 
-    def __init__(self, keys: Sequence[dict[str, Any]] = ()) -> None:
-        self.keys = [dict(k) for k in keys]
+    def __init__(self, keys: Sequence[dict[str, Any]] | None = None) -> None:
+        self.keys = None if keys is None else [dict(k) for k in keys]
 
     def sql(self, alias: str, names: Iterable[str], q, encode) -> tuple[str, list]:
-        if not self.keys:
+        if self.keys is None:
             return "1=1", []
+        if not self.keys:
+            return "1=0", []
         names = set(names)
         ors, args = [], []
         for key in self.keys:
@@ -132,7 +142,7 @@ class JobTable:
         self.uuid_cols = {a for a in self.pk if table.heading[a].uuid}
         # Python orders numbers as the database does; strings follow a column's collation
         self.numeric_key = all(table.heading[a].numeric for a in self.pk)
-        self._declared: bool | None = None
+        self._columns: frozenset[str] | None = None
 
     # ------------------------------------------------------------------ helpers
     def _query(self, sql: str, args: Sequence = ()) -> Any:
@@ -202,43 +212,80 @@ class JobTable:
 
     # -------------------------------------------------------------- declaration
     @property
-    def declared(self) -> bool:
-        if not self._declared:
-            self._declared = bool(
-                self._query(
-                    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+    def supported(self) -> bool:
+        """DataJoint keys a jobs table by the primary-key attributes that come from
+        foreign keys; a table with none (a custom ``key_source`` over its own attributes)
+        cannot have one, so its keys cannot be claimed."""
+        return bool(self.pk)
+
+    @property
+    def columns(self) -> frozenset[str]:
+        """The columns the jobs table has now; empty when it is not declared. The one
+        place that knows: a jobs table may be undeclared, declared by stock DataJoint
+        (without dj-orchestrate's columns), ours, or half-upgraded by a process that
+        died, and a colleague's ``populate`` may declare it at any moment. Remembered
+        only once complete (columns are never dropped)."""
+        if self._columns is None or not set(EXTRA_COLUMNS) <= self._columns:
+            found = frozenset(
+                r[0]
+                for r in self._query(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
                     (self.schema, self.jobs_name),
-                ).fetchone()[0]
+                ).fetchall()
             )
-        return self._declared
+            if not found or not set(EXTRA_COLUMNS) <= found:
+                return found
+            self._columns = found
+        return self._columns
+
+    @property
+    def declared(self) -> bool:
+        return self.supported and bool(self.columns)
+
+    def _col(self, name: str, alias: str = "j", columns: frozenset[str] | None = None) -> str:
+        """A column for reading, or the value its rows would have where the jobs table
+        lacks it (stock DataJoint's): read-only commands never ALTER anything."""
+        if name in (self.columns if columns is None else columns) or name not in EXTRA_COLUMNS:
+            return f"{alias}.{self.q(name)}"
+        return EXTRA_COLUMNS[name][2]
 
     def ensure(self) -> None:
-        """Declare the jobs table the way DataJoint does, then add dj-orchestrate's columns."""
-        if not self.declared:
+        """Declare the jobs table the way DataJoint does, then add dj-orchestrate's columns.
+        For commands that write; a missing privilege is a UsageError that names it."""
+        if not self.supported:
+            raise UsageError(*self.unsupported_reason())
+        have = self.columns
+        if not have:
             try:
-                _ = self.table.jobs  # DataJoint declares ~~table on first access
+                with _privilege(f"create the jobs table {self.name}", "CREATE"):
+                    _ = self.table.jobs  # DataJoint declares ~~table on first access
+            except UsageError:
+                raise
             except Exception as err:  # workers that start together race to declare it
-                self._declared = None
-                if ("uplicate" not in str(err) and "exists" not in str(err)) or not self.declared:
+                if "uplicate" not in str(err) and "exists" not in str(err):
                     raise
-            self._declared = True
-        have = {
-            r[0]
-            for r in self._query(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
-                (self.schema, self.jobs_name),
-            ).fetchall()
-        }
-        for column, (mysql_type, pg_type) in EXTRA_COLUMNS.items():
+            have = self.columns
+        for column, (mysql_type, pg_type, _default) in EXTRA_COLUMNS.items():
             if column in have:
                 continue
             try:
-                self._query(f"ALTER TABLE {self.name} ADD COLUMN {self.q(column)} {mysql_type if self.mysql else pg_type}")
+                with _privilege(f"add the column {column!r} to {self.name}", "ALTER"):
+                    self._query(f"ALTER TABLE {self.name} ADD COLUMN {self.q(column)} {mysql_type if self.mysql else pg_type}")
+            except UsageError:
+                raise
             except Exception as err:  # another process added it first
                 if "uplicate" not in str(err) and "exists" not in str(err):
                     raise
         if not self.mysql:
             self._ensure_claim_index()
+
+    def unsupported_reason(self) -> tuple[str, str]:
+        name = self.table.__class__.__name__
+        return (
+            f"{name} cannot be run by dj-orchestrate: no attribute of its primary key comes from a foreign key, "
+            "so DataJoint has no jobs table to claim its keys in",
+            f"make it with {name}.populate() (one process), or key it by a foreign key to an upstream table",
+        )
 
     def _ensure_claim_index(self) -> None:
         """PostgreSQL: an index in claim order over the pending rows only.
@@ -252,10 +299,13 @@ class JobTable:
         if self._query("SELECT 1 FROM pg_indexes WHERE schemaname = %s AND indexname = %s", (self.schema, name)).fetchone():
             return
         try:
-            self._query(
-                f"CREATE INDEX IF NOT EXISTS {self.q(name)} ON {self.name} "
-                f"({self.q('priority')}, {self.q('scheduled_time')}, {self._cols()}) WHERE {self.q('status')} = 'pending'"
-            )
+            with _privilege(f"create an index on {self.name}", "owner (CREATE INDEX)"):
+                self._query(
+                    f"CREATE INDEX IF NOT EXISTS {self.q(name)} ON {self.name} "
+                    f"({self.q('priority')}, {self.q('scheduled_time')}, {self._cols()}) WHERE {self.q('status')} = 'pending'"
+                )
+        except UsageError:
+            raise
         except Exception as err:  # another process created it first
             if "uplicate" not in str(err) and "exists" not in str(err):
                 raise
@@ -416,7 +466,7 @@ class JobTable:
         rest = [c.raw for c in claims if charge is None or c.raw != charge.raw]
         n = self._repend(owner.host, owner.pid, owner.connection_id, rest)
         if charge is not None:
-            n += self._charge(owner.host, owner.pid, owner.connection_id, charge.raw, charge.attempts, reason, policy)
+            n += bool(self._charge(owner.host, owner.pid, owner.connection_id, charge.raw, charge.attempts, reason, policy))
         return n
 
     def _repend(self, host: str, pid: int, connection_id: int, raws: Sequence[tuple]) -> int:
@@ -430,7 +480,10 @@ class JobTable:
             [*o_args, *in_args],
         ).rowcount
 
-    def _charge(self, host: str, pid: int, connection_id: int, raw: tuple, attempts: int, reason: str, policy: Policy) -> int:
+    def _charge(self, host: str, pid: int, connection_id: int, raw: tuple, attempts: int, reason: str,
+                policy: Policy) -> str | None:
+        """Count an attempt against the key a dead or stopped owner was making. Returns
+        what the key became (``pending`` or ``error``), or None if the owner no longer held it."""
         attempts += 1
         give_up = attempts >= policy.max_attempts
         message = (
@@ -440,27 +493,29 @@ class JobTable:
         )[:ERROR_MESSAGE_LENGTH]
         owned, o_args = self._owned(host, pid, connection_id)
         cond, in_args = self._in(None, [raw])
-        return self._query(
+        status = "error" if give_up else "pending"
+        changed = self._query(
             f"UPDATE {self._by_key} SET {self.q('status')} = %s, {self.q('attempts')} = %s, {self.q('error_message')} = %s, "
             f"{self.q('connection_id')} = 0, {self.q('completed_time')} = {NOW}, {self.q('scheduled_time')} = {NOW} "
             f"WHERE {owned} AND {cond}",
-            ["error" if give_up else "pending", attempts, message, *o_args, *in_args],
+            [status, attempts, message, *o_args, *in_args],
         ).rowcount
+        return status if changed else None
 
     # ---------------------------------------------------------------- reconcile
     def reconcile(self, live: "LiveConnections", ended_jobs: set[str] = frozenset(), policy: Policy = Policy()) -> dict[str, int]:
         """Release keys whose owner is gone. Done keys are completed; of each dead owner's
         other keys, the first in claim order was in flight (workers make keys in claim
         order) and is charged an attempt; the rest go back to ``pending`` untouched."""
-        result = {"released": 0, "charged": 0, "completed": 0}
+        result = dict.fromkeys(RECONCILED, 0)
         if not self.declared:
             return result
         n = len(self.pk)
         rows = self._query(
-            f"SELECT {self._cols()}, {self.q('host')}, {self.q('pid')}, {self.q('connection_id')}, {self.q('attempts')}, "
-            f"{self.q('backend_job_id')}, {self.q('user')}, "
-            f"CASE WHEN {live.before_server_start(self.q('reserved_time'))} THEN 1 ELSE 0 END "
-            f"FROM {self.name} WHERE {self.q('status')} = 'reserved' ORDER BY {self.q('reserved_time')}, {self._cols()}"
+            f"SELECT {self._cols('j')}, j.{self.q('host')}, j.{self.q('pid')}, j.{self.q('connection_id')}, "
+            f"{self._col('attempts')}, {self._col('backend_job_id')}, j.{self.q('user')}, "
+            f"CASE WHEN {live.before_server_start('j.' + self.q('reserved_time'))} THEN 1 ELSE 0 END "
+            f"FROM {self.name} AS j WHERE j.{self.q('status')} = 'reserved' ORDER BY j.{self.q('reserved_time')}, {self._cols('j')}"
         ).fetchall()
         if not rows:
             return result
@@ -473,19 +528,24 @@ class JobTable:
             if ended or int(before_restart) or live.is_dead(int(cid), user, alive):
                 reason = f"(backend job {job_id}) ended" if ended else "lost its database connection"
                 owners.setdefault((host, int(pid), int(cid), reason), []).append((tuple(r[:n]), int(attempts)))
+        if owners:
+            self.ensure()  # charging an attempt needs dj-orchestrate's columns
         for (host, pid, cid, reason), keys in owners.items():
             done = self._present([raw for raw, _ in keys])
             result["completed"] += self._finish(host, pid, cid, [raw for raw, _ in keys if raw in done])
             todo = [(raw, att) for raw, att in keys if raw not in done]
             if todo:
                 (raw, att), rest = todo[0], todo[1:]
-                result["charged"] += self._charge(host, pid, cid, raw, att, f"on {host} (pid {pid}) {reason}", policy)
+                became = self._charge(host, pid, cid, raw, att, f"on {host} (pid {pid}) {reason}", policy)
+                if became:
+                    result["charged"] += 1
+                    result["errors"] += became == "error"
                 result["released"] += self._repend(host, pid, cid, [raw for raw, _ in rest])
         return result
 
     def reserved_backend_ids(self) -> set[str]:
         """Backend job ids holding reservations: what reconcile asks the scheduler about."""
-        if not self.declared:
+        if "backend_job_id" not in self.columns:  # (not declared, or by stock DataJoint: none)
             return set()
         rows = self._query(f"SELECT DISTINCT {self.q('backend_job_id')} FROM {self.name} "
                            f"WHERE {self.q('status')} = 'reserved' AND {self.q('backend_job_id')} <> ''").fetchall()
@@ -502,6 +562,8 @@ class JobTable:
         """Per-status counts over key_source ∩ restriction, in one query.
 
         ``missing``: keys to make (not done, and pending or never enqueued)."""
+        if not self.supported:
+            return self._counts_without_jobs(restriction)
         ks_sql, args = self._key_source(restriction)
         fields = [f"COUNT(*)", f"COALESCE(SUM(CASE WHEN {self._done('m')} THEN 1 ELSE 0 END), 0)"]
         join = ""
@@ -516,6 +578,16 @@ class JobTable:
         by_status = dict(zip(STATUSES, map(int, row[2:]))) if self.declared else dict.fromkeys(STATUSES, 0)
         blocked = by_status["reserved"] + by_status["error"] + by_status["ignore"]
         return {"total": total, "done": done, **by_status, "missing": total - done - blocked}
+
+    def _counts_without_jobs(self, restriction: Restriction) -> dict[str, int]:
+        """A table that cannot have a jobs table: done and missing, as DataJoint counts them."""
+        ks = self.table.key_source
+        ks = ks() if inspect.isclass(ks) else ks
+        if restriction.keys is not None:
+            ks = ks & restriction.keys
+        total = len(ks)
+        done = len(ks & self.table.proj())
+        return {"total": total, "done": done, **dict.fromkeys(STATUSES, 0), "missing": total - done}
 
     def status_counts(self) -> dict[str, int]:
         """Jobs rows per status, plus ``ready`` (pending and due now); cheap, for progress."""
@@ -562,7 +634,7 @@ class JobTable:
         if stack:
             cols.append("error_stack")
         rows = self._query(
-            f"SELECT {self._cols('j')}, {', '.join('j.' + self.q(c) for c in cols)} FROM {self.name} AS j "
+            f"SELECT {self._cols('j')}, {', '.join(self._col(c) for c in cols)} FROM {self.name} AS j "
             f"WHERE j.{self.q('status')} = 'error' AND {cond} ORDER BY {self._cols('j')}",
             args,
         ).fetchall()
@@ -576,7 +648,8 @@ class JobTable:
         return out
 
     def retry(self, restriction: Restriction = Restriction(), match: str | None = None) -> int:
-        """Errors back to ``pending`` with a fresh attempt budget."""
+        """Failed and ignored keys back to ``pending``, with a fresh attempt budget.
+        Returns how many keys (an UPDATE changes each row once: rows are keys)."""
         if not self.declared:
             return 0
         self.ensure()
@@ -587,28 +660,45 @@ class JobTable:
         return self._query(
             f"UPDATE {self.name} SET {self.q('status')} = 'pending', {self.q('attempts')} = 0, "
             f"{self.q('error_message')} = '', {self.q('scheduled_time')} = {NOW} "
-            f"WHERE {self.q('status')} = 'error' AND {cond}",
+            f"WHERE {self.q('status')} IN ('error', 'ignore') AND {cond}",
             args,
         ).rowcount
 
     def ignore(self, restriction: Restriction) -> int:
-        """Mark matching keys that are not done ``ignore`` (keys in flight are left alone)."""
+        """Mark matching keys that are not done ``ignore``: pending and failed keys, and
+        keys never enqueued; keys in flight are left alone. Returns how many keys became
+        ignored, counted as keys: one UPDATE of the rows there are, one INSERT of the rows
+        there are not (MariaDB's ON DUPLICATE KEY UPDATE counts two per updated row)."""
         self.ensure()
-        sql, args = self._missing_sql(restriction)
-        priority = self.conn._config.jobs.default_priority
+        ks_sql, ks_args = self._key_source(restriction)
         status = self.q("status")
-        insert = (
-            f"INSERT INTO {self.name} ({self._cols()}, {status}, {self.q('priority')}) "
-            f"SELECT {self._cols('i')}, 'ignore', %s FROM ({sql}) AS i "
-        )
-        if self.mysql:
-            insert += f"ON DUPLICATE KEY UPDATE {status} = IF({status} = 'reserved', {status}, 'ignore')"
-        else:
-            insert += (
-                f"ON CONFLICT ({self._cols()}) DO UPDATE SET {status} = 'ignore' "
-                f"WHERE {self.name}.{status} <> 'reserved'"
-            )
-        return self._query(insert, [priority, *args]).rowcount
+        wanted = f"SELECT {self._cols('m')} FROM ({ks_sql}) AS m WHERE NOT {self._done('m')}"
+        updated = self._query(
+            f"UPDATE {self.name} SET {status} = 'ignore' WHERE {status} IN ('pending', 'error') "
+            f"AND ({self._cols()}) IN ({wanted})",
+            ks_args,
+        ).rowcount
+        inserted = self._query(
+            f"INSERT {'IGNORE ' if self.mysql else ''}INTO {self.name} ({self._cols()}, {status}, {self.q('priority')}) "
+            f"SELECT {self._cols('i')}, 'ignore', %s FROM ({wanted}) AS i "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {self.name} AS j WHERE {self._match('j', 'i')})"
+            + ("" if self.mysql else " ON CONFLICT DO NOTHING"),
+            [self.conn._config.jobs.default_priority, *ks_args],
+        ).rowcount
+        return updated + inserted
+
+
+@contextlib.contextmanager
+def _privilege(action: str, privilege: str) -> Iterator[None]:
+    """A statement the database refuses for lack of a privilege: say which, exit 2."""
+    try:
+        yield
+    except AccessError as err:
+        detail = next((str(a) for a in err.args[1:2] if a), str(err)).splitlines()[0]
+        raise UsageError(
+            f"the database user may not {action} ({detail})",
+            f"grant the {privilege} privilege on that schema, or run this once as a user who has it",
+        ) from None
 
 
 class LiveConnections:
@@ -649,7 +739,7 @@ class LiveConnections:
 
 def reconcile_all(tables: Sequence[Any], policy: Policy = Policy(), ended_jobs: set[str] = frozenset()) -> dict[str, int]:
     """Reconcile the jobs tables of these table instances; totals over all of them."""
-    total = {"released": 0, "charged": 0, "completed": 0}
+    total = dict.fromkeys(RECONCILED, 0)
     if not tables:
         return total
     live = LiveConnections(tables[0].connection)

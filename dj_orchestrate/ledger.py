@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import datetime
 import getpass
+import hashlib
 import json
 import os
 import platform
 import uuid
 from functools import lru_cache
-from typing import Any
+from typing import Any, Iterable
 
 import datajoint as dj
 
@@ -22,9 +23,13 @@ LEDGER_SCHEMA_ENV = "DJO_LEDGER_SCHEMA"
 
 
 @lru_cache(maxsize=None)
-def tables() -> tuple[Any, Any]:
-    """Declare (once per process) and return the ``Run`` and ``Shard`` tables."""
-    schema = dj.Schema(os.environ.get(LEDGER_SCHEMA_ENV, "dj_orchestrate"))
+def tables() -> tuple[Any, Any, Any]:
+    """Declare (once per process) and return the ``Run``, ``Shard`` and ``RunPipeline`` tables."""
+    return _define(dj.Schema(os.environ.get(LEDGER_SCHEMA_ENV, "dj_orchestrate")))
+
+
+def _define(schema: Any) -> tuple[Any, Any, Any]:
+    """The ledger's tables in ``schema``: declared unless the schema says not to."""
 
     @schema
     class Run(dj.Manual):
@@ -64,16 +69,48 @@ def tables() -> tuple[Any, Any]:
         keys_failed=0   : int32
         """
 
-    return Run, Shard
+    @schema
+    class RunPipeline(dj.Manual):
+        definition = """
+        # what identifies the pipeline of a run (runs recorded by versions before it have none)
+        -> Run
+        ---
+        pipeline_id     : char(32)            # md5 of module_file and schemas
+        module_file     : varchar(1023)       # the pipeline module's file, resolved
+        schemas         : varchar(4000)       # comma-separated schemas of its tables
+        """
+
+    return Run, Shard, RunPipeline
+
+
+def _existing() -> tuple[Any, Any, Any | None] | None:
+    """The ledger's tables for reading only: None when there is no ledger, and no
+    ``RunPipeline`` in a ledger from an earlier version. Creates nothing (``status``
+    works for a user who may only SELECT)."""
+    name = os.environ.get(LEDGER_SCHEMA_ENV, "dj_orchestrate")
+    try:
+        schema = dj.Schema(name, create_schema=False, create_tables=False)
+    except dj.DataJointError:
+        return None
+    run, shard, run_pipeline = _define(schema)
+    if not run.is_declared:
+        return None
+    return run, shard, run_pipeline if run_pipeline.is_declared else None
+
+
+def pipeline_id(module_file: str, schemas: list[str]) -> str:
+    return hashlib.md5("\0".join([module_file, *schemas]).encode()).hexdigest()
 
 
 def now() -> datetime.datetime:
     return datetime.datetime.now()
 
 
-def new_run(pipeline: str, backend: str, table_names: list[str], state: str = "running") -> str:
+def new_run(pipeline: str, backend: str, table_names: list[str], state: str = "running",
+            identity: tuple[str, list[str]] | None = None) -> str:
+    """Record a run; ``identity`` (module file, schemas) is what ``status`` filters by."""
     run_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
-    Run, _ = tables()
+    Run = tables()[0]
     Run.insert1(
         dict(
             run_id=run_id,
@@ -86,11 +123,16 @@ def new_run(pipeline: str, backend: str, table_names: list[str], state: str = "r
             started=now(),
         )
     )
+    if identity is not None:
+        module_file, schemas = identity
+        tables()[2].insert1(
+            dict(run_id=run_id, pipeline_id=pipeline_id(module_file, schemas), module_file=module_file[:1023],
+                 schemas=",".join(schemas)[:4000]))
     return run_id
 
 
 def finish_run(run_id: str, state: str, backend_info: str | None = None) -> None:
-    Run, _ = tables()
+    Run = tables()[0]
     row = {"run_id": run_id, "state": state, "ended": now()}
     if backend_info is not None:
         row["backend_info"] = backend_info[:4000]
@@ -98,27 +140,27 @@ def finish_run(run_id: str, state: str, backend_info: str | None = None) -> None
 
 
 def set_backend_info(run_id: str, info: str) -> None:
-    Run, _ = tables()
+    Run = tables()[0]
     Run.update1({"run_id": run_id, "backend_info": info[:4000]})
 
 
 def add_shards(run_id: str, table_name: str, bounds: list[tuple[str, str]], **fields: Any) -> None:
     """Record the planned shards of one table: ``bounds`` are JSON (lo, hi) pairs."""
-    _, Shard = tables()
+    Shard = tables()[1]
     Shard.insert(
         [dict(run_id=run_id, table_name=table_name, shard=i, lo=lo, hi=hi, **fields) for i, (lo, hi) in enumerate(bounds)]
     )
 
 
 def shard(run_id: str, table_name: str, index: int) -> dict | None:
-    _, Shard = tables()
+    Shard = tables()[1]
     rows = (Shard & {"run_id": run_id, "table_name": table_name, "shard": index}).to_dicts()
     return rows[0] if rows else None
 
 
 def record_shard(run_id: str, table_name: str, index: int, **fields: Any) -> None:
     """Insert or update one shard's row (pull workers add their own)."""
-    _, Shard = tables()
+    Shard = tables()[1]
     key = {"run_id": run_id, "table_name": table_name, "shard": index}
     if Shard & key:
         Shard.update1({**key, **fields})
@@ -126,9 +168,24 @@ def record_shard(run_id: str, table_name: str, index: int, **fields: Any) -> Non
         Shard.insert1({**key, **fields})
 
 
-def recent_runs(limit: int = 5) -> list[dict]:
-    Run, Shard = tables()
-    runs = Run.to_dicts(order_by="started DESC", limit=limit)
+def recent_runs(identity: tuple[str, list[str]] | None = None, aliases: Iterable[str] = (), limit: int = 5) -> list[dict]:
+    """The latest runs (of the pipeline with this identity), read only. Runs recorded
+    before runs had an identity are matched by the spec they were started with (one of
+    ``aliases``)."""
+    found = _existing()
+    if found is None:
+        return []
+    Run, Shard, RunPipeline = found
+    old = [{"pipeline": a} for a in sorted(aliases)]
+    if identity is None:
+        runs = Run.to_dicts(order_by="started DESC", limit=limit)
+    elif RunPipeline is None:
+        runs = (Run & old).to_dicts(order_by="started DESC", limit=limit)
+    else:
+        mine = Run & (RunPipeline & {"pipeline_id": pipeline_id(*identity)})
+        runs = mine.to_dicts(order_by="started DESC", limit=limit)
+        runs += ((Run - RunPipeline) & old).to_dicts(order_by="started DESC", limit=limit)
+        runs = sorted(runs, key=lambda r: r["started"], reverse=True)[:limit]
     for run in runs:
         shards = (Shard & {"run_id": run["run_id"]}).to_dicts()
         run["shards"] = len(shards)
@@ -138,7 +195,7 @@ def recent_runs(limit: int = 5) -> list[dict]:
 
 
 def shards_of(run_id: str) -> list[dict]:
-    _, Shard = tables()
+    Shard = tables()[1]
     return (Shard & {"run_id": run_id}).to_dicts(order_by="table_name, shard")
 
 

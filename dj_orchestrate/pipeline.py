@@ -7,11 +7,14 @@ order and the levels come from DataJoint's own dependency graph.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
 import os
+import re
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +34,11 @@ def resolve_spec(spec: str) -> str:
 def check_spec(spec: str) -> None:
     """Reject a pipeline that cannot exist before anything connects or writes."""
     if spec.endswith(".py") or os.sep in spec:
+        if Path(spec).is_dir():
+            raise UsageError(
+                f"pipeline {spec} is a directory, not a .py file",
+                "pass the pipeline's .py file, or its module name (e.g. my_lab.pipeline) from the directory above",
+            )
         if not Path(spec).is_file():
             raise UsageError(
                 f"pipeline file not found: {spec}",
@@ -45,8 +53,29 @@ def check_spec(spec: str) -> None:
 
 
 def load(spec: str) -> ModuleType:
-    """Import the pipeline (this declares its schemas, as DataJoint always does)."""
+    """Import the pipeline (this declares its schemas, as DataJoint always does). An error
+    while importing it is the user's to fix: one line naming it, not our traceback."""
     check_spec(spec)
+    try:
+        return _import(spec)
+    except UsageError:
+        raise
+    except Exception as err:
+        raise UsageError(f"cannot load pipeline {spec}: {_describe(err)}",
+                         "fix the error in the pipeline (dj-orchestrate --debug ... shows the traceback)") from err
+
+
+def _describe(err: BaseException) -> str:
+    """The exception and where in the user's code it happened, in one line."""
+    if isinstance(err, SyntaxError):
+        return f"SyntaxError: {err.msg} ({err.filename}, line {err.lineno})"
+    where = traceback.extract_tb(err.__traceback__)
+    place = f" ({where[-1].filename}, line {where[-1].lineno})" if where else ""
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}{': ' + text if text else ''}{place}"
+
+
+def _import(spec: str) -> ModuleType:
     path = Path(spec)
     if spec.endswith(".py") or path.is_file():
         path = path.resolve()
@@ -57,7 +86,11 @@ def load(spec: str) -> ModuleType:
         module_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
         return module
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -72,18 +105,39 @@ def load(spec: str) -> ModuleType:
         raise
 
 
+def identity(module: ModuleType) -> tuple[str, list[str]]:
+    """What makes two runs runs of the same pipeline: the module's file (a module name
+    and a path to its file are the same pipeline) and the schemas its tables live in
+    (the same file against another schema is another pipeline)."""
+    import datajoint as dj
+
+    schemas = {value.database for value in vars(module).values()
+               if isinstance(value, type) and issubclass(value, dj.Table) and getattr(value, "database", None)}
+    return str(Path(module.__file__).resolve()) if getattr(module, "__file__", None) else module.__name__, sorted(schemas)
+
+
 @dataclass(frozen=True)
 class TableInfo:
-    """One auto-populated table, its place in the dependency order, and its level."""
+    """One auto-populated table, its place in the dependency order, and its level.
+
+    ``upstream``: the selected tables it must wait for (full names), whatever says so:
+    a foreign key, a custom ``key_source``, or code in ``make``/``key_source`` that reads
+    them (``hidden``: those that only the code names). Schedulers order by this set."""
 
     cls: type
     name: str
     full_name: str
     order: int
     level: int
+    upstream: frozenset[str] = frozenset()
+    hidden: frozenset[str] = frozenset()
+    declared: int = 0
 
     def instance(self) -> Any:
         return self.cls()
+
+    def hidden_names(self) -> list[str]:
+        return sorted(n.split(".")[-1].strip("`\"") for n in self.hidden)
 
 
 def discover(module: ModuleType) -> list[TableInfo]:
@@ -92,6 +146,7 @@ def discover(module: ModuleType) -> list[TableInfo]:
     import datajoint as dj
 
     classes: dict[str, type] = {}
+    declared: dict[str, int] = {}
     for value in vars(module).values():
         if (
             isinstance(value, type)
@@ -100,40 +155,94 @@ def discover(module: ModuleType) -> list[TableInfo]:
             and getattr(value, "database", None)
         ):
             classes[value.full_table_name] = value
+            declared.setdefault(value.full_table_name, len(declared))
     if not classes:
         return []
     conn = next(iter(classes.values())).connection
     conn.dependencies.load()
     topo = {name: i for i, name in enumerate(conn.dependencies.topo_sort())}
-    return _leveled([classes[n] for n in sorted(classes, key=lambda n: topo.get(n, len(topo)))], topo)
+    return _leveled([classes[n] for n in sorted(classes, key=lambda n: topo.get(n, len(topo)))], topo, declared)
 
 
-def _upstream(cls: type, names: set[str]) -> set[str]:
-    """Tables among ``names`` this table waits for: its foreign-key ancestors, and the
-    tables a custom ``key_source`` reads (a fan-in that no foreign key shows)."""
+MAKE_METHODS = ("make", "make_fetch", "make_compute", "make_insert", "key_source")
+
+
+def code_references(cls: type) -> set[str]:
+    """Tables that the user's ``make`` (three-part too) and ``key_source`` name in their
+    code: a make that reads another table depends on it, foreign key or not (a part
+    table stands for its master)."""
+    import datajoint as dj
+
+    found: set[str] = set()
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("datajoint"):
+            continue
+        for attr in MAKE_METHODS:
+            member = klass.__dict__.get(attr)
+            func = getattr(member, "fget", None) or getattr(member, "__func__", None) or member
+            code = getattr(func, "__code__", None)
+            if code is None:
+                continue
+            for name in _names(code):
+                value = func.__globals__.get(name)
+                if isinstance(value, type) and issubclass(value, dj.Part) and getattr(value, "master", None):
+                    value = value.master
+                if isinstance(value, type) and issubclass(value, dj.Table) and getattr(value, "database", None):
+                    found.add(value.full_table_name)
+    found.discard(cls.full_table_name)
+    return found
+
+
+def _names(code: Any) -> set[str]:
+    """Global and attribute names a code object (and the functions nested in it) uses."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _names(const)
+    return names
+
+
+def _upstream(cls: type, names: set[str]) -> tuple[set[str], set[str]]:
+    """Tables among ``names`` this table waits for, and of those the ones no foreign key
+    and no ``key_source`` shows: its foreign-key ancestors, the tables a custom
+    ``key_source`` reads (a fan-in), and the tables its code reads."""
     deps = cls.connection.dependencies
     found = {a for a in deps.ancestors(cls.full_table_name) if a in names}
     key_source = cls().key_source
     sql = (key_source() if isinstance(key_source, type) else key_source).make_sql()
     found.update(n for n in names if n in sql)
     found.discard(cls.full_table_name)
-    return found
+    hidden = (code_references(cls) & names) - found
+    return found | hidden, hidden
 
 
-def _leveled(classes: list[type], topo: dict[str, int]) -> list[TableInfo]:
+def _leveled(classes: list[type], topo: dict[str, int], declared: dict[str, int]) -> list[TableInfo]:
     """Level = 1 + the highest level among upstream tables; listed level by level."""
     names = {c.full_table_name for c in classes}
-    upstream = {c.full_table_name: _upstream(c, names) for c in classes}
+    upstream, hidden = {}, {}
+    for c in classes:
+        upstream[c.full_table_name], hidden[c.full_table_name] = _upstream(c, names)
     levels: dict[str, int] = {}
     while len(levels) < len(classes):
         ready = [n for n in names - set(levels) if upstream[n] <= set(levels)]
-        if not ready:  # a cycle through key_source: fall back to dependency order
+        if not ready:  # a cycle through key_source or make's reads: fall back to dependency order
             ready = sorted(names - set(levels), key=lambda n: topo.get(n, 0))[:1]
         for n in ready:
             levels[n] = 1 + max((levels[u] for u in upstream[n] if u in levels), default=-1)
-    infos = [TableInfo(c, c.__name__, c.full_table_name, topo.get(c.full_table_name, 0), levels[c.full_table_name])
+    infos = [TableInfo(c, c.__name__, c.full_table_name, topo.get(c.full_table_name, 0), levels[c.full_table_name],
+                       frozenset(upstream[c.full_table_name]), frozenset(hidden[c.full_table_name]),
+                       declared.get(c.full_table_name, 0))
              for c in classes]
     return sorted(infos, key=lambda t: (t.level, t.order))
+
+
+def in_declared_order(tables: list[TableInfo]) -> list[TableInfo]:
+    """``run --order declared``: one table at a time, in the order the module defines
+    them, each after all before it, for pipelines whose scripts relied on that order
+    (a make that reads tables in ways no code analysis sees)."""
+    ordered = sorted(tables, key=lambda t: t.declared)
+    return [dataclasses.replace(t, level=i, upstream=frozenset(u.full_name for u in ordered[:i]))
+            for i, t in enumerate(ordered)]
 
 
 def select(tables: list[TableInfo], names: tuple[str, ...] | list[str]) -> list[TableInfo]:
@@ -154,7 +263,8 @@ def select(tables: list[TableInfo], names: tuple[str, ...] | list[str]) -> list[
             f"auto-populated tables in this pipeline: {', '.join(known)}",
         )
     chosen = [t for t in tables if t.name in set(names)]
-    return _leveled([t.cls for t in chosen], {t.full_name: t.order for t in tables})
+    return _leveled([t.cls for t in chosen], {t.full_name: t.order for t in tables},
+                    {t.full_name: t.declared for t in tables})
 
 
 def levels_of(tables: list[TableInfo]) -> list[list[TableInfo]]:
@@ -165,11 +275,12 @@ def levels_of(tables: list[TableInfo]) -> list[list[TableInfo]]:
     return [out[k] for k in sorted(out)]
 
 
-def parse_keys(text: str | None) -> list[dict[str, Any]]:
-    """``--key`` JSON: one object or a list of objects with scalar values. The values
-    are data: they are bound as query parameters, never pasted into SQL."""
-    if not text:
-        return []
+def parse_keys(text: str | None) -> list[dict[str, Any]] | None:
+    """``--key`` JSON: one object or a list of objects with scalar values; None when no
+    ``--key`` was given (every key). An empty list selects no key. The values are data:
+    they are bound as query parameters, never pasted into SQL."""
+    if text is None:
+        return None
     try:
         value = json.loads(text)
     except ValueError as err:
@@ -179,7 +290,10 @@ def parse_keys(text: str | None) -> list[dict[str, Any]]:
         ) from None
     keys = value if isinstance(value, list) else [value]
     for key in keys:
-        if not isinstance(key, dict) or not key:
+        if key == {}:
+            raise UsageError("--key {} names no attribute: it would select every key",
+                             "leave --key out to mean every key, or name the key's attributes")
+        if not isinstance(key, dict):
             raise UsageError(
                 f"--key must be an object or a list of objects, got {json.dumps(key)}",
                 """e.g. --key '{"session": 2}' or --key '[{"session": 1}, {"session": 2}]'""",
@@ -193,10 +307,11 @@ def parse_keys(text: str | None) -> list[dict[str, Any]]:
     return keys
 
 
-def check_key_attributes(keys: list[dict[str, Any]], tables: list[TableInfo]) -> list[dict[str, Any]]:
+def check_key_attributes(keys: list[dict[str, Any]] | None, tables: list[TableInfo]) -> list[dict[str, Any]] | None:
     """Check ``--key`` against the selected tables' key_source headings: an attribute no
-    table knows is a typo, and a numeric attribute takes numbers only. Returns the keys
-    with numeric strings converted."""
+    table knows is a typo, a numeric attribute takes numbers only, an integer attribute
+    integers in its type's range (else the key would silently match nothing). Returns
+    the keys with numeric strings converted."""
     if not keys:
         return keys
     attrs: dict[str, Any] = {}
@@ -212,10 +327,38 @@ def check_key_attributes(keys: list[dict[str, Any]], tables: list[TableInfo]) ->
     return [{name: _coerce(name, value, attrs[name]) for name, value in key.items()} for key in keys]
 
 
+# SQL integer types (MySQL and PostgreSQL spellings) and their signed bit widths
+_INT_BITS = {"tinyint": 8, "smallint": 16, "int2": 16, "mediumint": 24, "int": 32, "integer": 32, "int4": 32,
+             "bigint": 64, "int8": 64, "serial": 32, "bigserial": 64}
+
+
+def _int_range(attr: Any) -> tuple[int, int] | None:
+    match = re.match(r"\s*([a-z0-9]+)(?:\(\d+\))?(\s+unsigned)?", str(attr.sql_type or attr.type).lower())
+    bits = _INT_BITS.get(match.group(1)) if match else None
+    if bits is None:
+        return None
+    if match.group(2):
+        return 0, 2**bits - 1
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
 def _coerce(name: str, value: Any, attr: Any) -> Any:
-    if not attr.numeric or not isinstance(value, str):
+    if not attr.numeric:
         return value
-    try:
-        return int(value) if value.strip().lstrip("-").isdigit() else float(value)
-    except ValueError:
-        raise UsageError(f"--key value for {name!r} must be a number, got {value!r}", f"e.g. --key '{{\"{name}\": 1}}'") from None
+    example = f"e.g. --key '{{\"{name}\": 1}}'"
+    if isinstance(value, str):
+        try:
+            value = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise UsageError(f"--key value for {name!r} must be a number, got {value!r}", example) from None
+    bounds = _int_range(attr)
+    if bounds is None:
+        return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise UsageError(f"--key value for {name!r} must be an integer ({attr.type}), got {value!r}", example)
+        value = int(value)
+    if not bounds[0] <= value <= bounds[1]:
+        raise UsageError(f"--key value for {name!r} is out of range for {attr.type}: {value}",
+                         f"{name} takes integers from {bounds[0]} to {bounds[1]}")
+    return value

@@ -68,7 +68,7 @@ def plan_table(info: TableInfo, restriction: Restriction, size: int | None = Non
     jt = JobTable(info.instance())
     counts = jt.counts(restriction)
     step = shard_size(counts["missing"], size, shards)
-    starts = jt.shard_starts(restriction, step) if counts["missing"] else []
+    starts = jt.shard_starts(restriction, step) if counts["missing"] and jt.supported else []
     return TablePlan(
         table=info.name,
         level=info.level,

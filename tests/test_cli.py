@@ -115,4 +115,5 @@ def test_reconcile_command(chain, db):
     jt.enqueue()
     jt._query(f"UPDATE {jt.name} SET status='reserved', connection_id=123456789, host='gone', pid=1")
     out = db.cli("reconcile", CHAIN, "--json")
-    assert json.loads(out.stdout) == {"released": 2, "charged": 1, "completed": 0}, out.stderr
+    assert json.loads(out.stdout) == {"back_to_pending": 3, "charged_an_attempt": 1, "already_done": 0,
+                                      "became_errors": 0}, out.stderr

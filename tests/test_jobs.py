@@ -129,7 +129,7 @@ def test_reconcile_releases_dead_owners_only(chain):
     chain.Item & theirs[0].key
     chain.Square.insert1({**theirs[0].key, "square": 0.0}, allow_direct_insert=True)
     result = reconcile_all([chain.Square()], Policy())
-    assert result == {"released": 1, "charged": 1, "completed": 1}
+    assert result == {"released": 1, "charged": 1, "errors": 0, "completed": 1}
     rows = {r["item_id"]: r for r in jobs_rows(chain.Square)}
     assert theirs[0].key["item_id"] not in rows  # done: job row removed
     assert rows[theirs[1].key["item_id"]]["attempts"] == 1  # the key in flight

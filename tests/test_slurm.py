@@ -230,7 +230,7 @@ def test_cancelled_task_released_by_reconcile_then_completed(chain, db, slurm):
     row = row_of(chain.Square, 0)
     assert row["status"] == "reserved" and row["backend_job_id"] == victim  # nobody released it
     out = slurm.cli("reconcile", CHAIN, "--json")
-    assert json.loads(out.stdout) == {"released": 0, "charged": 1, "completed": 0}, out.stdout + out.stderr
+    assert json.loads(out.stdout) == {"back_to_pending": 1, "charged_an_attempt": 1, "already_done": 0, "became_errors": 0}, out.stdout + out.stderr
     row = row_of(chain.Square, 0)
     assert row["status"] == "pending" and row["attempts"] == 1
     assert f"(backend job {victim}) ended" in row["error_message"]
@@ -372,10 +372,10 @@ def test_reconcile_trusts_squeue_only_when_it_answers(chain, db, cluster, tmp_pa
     (fake / "squeue").write_text("#!/bin/sh\necho 'squeue: error: Unable to contact slurm controller' >&2\nexit 1\n")
     (fake / "squeue").chmod(0o755)
     out = db.cli("reconcile", CHAIN, "--json", env={"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"})
-    assert json.loads(out.stdout) == {"released": 0, "charged": 0, "completed": 0}, out.stdout + out.stderr
+    assert json.loads(out.stdout) == {"back_to_pending": 0, "charged_an_attempt": 0, "already_done": 0, "became_errors": 0}, out.stdout + out.stderr
     assert row_of(chain.Square, 0)["status"] == "reserved"
     out = db.cli("reconcile", CHAIN, "--json")
-    assert json.loads(out.stdout) == {"released": 0, "charged": 1, "completed": 0}, out.stdout + out.stderr
+    assert json.loads(out.stdout) == {"back_to_pending": 1, "charged_an_attempt": 1, "already_done": 0, "became_errors": 0}, out.stdout + out.stderr
     row = row_of(chain.Square, 0)
     assert row["status"] == "pending" and f"(backend job {task}) ended" in row["error_message"]
 
