@@ -94,7 +94,7 @@ def friendly(f: Callable) -> Callable:
 
 
 def open_pipeline(spec: str, tables: tuple[str, ...], key_json: str | None,
-                  warn: bool = True) -> tuple[db.Target, list[pipeline.TableInfo], Restriction]:
+                  warn: bool = False) -> tuple[db.Target, list[pipeline.TableInfo], Restriction]:
     """Validate what can be validated offline, then connect, import and select."""
     pipeline.check_spec(spec)
     keys = pipeline.parse_keys(key_json)
@@ -110,7 +110,7 @@ def warn_hidden(infos: list[pipeline.TableInfo]) -> None:
     """A make that reads a table no foreign key links it to: it is ordered after that
     table, and the user should declare the dependency."""
     for t in infos:
-        for other in t.hidden_names():
+        for other in sorted(t.hidden):
             click.echo(f"dj-orchestrate: warning: {t.name}'s make reads {other}, which no foreign key links it to; "
                        f"{t.name} runs after {other} (declare `-> {other}` in {t.name} to say so)", err=True)
 
@@ -125,7 +125,7 @@ def claimable(infos: list[pipeline.TableInfo], action: str) -> list[pipeline.Tab
             out.append(t)
         else:
             message, hint = jt.unsupported_reason()
-            click.echo(f"dj-orchestrate: {action} {t.name}: {message}; {hint}", err=True)
+            click.echo(f"dj-orchestrate: {action} {t.name}. {message}; {hint}", err=True)
     return out
 
 
@@ -192,7 +192,7 @@ def plan(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, shar
     """Dry run: per table, what is done, missing, failed, and in how many shards. Writes nothing."""
     from .planner import plan_table
 
-    target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json, warn=True)
     plans = [plan_table(t, restriction, shard_size, shards) for t in infos]
     if as_json:
         emit_json([p.as_json() for p in plans])
@@ -238,7 +238,7 @@ def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...],
         raise UsageError(f"--workers must be at least 1, got {workers}", "e.g. --workers 8")
     backend_obj = backend_cls.create(config_path, scheduler=scheduler, cluster=cluster, image=image,
                                      namespace=namespace, secret=secret)
-    target, selected, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    target, selected, restriction = open_pipeline(pipeline_spec, tables, key_json, warn=True)
     infos = claimable(selected, "skipping")
     if not infos:
         raise UsageError(*JobTable(selected[0].instance()).unsupported_reason())
@@ -289,7 +289,7 @@ def work(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, enqu
 
     settings = worker_settings(**policy, backend_job_id=backend_job_id or backend_job_id_from_env(),
                                log_path=log_path or os.environ.get("DJO_LOG_PATH", ""))
-    _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json, warn=False)
+    _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
     if enqueue:
         for t in infos:
             JobTable(t.instance()).enqueue(restriction)
@@ -344,7 +344,7 @@ def status(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, as
                      "reserved": c["reserved"], "error": c["error"], "ignore": c["ignore"],
                      "progress": f"{100 * c['done'] / c['total']:.0f}%" if c["total"] else "-"})
         if not jt.supported:
-            rows[-1]["note"] = "not run by dj-orchestrate: " + jt.unsupported_reason()[0].split(": ", 1)[-1]
+            rows[-1]["note"] = "not run by dj-orchestrate (no jobs table possible: see `run`)"
     if as_json:
         emit_json([{k: v for k, v in r.items() if k != "progress"} for r in rows])
         return

@@ -92,6 +92,39 @@ def import_datajoint() -> None:
                              for e in err.errors())
         raise UsageError(f"invalid DataJoint configuration: {problems}",
                          "fix that DJ_* environment variable (or datajoint.json)") from err
+    read_postgres_keys_from_catalog()
+
+
+def read_postgres_keys_from_catalog() -> None:
+    """PostgreSQL: let DataJoint read primary keys from ``pg_catalog``.
+
+    DataJoint 2.3.5 reads them from ``information_schema.key_column_usage``, which shows
+    a constraint only to a role that owns the table or holds a privilege other than
+    SELECT. For a SELECT-only role every table then has no primary key: ``key_source``
+    fails and no key can be read. ``pg_index`` shows them to anyone who may see the
+    table. Same queries, same result columns."""
+    from datajoint.adapters.postgres import PostgreSQLAdapter
+
+    def get_primary_key_sql(self: Any, schema_name: str, table_name: str) -> str:
+        return (
+            "SELECT a.attname AS column_name FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
+            f"WHERE i.indisprimary AND n.nspname = {self.quote_string(schema_name)} "
+            f"AND c.relname = {self.quote_string(table_name)} ORDER BY k.ord"
+        )
+
+    def load_primary_keys_sql(self: Any, schemas_list: str, like_pattern: str) -> str:
+        return (
+            "SELECT '\"' || n.nspname || '\".\"' || c.relname || '\"' AS tab, a.attname AS column_name "
+            "FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey) "
+            f"WHERE i.indisprimary AND c.relname NOT LIKE {like_pattern} AND n.nspname IN ({schemas_list})"
+        )
+
+    PostgreSQLAdapter.get_primary_key_sql = get_primary_key_sql
+    PostgreSQLAdapter.load_primary_keys_sql = load_primary_keys_sql
 
 
 def _is_configured(config) -> bool:

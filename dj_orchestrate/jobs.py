@@ -280,6 +280,7 @@ class JobTable:
             self._ensure_claim_index()
 
     def unsupported_reason(self) -> tuple[str, str]:
+        """Why this table's keys cannot be claimed (see ``supported``), and what to do."""
         name = self.table.__class__.__name__
         return (
             f"{name} cannot be run by dj-orchestrate: no attribute of its primary key comes from a foreign key, "

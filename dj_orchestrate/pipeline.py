@@ -122,7 +122,8 @@ class TableInfo:
 
     ``upstream``: the selected tables it must wait for (full names), whatever says so:
     a foreign key, a custom ``key_source``, or code in ``make``/``key_source`` that reads
-    them (``hidden``: those that only the code names). Schedulers order by this set."""
+    them (``hidden``: the class names of those only the code names). Schedulers order by
+    ``upstream``."""
 
     cls: type
     name: str
@@ -135,9 +136,6 @@ class TableInfo:
 
     def instance(self) -> Any:
         return self.cls()
-
-    def hidden_names(self) -> list[str]:
-        return sorted(n.split(".")[-1].strip("`\"") for n in self.hidden)
 
 
 def discover(module: ModuleType) -> list[TableInfo]:
@@ -229,8 +227,9 @@ def _leveled(classes: list[type], topo: dict[str, int], declared: dict[str, int]
             ready = sorted(names - set(levels), key=lambda n: topo.get(n, 0))[:1]
         for n in ready:
             levels[n] = 1 + max((levels[u] for u in upstream[n] if u in levels), default=-1)
+    class_name = {c.full_table_name: c.__name__ for c in classes}
     infos = [TableInfo(c, c.__name__, c.full_table_name, topo.get(c.full_table_name, 0), levels[c.full_table_name],
-                       frozenset(upstream[c.full_table_name]), frozenset(hidden[c.full_table_name]),
+                       frozenset(upstream[c.full_table_name]), frozenset(class_name[h] for h in hidden[c.full_table_name]),
                        declared.get(c.full_table_name, 0))
              for c in classes]
     return sorted(infos, key=lambda t: (t.level, t.order))

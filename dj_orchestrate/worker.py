@@ -234,6 +234,11 @@ class Worker:
                 if self._committed(table, claim):
                     handle.complete(claim.key)
                 handle.outcome = "done" if handle.completed else "interrupted"
+            except SystemExit as exc:  # a make that exits (sys.exit, DataJoint's SigTermTable): that key's error
+                self._close_transaction()
+                if handle.outcome == "done" and not handle.completed:  # raised outside make: not yet recorded
+                    handle.outcome = jt.fail(self.owner, claim, f"SystemExit: {exc}", traceback.format_exc(),
+                                             self.settings.policy)
             except Exception as err:  # outside make: the key-in-table check, a commit
                 if _is_lost(err, self.conn):
                     handle.outcome = "lost"

@@ -95,7 +95,7 @@ def configure(db: DB) -> None:
     dj.config["database.reconnect"] = True
     dj.conn(reset=True)
     ledger.tables.cache_clear()
-    for name in ("chain",):
+    for name in ("chain", "quirks"):
         sys.modules.pop(name, None)
 
 
