@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Start what the tests need, if it is not running: MariaDB and PostgreSQL (the machine's
-# services) and, unless --no-slurm, the single-node SLURM cluster (slurm/start-cluster.sh).
-# Idempotent and quick when everything is already up.
+# services) and, unless --no-slurm, the single-node SLURM cluster (slurm/start-cluster.sh,
+# in a directory of its own; tests find it through SLURM_CONF, which it prints).
+# Idempotent and quick when everything is already up. Exits non-zero when a service
+# did not come up, saying which.
 set -u
 say() { echo "[services] $*"; }
 up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -23,10 +25,11 @@ if ! up 3306; then
   fi
 fi
 for i in $(seq 1 30); do up 5432 && up 3306 && break; sleep 1; done
-up 5432 && say "PostgreSQL up" || say "PostgreSQL NOT reachable on 127.0.0.1:5432"
-up 3306 && say "MariaDB up" || say "MariaDB NOT reachable on 127.0.0.1:3306"
+failed=0
+up 5432 && say "PostgreSQL up" || { say "PostgreSQL NOT reachable on 127.0.0.1:5432"; failed=1; }
+up 3306 && say "MariaDB up" || { say "MariaDB NOT reachable on 127.0.0.1:3306"; failed=1; }
 
-if [ "${1:-}" != "--no-slurm" ] && [ -x "$(dirname "$0")/../slurm/start-cluster.sh" ]; then
-  "$(dirname "$0")/../slurm/start-cluster.sh" || say "SLURM did NOT come up"
+if [ "${1:-}" != "--no-slurm" ]; then
+  bash "$(dirname "$0")/../slurm/start-cluster.sh" || { say "SLURM did NOT come up (see above)"; failed=1; }
 fi
-exit 0
+exit "$failed"

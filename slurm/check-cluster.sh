@@ -5,6 +5,9 @@
 set -uo pipefail
 
 log() { echo "[slurm-check] $*"; }
+# shellcheck source=common.sh
+. "$(dirname "$0")/common.sh"
+export SLURM_CONF="${SLURM_CONF:-$CONF}"  # the test cluster, unless told otherwise
 die() { echo "[slurm-check] FAIL: $*" >&2; exit 1; }
 
 WORK="$(mktemp -d /tmp/slurm-check.XXXXXX)"

@@ -1,6 +1,16 @@
-# Shared by start-cluster.sh and stop-cluster.sh (sourced, not run).
+# Shared by start-cluster.sh, stop-cluster.sh and check-cluster.sh (sourced, not run).
+#
+# dj-orchestrate's test cluster lives in a directory of its own: config, state, logs,
+# pid files. A daemon is "ours" only if its pid file there names a live process of
+# that name, so a machine's own SLURM daemons (same names, /etc/slurm) are never
+# mistaken for ours, and never stopped.
 
-# running NAME: a live (non-zombie) process with that exact name exists
+DIR="${DJO_SLURM_DIR:-/var/tmp/dj-orchestrate-slurm}"
+CONF_DIR="$DIR/etc"
+CONF="$CONF_DIR/slurm.conf"
+RUN_DIR="$DIR/run"
+
+# running NAME: a live (non-zombie) process with that exact name exists (anyone's)
 running() {
   local pid st
   for pid in $(pgrep -x "$1" 2>/dev/null); do
@@ -10,17 +20,30 @@ running() {
   return 1
 }
 
-# stop_daemon NAME: TERM it, wait up to 10 s, then KILL (needs log() from the caller)
-stop_daemon() {  # name
-  local name="$1"
-  running "$name" || return 0
-  log "stopping $name"
-  pkill -TERM -x "$name" || true
-  for _ in $(seq 1 50); do
-    running "$name" || return 0
+# ours_pid NAME: the pid of our NAME daemon (from $RUN_DIR/NAME.pid), if it is alive
+ours_pid() {
+  local pid st
+  pid="$(cat "$RUN_DIR/$1.pid" 2>/dev/null)" || return 1
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] || return 1
+  st="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)"
+  [ -n "$st" ] && [ "$st" != Z ] || return 1
+  echo "$pid"
+}
+
+# ours NAME: our NAME daemon is running
+ours() { ours_pid "$1" >/dev/null; }
+
+# stop_ours NAME: TERM our NAME daemon, wait up to 30 s, then KILL (needs log() from the caller)
+stop_ours() {
+  local pid
+  pid="$(ours_pid "$1")" || return 0
+  log "stopping $1 (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 150); do
+    ours "$1" || return 0
     sleep 0.2
   done
-  log "$name did not exit after 10s: sending SIGKILL"
-  pkill -KILL -x "$name" || true
+  log "$1 did not exit after 30s: sending SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
   sleep 0.5
 }

@@ -22,6 +22,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = Path(__file__).resolve().parent / "pipelines"
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The test SLURM cluster lives in a directory of its own (slurm/start-cluster.sh), never in
+# /etc/slurm: SLURM's commands, here and in every subprocess, find it through SLURM_CONF.
+SLURM_DIR = Path(os.environ.get("DJO_SLURM_DIR", "/var/tmp/dj-orchestrate-slurm"))
+os.environ["SLURM_CONF"] = str(SLURM_DIR / "etc" / "slurm.conf")
 
 DATABASES = {
     "mysql": {"DJ_HOST": "127.0.0.1", "DJ_PORT": "3306", "DJ_USER": "root", "DJ_PASS": "", "DJ_BACKEND": "mysql"},
