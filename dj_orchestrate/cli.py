@@ -129,11 +129,14 @@ def claimable(infos: list[pipeline.TableInfo], action: str) -> list[pipeline.Tab
     return out
 
 
-def prepare(infos: list[pipeline.TableInfo]) -> None:
-    """Before a command writes anything: every jobs table declared, with dj-orchestrate's
-    columns. A privilege the database user lacks then stops it before any write."""
+def prepare(infos: list[pipeline.TableInfo], declare: bool = True) -> None:
+    """Before a command writes any key: the jobs tables declared (or, with ``declare``
+    false, only those that exist: stock DataJoint's), with dj-orchestrate's columns. A
+    privilege the database user lacks then stops it before it changed any key."""
     for t in infos:
-        JobTable(t.instance()).ensure()
+        jt = JobTable(t.instance())
+        if declare or jt.declared:
+            jt.ensure()
 
 
 def identity_of(spec: str) -> tuple[tuple[str, list[str]], set[str]]:
@@ -251,7 +254,7 @@ def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...],
     spec = pipeline.resolve_spec(pipeline_spec)
     identity, _ = identity_of(pipeline_spec)
     ledger.tables()
-    prepare(infos)
+    prepare(infos, declare=False)  # undeclared ones are declared as their keys are enqueued
     reconcile_all([t.instance() for t in infos], settings.policy, ended_jobs(infos))
     run_id = ledger.new_run(spec, backend, [t.name for t in infos], identity=identity)
     request = RunRequest(
@@ -400,7 +403,7 @@ def retry(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, mat
     """Move failed and ignored keys back to pending, with a fresh attempt budget."""
     _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
     infos = claimable(infos, "skipping")
-    prepare([t for t in infos if JobTable(t.instance()).declared])
+    prepare(infos, declare=False)
     moved = {t.name: JobTable(t.instance()).retry(restriction, match) for t in infos}
     if as_json:
         emit_json(moved)

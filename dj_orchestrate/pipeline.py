@@ -33,13 +33,14 @@ def resolve_spec(spec: str) -> str:
 
 def check_spec(spec: str) -> None:
     """Reject a pipeline that cannot exist before anything connects or writes."""
+    path = Path(spec)
+    if path.is_dir() and (os.sep in spec or not (path / "__init__.py").is_file()):  # (a package is a module)
+        raise UsageError(
+            f"pipeline {spec} is a directory, not a .py file",
+            "pass the pipeline's .py file, or its module name (e.g. my_lab.pipeline) from the directory above",
+        )
     if spec.endswith(".py") or os.sep in spec:
-        if Path(spec).is_dir():
-            raise UsageError(
-                f"pipeline {spec} is a directory, not a .py file",
-                "pass the pipeline's .py file, or its module name (e.g. my_lab.pipeline) from the directory above",
-            )
-        if not Path(spec).is_file():
+        if not path.is_file():
             raise UsageError(
                 f"pipeline file not found: {spec}",
                 "pass a path to an existing .py file or an importable module (e.g. my_lab.pipeline)",

@@ -131,6 +131,20 @@ def test_every_command_on_jobs_tables_declared_by(chain, db, monkeypatch, who):
     assert set(makes(chain).values()) == {1}, "a key was made twice"
 
 
+def test_half_upgraded_jobs_table(chain, db, monkeypatch):
+    """A process died after adding one of dj-orchestrate's columns to a stock jobs table:
+    reading works with the others missing, the next write adds them."""
+    monkeypatch.setenv("DJO_TEST_FAIL", "1")
+    seed(chain, 3)
+    chain.Square.populate(reserve_jobs=True, suppress_errors=True)
+    jt = JobTable(chain.Square())
+    jt._query(f"ALTER TABLE {jt.name} ADD COLUMN attempts integer NOT NULL DEFAULT 0")
+    assert [(e["key"], e["attempts"], e["backend_job_id"]) for e in djo_json("errors", CHAIN)] == [({"item_id": 1}, 0, "")]
+    assert JobTable(chain.Square()).columns >= {"attempts"} and "log_path" not in JobTable(chain.Square()).columns
+    assert djo_json("retry", CHAIN) == {"Square": 1, "Total": 0}
+    assert {"attempts", "backend_job_id", "log_path"} <= JobTable(chain.Square()).columns
+
+
 def test_stock_populate_declares_the_jobs_tables_while_run_starts(chain, db):
     """A colleague's stock populate(reserve_jobs=True) starts beside ``run`` on a pipeline
     whose jobs tables nobody declared yet: both work, no key is made twice."""
