@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -224,19 +225,19 @@ def test_select_only_account_reads_and_is_refused_writes(chain, db, tmp_path, mo
     monkeypatch.setenv("DJO_TEST_FAIL", "2")
     seed(chain, 4)
     chain.Square.populate(reserve_jobs=True, suppress_errors=True)
-    user = f"djo_ro_{db.schema[-8:]}"
+    user, password = f"djo_ro_{db.schema[-8:]}", secrets.token_hex(8)
     conn, q = dj.conn(), dj.conn().adapter.quote_identifier
     if db.backend == "mysql":
-        grants = [f"CREATE USER '{user}'@'%%' IDENTIFIED BY 'pw'", f"GRANT SELECT ON {q(db.schema)}.* TO '{user}'@'%%'"]
+        grants = [f"CREATE USER '{user}'@'%%' IDENTIFIED BY '{password}'", f"GRANT SELECT ON {q(db.schema)}.* TO '{user}'@'%%'"]
         drops = [f"DROP USER IF EXISTS '{user}'@'%%'"]
     else:
-        grants = [f"CREATE ROLE {user} LOGIN PASSWORD 'pw'", f"GRANT USAGE ON SCHEMA {q(db.schema)} TO {user}",
+        grants = [f"CREATE ROLE {user} LOGIN PASSWORD '{password}'", f"GRANT USAGE ON SCHEMA {q(db.schema)} TO {user}",
                   f"GRANT SELECT ON ALL TABLES IN SCHEMA {q(db.schema)} TO {user}"]
         drops = [f"DROP OWNED BY {user}", f"DROP ROLE IF EXISTS {user}"]
     for sql in grants:
         conn.query(sql)
     try:
-        env = {"DJ_USER": user, "DJ_PASS": "pw"}
+        env = {"DJ_USER": user, "DJ_PASS": password}
         before = footprint(chain, db)
         for command in ("status", "errors", "plan"):
             out = db.cli(command, CHAIN, "--json", env=env)
