@@ -278,7 +278,8 @@ def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...],
 @key_opt
 @click.option("--enqueue", is_flag=True, help="First enqueue the tables' missing keys (downstream pull workers).")
 @click.option("--run-id", help="The run this worker belongs to (for the ledger).")
-@click.option("--shard-index", type=int, help="This worker's shard (or pull-worker) number.")
+@click.option("--shard-index", type=int, envvar="JOB_COMPLETION_INDEX", show_envvar=True,
+              help="This worker's shard (or pull-worker) number; default: a Kubernetes Indexed Job's index.")
 @click.option("--fixed-shard", is_flag=True, help="Claim only the key range of the shard in the ledger.")
 @click.option("--log-path", default="", help="Where this worker's output goes (recorded with errors).")
 @click.option("--backend-job-id", default=None, help="Scheduler job id (default: from SLURM/Kubernetes env).")
@@ -325,8 +326,9 @@ def backend_job_id_from_env() -> str:
         return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
     if env.get("SLURM_JOB_ID"):
         return env["SLURM_JOB_ID"]
-    if env.get("JOB_COMPLETION_INDEX") is not None and env.get("HOSTNAME"):
-        return env["HOSTNAME"]
+    pod = env.get("POD_NAME") or env.get("HOSTNAME")  # a pod's hostname is its name
+    if env.get("JOB_COMPLETION_INDEX") is not None and env.get("POD_NAMESPACE") and pod:
+        return f"kubernetes:{env['POD_NAMESPACE']}/{pod}"
     return ""
 
 
@@ -491,6 +493,58 @@ def slurm_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | No
     backend = SlurmBackend.from_config(config_path)
     for path in backend.render(render_request(pipeline_spec, tables, key_json, out_dir), Path(out_dir)):
         click.echo(str(path))
+
+
+def _kubernetes() -> Any:
+    """The Kubernetes backend module; without its package, the error names the extra."""
+    from . import backends
+
+    return sys.modules[backends.get("kubernetes").__module__]
+
+
+@main.group()
+def k8s() -> None:
+    """Kubernetes helpers."""
+
+
+@k8s.command("render")
+@render_options
+@click.option("--out", "out_dir", default="k8s", show_default=True, type=click.Path(file_okay=False))
+@click.option("--image", help="The worker image (default: [kubernetes] image).")
+@click.option("--namespace", help="The namespace (default: [kubernetes] namespace, else default).")
+@click.option("--secret", help="The Secret with the database credentials (default: [kubernetes] secret).")
+@friendly
+def k8s_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, config_path: str | None,
+               out_dir: str, image: str | None, namespace: str | None, secret: str | None) -> None:
+    """Write the manifests that run the pipeline with `kubectl apply -f OUT`: the
+    conductor and its RBAC, and one Indexed Job per table. Writes nothing to the database."""
+    backend = _kubernetes().KubernetesBackend.from_config(config_path, image=image, namespace=namespace, secret=secret)
+    for path in backend.render(render_request(pipeline_spec, tables, key_json, out_dir), Path(out_dir)):
+        click.echo(str(path))
+
+
+@k8s.command("conduct")
+@click.option("--run", "run_label", required=True, help="The run whose suspended Jobs to release.")
+@click.option("--jobs", "expected", required=True, type=int, help="How many table Jobs the run has.")
+@click.option("--namespace", envvar="POD_NAMESPACE", help="Default: the pod's namespace.")
+@friendly
+def k8s_conduct(run_label: str, expected: int, namespace: str | None) -> None:
+    """(In the cluster.) Release each suspended Job of a run once the Jobs it waits for
+    have finished; exit when none is left suspended. Needs no database."""
+    k8s_backend = _kubernetes()
+    k8s_backend.conduct(k8s_backend.Api.connect(namespace=namespace), run_label, expected)
+    click.echo(f"every Job of run {run_label} is released")
+
+
+@k8s.command("cancel")
+@click.argument("run_id")
+@click.option("--namespace", help="Default: the context's namespace.")
+@friendly
+def k8s_cancel(run_id: str, namespace: str | None) -> None:
+    """Delete a run's Jobs: their workers get SIGTERM and release their keys."""
+    k8s_backend = _kubernetes()
+    deleted = k8s_backend.cancel(k8s_backend.Api.connect(namespace=namespace), run_id)
+    click.echo(f"deleted {len(deleted)} Job(s)" + (f": {', '.join(deleted)}" if deleted else ""))
 
 
 @main.command()

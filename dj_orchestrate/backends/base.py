@@ -95,7 +95,9 @@ def worker_command(request: RunRequest, tables: list[TableInfo], shard_index: in
     cmd = [sys.executable, "-m", "dj_orchestrate", "work", request.pipeline]
     for t in tables:
         cmd += ["--table", t.name]
-    cmd += ["--run-id", request.run_id, "--max-batch", str(s.max_batch), "--grace", str(s.grace),
+    if request.run_id:  # (none in rendered manifests)
+        cmd += ["--run-id", request.run_id]
+    cmd += ["--max-batch", str(s.max_batch), "--grace", str(s.grace),
             "--retries", str(s.policy.retries), "--backoff", str(s.policy.backoff),
             "--max-attempts", str(s.policy.max_attempts)]
     if shard_index is not None:
