@@ -1,0 +1,581 @@
+"""The Kubernetes backend.
+
+No API server can run here. So: manifests are checked with ``kubernetes-validate
+--strict`` (the API's own OpenAPI schemas, shipped offline) for the oldest and newest
+versions we support; the API client talks to kmock's ``KubernetesEmulator`` (an HTTP
+server that stores objects and serves list/watch), where the test plays the Job
+controller (it runs the pods and patches the Jobs' status); and each pod is its exact
+container command and environment, run here as a process (``python -m dj_orchestrate``
+in place of the image's ``dj-orchestrate``, with JOB_COMPLETION_INDEX, POD_NAME and
+POD_NAMESPACE set and ``$(VAR)`` expanded as the kubelet does, the Secret's variables
+given as the database's). Each test's docstring says which of these it uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import kmock as km
+import pytest
+import yaml
+from conftest import PIPELINES, ROOT, jobs_rows, makes, require, seed, wait_for
+
+from dj_orchestrate.jobs import JobTable
+
+DEMO = "dj_orchestrate.examples.demo"
+CHAIN = str(PIPELINES / "chain.py")
+IMAGE = "dj-orchestrate:0.1.0"
+SECRET = "datajoint-credentials"
+K8S_DIR = ROOT / "k8s"
+GOLDEN = Path(__file__).resolve().parent / "golden" / "kubernetes"
+OLDEST, NEWEST = "1.28.0", "1.37.0"
+NS = "lab"
+VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
+
+
+# ------------------------------------------------------------------ helpers
+def validate(paths: list[Path], version: str) -> None:
+    require(VALIDATE.is_file(), "kubernetes-validate (pip install 'dj-orchestrate[dev]')")
+    out = subprocess.run([str(VALIDATE), "--strict", "--quiet", "-k", version, *map(str, paths)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def table_jobs(out: Path) -> list[dict]:
+    """The table Jobs of a render, in sorted file order (the release order)."""
+    return [d for p in sorted(out.glob("*.yaml")) for d in documents(p)
+            if d["kind"] == "Job" and d["metadata"]["labels"].get("app.kubernetes.io/component") != "conductor"]
+
+
+def pod_process(job: dict, index: int, secret_env: dict, **popen) -> subprocess.Popen:
+    """One pod of an Indexed Job, as the kubelet would start it: the container's
+    command (the image's ``dj-orchestrate`` is ``python -m dj_orchestrate`` here), its
+    env with downward-API fields and ``$(VAR)`` references filled in, the Secret's
+    variables, and JOB_COMPLETION_INDEX."""
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"][0] == "dj-orchestrate"
+    pod = f"{job['metadata']['name']}-{index}-{uuid.uuid4().hex[:5]}"
+    env = {**secret_env, "JOB_COMPLETION_INDEX": str(index), "HOSTNAME": pod}
+    fields = {"metadata.name": pod, "metadata.namespace": job["metadata"].get("namespace", NS)}
+    for var in container.get("env", []):
+        if "valueFrom" in var:
+            env[var["name"]] = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), var["value"])
+    return subprocess.Popen([sys.executable, "-m", "dj_orchestrate", *container["command"][1:]], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def run_job(job: dict, secret_env: dict) -> list[tuple[int, str]]:
+    """Every index of the Job, ``parallelism`` pods at a time: (exit code, output)."""
+    spec = job["spec"]
+    results = []
+    indexes = list(range(spec["completions"]))
+    while indexes:
+        batch, indexes = indexes[:spec["parallelism"]], indexes[spec["parallelism"]:]
+        procs = [pod_process(job, i, secret_env) for i in batch]
+        results += [(p.wait(timeout=180), p.stdout.read()) for p in procs]
+    return results
+
+
+def secret_env(db, schema: str | None = None) -> dict:
+    """What the Secret (and the image) give a pod here: the database, the schemas."""
+    return {**db.env, "DJO_DEMO_SCHEMA": schema or db.schema}
+
+
+DUMP = """
+import json, sys, datajoint as dj
+from dj_orchestrate import pipeline
+from dj_orchestrate.jobs import JobTable
+demo = pipeline.load("dj_orchestrate.examples.demo")
+if sys.argv[1] == "seed":
+    demo.seed(int(sys.argv[2]))
+elif sys.argv[1] == "populate":
+    demo.seed(int(sys.argv[2]))
+    for t in (demo.Preprocess, demo.Behavior, demo.SpikeSorting, demo.QualityMetrics, demo.SessionSummary):
+        t.populate(reserve_jobs=True, suppress_errors=True)
+elif sys.argv[1] == "declared":
+    tables = (demo.Preprocess, demo.Behavior, demo.SpikeSorting, demo.QualityMetrics, demo.SessionSummary)
+    print(json.dumps({"declared": any(JobTable(t()).declared for t in tables)}))
+else:
+    tables = {t.__name__: t for t in (demo.Preprocess, demo.Behavior, demo.SpikeSorting, demo.SpikeSorting.Unit,
+                                      demo.QualityMetrics, demo.SessionSummary)}
+    rows = {n: sorted(json.dumps(r, sort_keys=True, default=str) for r in t.to_dicts()) for n, t in tables.items()}
+    jobs = {}
+    for n, t in tables.items():
+        if n != "Unit":
+            rows_ = t().jobs.to_dicts()
+            jobs[n] = sorted((r["status"], json.dumps({k: r[k] for k in t.primary_key}, default=str)) for r in rows_
+                             if r["status"] != "success")
+    print(json.dumps({"rows": rows, "jobs": jobs}))
+"""
+
+
+def demo(db, action: str, schema: str, n: int = 0) -> dict:
+    out = subprocess.run([sys.executable, "-c", DUMP, action, str(n)], env=secret_env(db, schema),
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1]) if action in ("dump", "declared") else {}
+
+
+def reference(db, n: int) -> dict:
+    """The demo pipeline made by stock DataJoint ``populate(reserve_jobs=True)`` in a
+    schema of its own: what every Kubernetes run must match."""
+    schema = db.schema + "_ref"
+    try:
+        demo(db, "populate", schema, n)
+        return demo(db, "dump", schema)
+    finally:
+        import datajoint as dj
+
+        dj.Schema(schema, create_schema=False).drop(prompt=False)
+
+
+def render(db, out: Path, *args: str, env: dict | None = None, image: bool = True) -> subprocess.CompletedProcess:
+    """``k8s render`` of the demo (with --image and --secret unless ``image`` is False)."""
+    given = ["--image", IMAGE, "--secret", SECRET] if image else []
+    result = db.cli("k8s", "render", DEMO, "--out", str(out), *given, *args,
+                    env={"DJO_DEMO_SCHEMA": db.schema, **(env or {})}, cwd=out.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+# --------------------------------------------------------------- manifests
+def test_render_is_the_k8s_dir_and_validates(db, tmp_path):
+    """``k8s render`` of the demo pipeline (no API server: the files are checked with
+    kubernetes-validate --strict against 1.28 and 1.37) is byte for byte the k8s/
+    folder; sorted file names are a valid release order (the conductor first, each
+    table after the tables it waits for); each table Job is Indexed, restartPolicy
+    Never, and its pods run ``dj-orchestrate work`` with their shard from
+    JOB_COMPLETION_INDEX. It wrote nothing to the database.
+    DJO_UPDATE_GOLDEN=1 rewrites k8s/."""
+    out = tmp_path / "k8s"
+    render(db, out, "--config", str(K8S_DIR / "dj_orchestrate.toml"))
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(p.name for p in K8S_DIR.glob("*.yaml")) or os.environ.get("DJO_UPDATE_GOLDEN"), written
+    for name in written:
+        text = (out / name).read_text()
+        if os.environ.get("DJO_UPDATE_GOLDEN"):
+            (K8S_DIR / name).write_text(text)
+        assert text == (K8S_DIR / name).read_text(), name
+    for version in (OLDEST, NEWEST):
+        validate(sorted(out.glob("*.yaml")), version)
+    seen: set[str] = set()
+    for job in table_jobs(out):
+        spec = job["spec"]
+        assert spec["completionMode"] == "Indexed" and spec["template"]["spec"]["restartPolicy"] == "Never"
+        after = set(filter(None, job["metadata"]["annotations"].get("dj-orchestrate.io/after", "").split(",")))
+        assert after <= seen and spec["suspend"] == bool(after)
+        seen.add(job["metadata"]["name"])
+        command = spec["template"]["spec"]["containers"][0]["command"]
+        assert command[:2] == ["dj-orchestrate", "work"] and "--shard-index" not in command and "--enqueue" in command
+    assert demo(db, "declared", db.schema) == {"declared": False}
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_render_golden_every_key(db, tmp_path):
+    """A config that uses every [kubernetes] key and a per-table GPU override renders
+    the golden files (checked with kubernetes-validate --strict against 1.33, the
+    first version the per-index fields are written for, and 1.37; no API server),
+    with backoffLimitPerIndex, maxFailedIndexes, FailIndex on exit code 2, the Secret
+    mounted at /run/secrets/datajoint/, the GPU limit, node selector and tolerations.
+    A sentinel DJ_PASS in the rendering environment appears in no file.
+    (PostgreSQL only: its test server trusts any password, so the sentinel can be set.)
+    DJO_UPDATE_GOLDEN=1 rewrites the golden files."""
+    sentinel = "pw-" + uuid.uuid4().hex
+    out = tmp_path / "jobs"
+    render(db, out, "--config", str(GOLDEN / "dj_orchestrate.toml"), env={"DJ_PASS": sentinel}, image=False)
+    written = sorted(p.name for p in out.iterdir())
+    for name in written:
+        text = (out / name).read_text()
+        assert sentinel not in text
+        if os.environ.get("DJO_UPDATE_GOLDEN"):
+            (GOLDEN / name).write_text(text)
+        assert text == (GOLDEN / name).read_text(), name
+    for version in ("1.33.0", NEWEST):
+        validate([out / n for n in written], version)
+    sorting = next(j for j in table_jobs(out) if j["metadata"]["annotations"]["dj-orchestrate.io/table"] == "SpikeSorting")
+    spec = sorting["spec"]
+    assert spec["backoffLimitPerIndex"] == 1 and spec["maxFailedIndexes"] == 2
+    assert spec["podFailurePolicy"]["rules"][1]["action"] == "FailIndex"
+    pod = spec["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["volumes"] == [{"name": "datajoint-credentials", "secret": {"secretName": "lab-db"}}]
+
+
+def test_example_config_documents_every_key():
+    """The golden config names every Kubernetes setting (set, or commented)."""
+    import dataclasses
+
+    from dj_orchestrate.backends.kubernetes import KubernetesSettings, load_config
+
+    config = load_config(str(GOLDEN / "dj_orchestrate.toml"))
+    assert config.tables
+    text = (GOLDEN / "dj_orchestrate.toml").read_text()
+    for f in dataclasses.fields(KubernetesSettings):
+        assert re.search(rf"^#? ?{f.name} = ", text, re.M), f.name
+
+
+def test_names_are_dns_labels_and_deterministic():
+    """Job names: lowercase DNS-1123 labels, the same for the same run and table,
+    long ones cut and told apart by a hash. (No API server: pure function.)"""
+    from dj_orchestrate.backends.kubernetes import NAME_LIMIT, dns_name
+
+    assert dns_name("djo", "20261201-a1b2", "SpikeSorting") == "djo-20261201-a1b2-spikesorting"
+    long_a, long_b = dns_name("djo", "r", "X" * 80 + "A"), dns_name("djo", "r", "X" * 80 + "B")
+    assert long_a != long_b and len(long_a) <= NAME_LIMIT and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", long_a)
+
+
+# ------------------------------------------------------------ pod contract
+@pytest.mark.slow
+def test_rendered_pods_compute_the_demo_like_populate(db, tmp_path):
+    """The pod contract of ``kubectl apply -f k8s/``: every rendered table Job's pods
+    (their exact command and env, run here as processes: no cluster), every index, Job
+    after Job in release order, compute the demo pipeline (part table, fan-in, keys
+    that fail on purpose) exactly as plain ``populate()`` does: the same rows, the
+    same failed keys, nothing left reserved or pending."""
+    n = 20
+    out = tmp_path / "k8s"
+    render(db, out, "--config", str(K8S_DIR / "dj_orchestrate.toml"))
+    demo(db, "seed", db.schema, n)
+    for job in table_jobs(out):
+        results = run_job(job, secret_env(db))
+        assert all(code == 0 for code, _ in results), results
+    mine = demo(db, "dump", db.schema)
+    assert mine == reference(db, n)
+    assert {s for rows in mine["jobs"].values() for s, _ in rows} == {"error"}  # the two broken recordings
+    assert len(mine["jobs"]["Preprocess"]) == 2
+
+
+def test_same_index_twice_makes_each_key_once(chain, db):
+    """Kubernetes may run two pods for one index (after a node failure): both claim
+    through the jobs table, so every key of the shard is made once. (The pods are
+    processes here, with the same JOB_COMPLETION_INDEX; no cluster.)"""
+    from dj_orchestrate import ledger
+    from dj_orchestrate.planner import encode_bound
+
+    seed(chain, 200)
+    JobTable(chain.Square()).enqueue()
+    run_id = ledger.new_run(CHAIN, "kubernetes", ["Square"])
+    ledger.add_shards(run_id, "Square", [(encode_bound(None), encode_bound(None))])
+    cmd = [sys.executable, "-m", "dj_orchestrate", "work", CHAIN, "--table", "Square", "--run-id", run_id, "--fixed-shard"]
+    env = {**db.env, "JOB_COMPLETION_INDEX": "0", "POD_NAMESPACE": NS, "DJO_TEST_SLEEP": "0.005"}
+    procs = [subprocess.Popen(cmd, env={**env, "POD_NAME": f"djo-x-square-0-{i}"}, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert makes(chain) == {("Square", i): 1 for i in range(200)}
+    [shard] = ledger.shards_of(run_id)
+    assert shard["backend_job_id"].startswith(f"kubernetes:{NS}/djo-x-square-0-")
+
+
+def _pull_pod(db, extra_env: dict) -> subprocess.Popen:
+    job = {"metadata": {"name": "djo-t-square", "namespace": NS},
+           "spec": {"template": {"spec": {"containers": [{"command": ["dj-orchestrate", "work", CHAIN, "--table", "Square",
+                                                                      "--enqueue", "--grace", "1"],
+                                                          "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                                                                  {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                                                                  {"name": "DJO_LOG_PATH", "value": "kubectl logs -n $(POD_NAMESPACE) $(POD_NAME)"}]}]}}}}
+    return pod_process(job, 0, {**db.env, **extra_env})
+
+
+def test_sigterm_releases_claims_within_grace(chain, db):
+    """A pod told to stop (SIGTERM: preemption, node drain, Job deleted) lets its key
+    in flight finish or rolls it back within --grace, releases every claim and exits
+    well inside terminationGracePeriodSeconds (grace + 30). (The pod is a process
+    with the rendered command shape and env; no cluster.)"""
+    seed(chain, 30)
+    pod = _pull_pod(db, {"DJO_TEST_SLEEP": "0.5"})
+    wait_for(lambda: any(r["status"] == "reserved" for r in jobs_rows(chain.Square)), 60, what="a claim")
+    row = next(r for r in jobs_rows(chain.Square) if r["status"] == "reserved")
+    assert row["backend_job_id"].startswith(f"kubernetes:{NS}/djo-t-square-0-")
+    assert row["log_path"] == f"kubectl logs -n {NS} {row['backend_job_id'].partition('/')[2]}"
+    started = time.monotonic()
+    pod.send_signal(signal.SIGTERM)
+    assert pod.wait(timeout=31) == 128 + signal.SIGTERM
+    assert time.monotonic() - started < 1 + 30
+    statuses = [r["status"] for r in jobs_rows(chain.Square)]
+    assert "reserved" not in statuses and "pending" in statuses
+
+
+# ------------------------------------------------------------- the emulator
+def kubeconfig(tmp_path: Path, server: km.Server | km.KubernetesEmulator) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emu",
+        "clusters": [{"name": "emu", "cluster": {"server": str(server.url).rstrip("/")}}],
+        "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
+        "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "tester", "namespace": NS}}]}))
+    return path
+
+
+def cluster(kmock, version: str = "33") -> None:
+    """What the emulator lacks: a server version we support, and our namespace."""
+    kmock["get /version"] << {"major": "1", "minor": version, "gitVersion": f"v1.{version}.0"}
+    kmock[f"get /api/v1/namespaces/{NS}"] << {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}
+    kmock[f"get /api/v1/namespaces/{NS}/pods"] << {"apiVersion": "v1", "kind": "PodList", "items": []}
+
+
+def api_for(kmock, sleeps: list | None = None):
+    from kubernetes import client as kc
+
+    from dj_orchestrate.backends.kubernetes import Api
+
+    configuration = kc.Configuration()
+    configuration.host = str(kmock.url).rstrip("/")
+    return Api(kc.ApiClient(configuration), NS, sleep=sleeps.append if sleeps is not None else time.sleep)
+
+
+def job(name: str, run: str = "r1", after: str = "", suspend: bool = False) -> dict:
+    meta = {"name": name, "namespace": NS, "labels": {"dj-orchestrate.io/run": run}}
+    if after:
+        meta["annotations"] = {"dj-orchestrate.io/after": after}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": {"suspend": suspend}}
+
+
+async def finish(kmock, name: str, failed: bool = False, succeeded: int = 1) -> None:
+    """The test as the Job controller: the Job's pods ended."""
+    status = {"succeeded": succeeded, "active": 0, "failed": int(failed),
+              "conditions": [{"type": "Failed" if failed else "Complete", "status": "True"}]}
+    response = await kmock.patch(f"/apis/batch/v1/namespaces/{NS}/jobs/{name}", json={"status": status})
+    assert response.status == 200
+
+
+def stored_jobs(kmock) -> dict[str, dict]:
+    return {name: obj.raw for (res, ns, name), obj in kmock.objects.items() if res.plural == "jobs" and not obj.deleted}
+
+
+@pytest.mark.asyncio
+async def test_create_adopts_on_409_and_retries_after_429(kmock):
+    """Against the API emulator (no API server here): a create answered 429 with
+    Retry-After: 2 is retried after 2 s (the emulator stored the first attempt, so the
+    retry meets 409 and adopts the Job, as after a lost response); a 503 without
+    Retry-After is retried with backoff; a 403 is not retried and carries the API's words."""
+    cluster(kmock)
+    kmock[f"post /apis/batch/v1/namespaces/{NS}/jobs"][:1] << 429 << {"Retry-After": "2"} << {"kind": "Status", "code": 429}
+    sleeps: list[float] = []
+    api = api_for(kmock, sleeps)
+    obj, new = await asyncio.to_thread(api.create, job("djo-r1-a"))
+    assert (obj["metadata"]["name"], new, sleeps) == ("djo-r1-a", False, [2.0])
+    obj, new = await asyncio.to_thread(api.create, job("djo-r1-b"))
+    assert new and sleeps == [2.0]
+    kmock["get /version"][:2] << 503
+    assert await asyncio.to_thread(api.version) == (1, 33)
+    assert sleeps == [2.0, 0.5, 1.0]
+    kmock[f"get /apis/batch/v1/namespaces/{NS}/jobs/forbidden"] << 403 << {"kind": "Status", "code": 403, "reason": "Forbidden",
+                                                                           "message": "jobs.batch is forbidden"}
+    from dj_orchestrate.backends.kubernetes import ApiError
+
+    with pytest.raises(ApiError, match="jobs.batch is forbidden"):
+        await asyncio.to_thread(api.request, "GET", api.jobs_path("forbidden"))
+    assert len(sleeps) == 3
+
+
+@pytest.mark.asyncio
+async def test_conductor_releases_downstream_and_relists_after_410(kmock, tmp_path):
+    """Against the API emulator (no API server here), the conductor that rendered
+    manifests and ``run`` without --wait leave in the cluster: ``k8s conduct`` keeps a
+    downstream Job suspended until every Job it is after has finished (a failed one
+    counts: its keys are errors, the rest can go on), releases it then, and exits once
+    nothing is suspended. Its first watch ends in 410 Gone: it lists again. The test
+    plays the Job controller by patching the Jobs' status."""
+    cluster(kmock)
+    watch = kmock[km.action.WATCH, f"/apis/batch/v1/namespaces/{NS}/jobs"][:1] << (
+        {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version"}},)
+    api = api_for(kmock)
+    for manifest in (job("djo-r1-a"), job("djo-r1-b"), job("djo-r1-c", after="djo-r1-a,djo-r1-b", suspend=True)):
+        await asyncio.to_thread(api.create, manifest)
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig(tmp_path, kmock)), "PYTHONPATH": str(ROOT)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dj_orchestrate", "k8s", "conduct", "--run", "r1",
+                                                "--jobs", "3", env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    await asyncio.sleep(3)
+    assert proc.returncode is None and stored_jobs(kmock)["djo-r1-c"]["spec"]["suspend"] is True
+    await finish(kmock, "djo-r1-a")
+    await asyncio.sleep(1.5)
+    assert stored_jobs(kmock)["djo-r1-c"]["spec"]["suspend"] is True
+    await finish(kmock, "djo-r1-b", failed=True)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert stored_jobs(kmock)["djo-r1-c"]["spec"]["suspend"] is False
+    assert "released djo-r1-c" in err.decode()
+    assert len(list(watch)) == 1
+    lists = [r for r in kmock if r.method == "GET" and r.action == km.action.LIST]
+    assert len(lists) >= 2  # the first list, and the one after 410 Gone
+
+
+@pytest.mark.asyncio
+async def test_cancel_deletes_the_runs_jobs(kmock, tmp_path):
+    """Against the API emulator (no API server here): ``k8s cancel RUN`` deletes the
+    run's Jobs and its conductor, and nothing of another run."""
+    cluster(kmock)
+    api = api_for(kmock)
+    for manifest in (job("djo-r1-a"), job("djo-r1-b", after="djo-r1-a", suspend=True), job("djo-r2-a", run="r2")):
+        await asyncio.to_thread(api.create, manifest)
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig(tmp_path, kmock)), "PYTHONPATH": str(ROOT)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dj_orchestrate", "k8s", "cancel", "r1", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert "deleted 2 Job(s): djo-r1-a, djo-r1-b" in out.decode()
+    assert set(stored_jobs(kmock)) == {"djo-r2-a"}
+
+
+async def play_controller(kmock, proc, db, ran: list[str]) -> None:
+    """The Job controller and kubelet: each released Job's pods run (here, as
+    processes), then its status says Complete."""
+    while proc.returncode is None:
+        for name, obj in stored_jobs(kmock).items():
+            if name in ran or obj["spec"].get("suspend") or obj["metadata"]["labels"].get("app.kubernetes.io/component"):
+                continue
+            ran.append(name)
+            results = await asyncio.to_thread(run_job, obj, secret_env(db))
+            assert all(code == 0 for code, _ in results), results
+            await finish(kmock, name, succeeded=len(results))
+        await asyncio.sleep(0.3)
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_run_wait_against_the_emulator_like_populate(db, kmock, tmp_path):
+    """``run --backend kubernetes --wait`` against the API emulator (no API server
+    here; the test plays the Job controller and runs each pod's exact command and env
+    as a process): first-level tables as fixed shards (each pod's shard is its
+    JOB_COMPLETION_INDEX), downstream Jobs created suspended and released by the CLI as
+    upstream Jobs complete, in order. The demo pipeline ends exactly as plain
+    ``populate()`` leaves it; the ledger records each pod as kubernetes:<ns>/<pod>, and
+    ``errors`` says how to read a failed key's log."""
+    n = 10
+    demo(db, "seed", db.schema, n)
+    cluster(kmock)
+    config = tmp_path / "dj_orchestrate.toml"
+    config.write_text(f'[kubernetes]\nimage = "{IMAGE}"\nsecret = "{SECRET}"\nparallelism = 2\n')
+    env = {**db.env, "DJO_DEMO_SCHEMA": db.schema, "KUBECONFIG": str(kubeconfig(tmp_path, kmock))}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dj_orchestrate", "run", DEMO, "--backend", "kubernetes", "--config", str(config),
+        "--wait", "--no-progress", "--shards", "2", env=env, cwd=str(ROOT),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    ran: list[str] = []
+    controller = asyncio.create_task(play_controller(kmock, proc, db, ran))
+    out, err = await asyncio.wait_for(proc.communicate(), 300)
+    await controller
+    assert proc.returncode == 1, out.decode() + err.decode()  # the demo's broken recordings
+    run_id = re.search(r"run (\S+): errors", out.decode()).group(1)
+    tag = run_id.rsplit("-", 1)[-1]
+    assert [name.removeprefix(f"djo-{tag}-") for name in ran[2:]] == ["spikesorting", "qualitymetrics", "sessionsummary"]
+    assert sorted(ran[:2]) == [f"djo-{tag}-behavior", f"djo-{tag}-preprocess"]
+    jobs = stored_jobs(kmock)
+    assert jobs[f"djo-{tag}-preprocess"]["spec"]["completions"] == 2
+    assert "--fixed-shard" in jobs[f"djo-{tag}-preprocess"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "backoffLimitPerIndex" in jobs[f"djo-{tag}-preprocess"]["spec"]  # the server said 1.33
+    assert demo(db, "dump", db.schema) == reference(db, n)
+    errors = json.loads(subprocess.run([sys.executable, "-m", "dj_orchestrate", "errors", DEMO, "--json"], env=env,
+                                       capture_output=True, text=True, cwd=ROOT, timeout=120).stdout)
+    assert len(errors) == 2 and all(e["backend_job_id"].startswith(f"kubernetes:{NS}/djo-{tag}-preprocess-") for e in errors)
+    assert all(e["log_path"] == f"kubectl logs -n {NS} {e['backend_job_id'].partition('/')[2]}" for e in errors)
+
+
+@pytest.mark.asyncio
+async def test_killed_pod_is_reconciled(chain, db, kmock, tmp_path):
+    """A pod killed outright (SIGKILL: no chance to release) leaves its keys reserved;
+    ``reconcile`` asks the API (the emulator: no API server here) which pods ended —
+    this one is gone — and puts its keys back to pending, the key in flight charged an
+    attempt. While the API does not answer, reconcile gets no hint from it, and the
+    key of a live owner stays reserved."""
+    from dj_orchestrate.backends.kubernetes import KubernetesBackend
+    from dj_orchestrate.jobs import Owner
+
+    seed(chain, 3)
+    cluster(kmock)
+    pod = _pull_pod(db, {"DJO_TEST_CRASH": "1", "DJO_TEST_SLEEP": "0.2"})
+    await asyncio.to_thread(pod.wait, 60)
+    assert pod.returncode == -signal.SIGKILL
+    row = next(r for r in jobs_rows(chain.Square) if r["item_id"] == 1)
+    assert row["status"] == "reserved" and row["backend_job_id"].startswith(f"kubernetes:{NS}/")
+    env = {"KUBECONFIG": str(kubeconfig(tmp_path, kmock))}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dj_orchestrate", "reconcile", CHAIN, "--json",
+                                                env={**db.env, **env}, cwd=str(ROOT), stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert json.loads(out.decode())["charged"] == 1, err.decode()
+    row = next(r for r in jobs_rows(chain.Square) if r["item_id"] == 1)
+    assert row["status"] == "pending" and row["attempts"] == 1 and "ended" in row["error_message"]
+    # a live owner, and no API to ask: no hint
+    jt = JobTable(chain.Square())
+    [claim] = jt.claim(Owner.of(jt.conn, backend_job_id=f"kubernetes:{NS}/alive-0-abcde"), 1)
+    os.environ["KUBECONFIG"] = str(tmp_path / "missing")
+    try:
+        assert KubernetesBackend.ended_jobs({f"kubernetes:{NS}/alive-0-abcde"}) == set()
+    finally:
+        os.environ.pop("KUBECONFIG")
+
+
+# ---------------------------------------------------------------- bad input
+def _fake_missing_kubernetes(tmp_path: Path) -> str:
+    """A ``kubernetes`` that fails to import as a missing package does."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "kubernetes.py").write_text("raise ModuleNotFoundError(\"No module named 'kubernetes'\", name='kubernetes')\n")
+    return str(fake)
+
+
+@pytest.mark.parametrize("case, config, message", [
+    ("no-kubeconfig", f'[kubernetes]\nimage = "{IMAGE}"\n', "no Kubernetes cluster to talk to"),
+    ("no-image", "[kubernetes]\n", "no image for the Kubernetes pods"),
+    ("unknown-key", f'[kubernetes]\nimage = "{IMAGE}"\ngpu = 1\n', "unknown Kubernetes setting 'gpu'"),
+    ("credential-in-env", f'[kubernetes]\nimage = "{IMAGE}"\nenv = {{ DJ_PASS = "x" }}\n', "credentials belong in the Secret"),
+    ("no-package", f'[kubernetes]\nimage = "{IMAGE}"\n', "pip install 'dj-orchestrate[kubernetes]'"),
+])
+def test_bad_input_exit_2_nothing_reserved(chain, db, tmp_path, case, config, message):
+    """One or two lines, exit 2, no traceback, no jobs table declared, nothing in the
+    ledger's runs. (No API server: the cases fail before one would be asked.)"""
+    seed(chain, 3)
+    path = tmp_path / "dj_orchestrate.toml"
+    path.write_text(config)
+    env = {"KUBECONFIG": str(tmp_path / "no-such-kubeconfig")}
+    if case == "no-package":
+        env["PYTHONPATH"] = os.pathsep.join([_fake_missing_kubernetes(tmp_path), db.env["PYTHONPATH"]])
+    out = db.cli("run", CHAIN, "--backend", "kubernetes", "--config", str(path), "--no-progress", env=env)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert message in out.stderr and "Traceback" not in out.stderr and len(lines) <= 2, out.stderr
+    if case == "unknown-key":
+        assert "valid keys: image, namespace" in out.stderr
+    assert not JobTable(chain.Square()).declared
+
+
+@pytest.mark.asyncio
+async def test_unknown_namespace_or_old_cluster_exit_2(chain, db, kmock, tmp_path):
+    """Against the API emulator (no API server here): a namespace the API says does
+    not exist, or a cluster older than 1.28, is refused in one line with exit 2;
+    no Job was created and no key reserved."""
+    seed(chain, 3)
+    cluster(kmock)
+    kmock["get /api/v1/namespaces/nope"] << 404 << {"kind": "Status", "code": 404, "reason": "NotFound",
+                                                     "message": 'namespaces "nope" not found'}
+    env = {**db.env, "KUBECONFIG": str(kubeconfig(tmp_path, kmock))}
+    for args, message in ((["--namespace", "nope"], "namespace 'nope' does not exist"), ([], "Kubernetes 1.27 is too old")):
+        if not args:
+            kmock["get /version"] ** 1 << {"major": "1", "minor": "27"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dj_orchestrate", "run", CHAIN, "--backend", "kubernetes", "--image", IMAGE, *args,
+            env=env, cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 2 and message in err.decode() and "Traceback" not in err.decode(), err.decode()
+    assert not stored_jobs(kmock) and not JobTable(chain.Square()).declared
