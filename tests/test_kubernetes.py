@@ -372,7 +372,7 @@ async def test_create_adopts_on_409_and_retries_after_429(kmock):
     assert (obj["metadata"]["name"], new, sleeps) == ("djo-r1-a", False, [2.0])
     obj, new = await asyncio.to_thread(api.create, job("djo-r1-b"))
     assert new and sleeps == [2.0]
-    kmock["get /version"][:2] << 503
+    kmock["get /version"][:2] ** 1 << 503
     assert await asyncio.to_thread(api.version) == (1, 33)
     assert sleeps == [2.0, 0.5, 1.0]
     kmock[f"get /apis/batch/v1/namespaces/{NS}/jobs/forbidden"] << 403 << {"kind": "Status", "code": 403, "reason": "Forbidden",
@@ -460,7 +460,7 @@ async def test_run_wait_against_the_emulator_like_populate(db, kmock, tmp_path):
     upstream Jobs complete, in order. The demo pipeline ends exactly as plain
     ``populate()`` leaves it; the ledger records each pod as kubernetes:<ns>/<pod>, and
     ``errors`` says how to read a failed key's log."""
-    n = 10
+    n = 20
     demo(db, "seed", db.schema, n)
     cluster(kmock)
     config = tmp_path / "dj_orchestrate.toml"
@@ -477,7 +477,7 @@ async def test_run_wait_against_the_emulator_like_populate(db, kmock, tmp_path):
     await controller
     assert proc.returncode == 1, out.decode() + err.decode()  # the demo's broken recordings
     run_id = re.search(r"run (\S+): errors", out.decode()).group(1)
-    tag = run_id.rsplit("-", 1)[-1]
+    tag = run_id
     assert [name.removeprefix(f"djo-{tag}-") for name in ran[2:]] == ["spikesorting", "qualitymetrics", "sessionsummary"]
     assert sorted(ran[:2]) == [f"djo-{tag}-behavior", f"djo-{tag}-preprocess"]
     jobs = stored_jobs(kmock)
@@ -489,6 +489,40 @@ async def test_run_wait_against_the_emulator_like_populate(db, kmock, tmp_path):
                                        capture_output=True, text=True, cwd=ROOT, timeout=120).stdout)
     assert len(errors) == 2 and all(e["backend_job_id"].startswith(f"kubernetes:{NS}/djo-{tag}-preprocess-") for e in errors)
     assert all(e["log_path"] == f"kubectl logs -n {NS} {e['backend_job_id'].partition('/')[2]}" for e in errors)
+
+
+@pytest.mark.asyncio
+async def test_run_without_wait_leaves_a_conductor(chain, db, kmock, tmp_path):
+    """``run --backend kubernetes`` without --wait, against the API emulator (no API
+    server here): the CLI returns once every Job exists; the first level's Job is
+    released and its keys enqueued, the downstream Job stays suspended, and the
+    conductor (ServiceAccount, a Role that may only get/list/watch/patch Jobs, its
+    RoleBinding, and a Job running ``k8s conduct``) is left to release it. ``status``
+    shows each Job's pods as the API reports them."""
+    seed(chain, 4)
+    cluster(kmock, version="30")
+    env = {**db.env, "KUBECONFIG": str(kubeconfig(tmp_path, kmock))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dj_orchestrate", "run", "chain", "--backend", "kubernetes", "--image", IMAGE,
+        "--secret", SECRET, "--no-progress", env=env, cwd=str(ROOT), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0 and "submitted" in out.decode(), out.decode() + err.decode()
+    run_id = re.search(r"run (\S+): submitted", out.decode()).group(1)
+    jobs = stored_jobs(kmock)
+    square, total, conductor = (jobs[f"djo-{run_id}-square"], jobs[f"djo-{run_id}-total"], jobs[f"djo-{run_id}-conductor"])
+    assert square["spec"]["suspend"] is False and total["spec"]["suspend"] is True
+    assert "backoffLimitPerIndex" not in square["spec"] and square["spec"]["backoffLimit"] > 0  # 1.30: job-wide
+    assert conductor["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "dj-orchestrate", "k8s", "conduct", "--run", run_id, "--jobs", "2"]
+    [role] = [o.raw for (res, ns, name), o in kmock.objects.items() if res.plural == "roles"]
+    assert role["rules"] == [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "patch"]}]
+    assert {r["status"] for r in jobs_rows(chain.Square)} == {"pending"} and not JobTable(chain.Total()).declared
+    await finish(kmock, f"djo-{run_id}-square", succeeded=1)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dj_orchestrate", "status", "chain", env=env,
+                                                cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert f"djo-{run_id}-square: active 0, succeeded 1, failed 0; djo-{run_id}-total: suspended" in out.decode(), out.decode()
 
 
 @pytest.mark.asyncio
