@@ -77,15 +77,18 @@ def sbatch_shim(folder: Path) -> tuple[Path, Path]:
 
 
 class Bench:
-    def __init__(self, backend: str, keys: int, workers: int, tmp: Path) -> None:
+    def __init__(self, backend: str, keys: int, workers: int, tmp: Path, count_sbatch: bool = True) -> None:
+        """``count_sbatch``: put the sbatch shim first on PATH (bench_kubernetes reuses
+        this class, the local and stock runs, without SLURM)."""
         self.keys, self.workers, self.tmp = keys, workers, tmp
         tag = uuid.uuid4().hex[:8]
         self.schema = f"djo_bench_slurm_{tag}"
         self.ledger = f"{self.schema}_ledger"
-        self.shim_dir, self.calls = sbatch_shim(tmp)
         self.env = {**os.environ, **DATABASES[backend], "DJ_USE_TLS": "false", "DJO_BENCH_SCHEMA": self.schema,
-                    "DJO_LEDGER_SCHEMA": self.ledger, "DJO_LOG_DIR": str(tmp / "logs"),
-                    "PATH": f"{self.shim_dir}{os.pathsep}{os.environ['PATH']}"}
+                    "DJO_LEDGER_SCHEMA": self.ledger, "DJO_LOG_DIR": str(tmp / "logs")}
+        if count_sbatch:
+            self.shim_dir, self.calls = sbatch_shim(tmp)
+            self.env["PATH"] = f"{self.shim_dir}{os.pathsep}{os.environ['PATH']}"
         for k, v in self.env.items():  # this process counts rows on the same database
             if k.startswith(("DJ_", "DJO_")):
                 os.environ[k] = v
@@ -209,8 +212,9 @@ def machine() -> str:
         mem = f", {kb / 1024 / 1024:.0f} GiB"
     except (OSError, StopIteration):
         pass
-    version = subprocess.run(["sbatch", "--version"], capture_output=True, text=True).stdout.strip()
-    return f"{platform.node()}: {platform.machine()}, {cpus} CPUs{mem}, {version}, Python {platform.python_version()}"
+    version = subprocess.run(["sbatch", "--version"], capture_output=True, text=True).stdout.strip() \
+        if shutil.which("sbatch") else ""
+    return f"{platform.node()}: {platform.machine()}, {cpus} CPUs{mem}, {version + ', ' if version else ''}Python {platform.python_version()}"
 
 
 def main() -> None:

@@ -61,22 +61,11 @@ def table_jobs(out: Path) -> list[dict]:
 
 
 def pod_process(job: dict, index: int, secret_env: dict, **popen) -> subprocess.Popen:
-    """One pod of an Indexed Job, as the kubelet would start it: the container's
-    command (the image's ``dj-orchestrate`` is ``python -m dj_orchestrate`` here), its
-    env with downward-API fields and ``$(VAR)`` references filled in, the Secret's
-    variables, and JOB_COMPLETION_INDEX."""
-    [container] = job["spec"]["template"]["spec"]["containers"]
-    assert container["command"][0] == "dj-orchestrate"
-    pod = f"{job['metadata']['name']}-{index}-{uuid.uuid4().hex[:5]}"
-    env = {**secret_env, "JOB_COMPLETION_INDEX": str(index), "HOSTNAME": pod}
-    fields = {"metadata.name": pod, "metadata.namespace": job["metadata"].get("namespace", NS)}
-    for var in container.get("env", []):
-        if "valueFrom" in var:
-            env[var["name"]] = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
-        else:
-            env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), var["value"])
-    return subprocess.Popen([sys.executable, "-m", "dj_orchestrate", *container["command"][1:]], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    """One pod of an Indexed Job, as the kubelet would start it (see ``pod_here``)."""
+    from dj_orchestrate.backends.kubernetes import pod_here
+
+    argv, env = pod_here(job, index, secret_env)
+    return subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
 def run_job(job: dict, secret_env: dict) -> list[tuple[int, str]]:

@@ -417,6 +417,25 @@ def pod_command(cmd: list[str]) -> list[str]:
     return ["dj-orchestrate", *cmd[3:]]
 
 
+def pod_here(job: dict, index: int, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """Index ``index`` of ``job`` as the kubelet would start it, as a process on this
+    machine (argv, env): this Python in place of the image's ``dj-orchestrate``, the
+    downward-API fields and ``$(VAR)`` references filled in, JOB_COMPLETION_INDEX set;
+    ``env`` is what the Secret and the image would give. For running the pod contract
+    of manifests without a cluster (tests, benchmarks)."""
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    pod = f"{job['metadata']['name']}-{index}-{hashlib.sha1(os.urandom(8)).hexdigest()[:5]}"
+    env = {**env, "JOB_COMPLETION_INDEX": str(index), "HOSTNAME": pod}
+    fields = {"metadata.name": pod, "metadata.namespace": job["metadata"].get("namespace", "default")}
+    for var in container.get("env", []):
+        if "valueFrom" in var:
+            env[var["name"]] = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), var["value"])
+    assert container["command"][0] == "dj-orchestrate", container["command"]
+    return [sys.executable, "-m", "dj_orchestrate", *container["command"][1:]], env
+
+
 # -------------------------------------------------------------- following
 def finished(job: dict) -> bool:
     return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
