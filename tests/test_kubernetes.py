@@ -120,17 +120,23 @@ def demo(db, action: str, schema: str, n: int = 0) -> dict:
     return json.loads(out.stdout.splitlines()[-1]) if action in ("dump", "declared") else {}
 
 
+_references: dict[tuple[str, int], dict] = {}
+
+
 def reference(db, n: int) -> dict:
     """The demo pipeline made by stock DataJoint ``populate(reserve_jobs=True)`` in a
-    schema of its own: what every Kubernetes run must match."""
-    schema = db.schema + "_ref"
-    try:
-        demo(db, "populate", schema, n)
-        return demo(db, "dump", schema)
-    finally:
-        import datajoint as dj
+    schema of its own: what every Kubernetes run must match (made once per database
+    and size)."""
+    if (db.backend, n) not in _references:
+        schema = db.schema + "_ref"
+        try:
+            demo(db, "populate", schema, n)
+            _references[db.backend, n] = demo(db, "dump", schema)
+        finally:
+            import datajoint as dj
 
-        dj.Schema(schema, create_schema=False).drop(prompt=False)
+            dj.Schema(schema, create_schema=False).drop(prompt=False)
+    return _references[db.backend, n]
 
 
 def render(db, out: Path, *args: str, env: dict | None = None, image: bool = True) -> subprocess.CompletedProcess:

@@ -44,6 +44,7 @@ from kubernetes import config as k8s_config
 from tqdm import tqdm
 
 from .. import ledger
+from ..db import retrying
 from ..config import BackendConfig, Settings
 from ..errors import UsageError
 from ..jobs import JobTable, reconcile_all
@@ -60,7 +61,10 @@ CONDUCTOR = "dj-orchestrate-conductor"  # its ServiceAccount, Role and RoleBindi
 SECRETS_DIR = "/run/secrets/datajoint"  # DataJoint reads database.user / database.password here
 GRACE_MARGIN = 30  # seconds beyond --grace for releasing claims after SIGTERM
 RETRIES = 8
+HINT_RETRIES = 2  # for status and reconcile, whose answer is only a hint: do not make them wait
 NAME_LIMIT = 52  # Job names: 63, less room for the pods' "-<index>-xxxxx"
+WHO = "kubernetes --wait"
+DB_PATIENCE = 300.0  # seconds --wait waits for a database that restarts (the Jobs do not need us)
 CREDENTIAL_WORDS = re.compile(r"PASS|PASSWORD|TOKEN|SECRET|KEY", re.I)
 
 
@@ -149,13 +153,15 @@ class Api:
     authenticated client: retried with backoff on 429 and 5xx (honouring Retry-After)
     and on connection errors; other errors raise ApiError with the API's message."""
 
-    def __init__(self, api_client: Any, namespace: str, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, api_client: Any, namespace: str, sleep: Callable[[float], None] = time.sleep,
+                 retries: int = RETRIES) -> None:
         self.client = api_client
         self.namespace = namespace
         self.sleep = sleep
+        self.retries = retries
 
     @classmethod
-    def connect(cls, context: str | None = None, namespace: str | None = None) -> "Api":
+    def connect(cls, context: str | None = None, namespace: str | None = None, retries: int = RETRIES) -> "Api":
         """In a pod: its service account. Else the kubeconfig ($KUBECONFIG or
         ~/.kube/config) and its current context (or ``context``)."""
         configuration = k8s_client.Configuration()
@@ -173,12 +179,12 @@ class Api:
         except (k8s_config.ConfigException, OSError, TypeError, ValueError) as err:
             raise UsageError(f"no Kubernetes cluster to talk to: {str(err).splitlines()[0] if str(err) else 'no kubeconfig'}",
                              "set KUBECONFIG or ~/.kube/config (kubectl config get-contexts), or run inside a cluster") from None
-        return cls(k8s_client.ApiClient(configuration), namespace or default_ns or "default")
+        return cls(k8s_client.ApiClient(configuration), namespace or default_ns or "default", retries=retries)
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
                 content_type: str = "application/json", stream: bool = False, timeout: float | None = 60) -> Any:
         delay = 0.5
-        for attempt in range(RETRIES):
+        for attempt in range(self.retries):
             params = self.client.param_serialize(method, path, query_params=list((query or {}).items()),
                                                  header_params={"Content-Type": content_type, "Accept": "application/json"},
                                                  body=body, auth_settings=["BearerToken"])
@@ -188,7 +194,7 @@ class Api:
                         params[0], params[1], headers=params[2], preload_content=False,
                         timeout=urllib3.Timeout(connect=10, read=timeout))
             except (urllib3.exceptions.HTTPError, k8s_client.ApiException) as err:
-                if attempt + 1 == RETRIES or isinstance(err, urllib3.exceptions.ReadTimeoutError):
+                if attempt + 1 == self.retries or isinstance(err, urllib3.exceptions.ReadTimeoutError):
                     raise
                 self.sleep(delay)
                 delay = min(delay * 2, 30)
@@ -197,7 +203,7 @@ class Api:
             if 200 <= raw.status < 300:
                 return raw if stream else json.loads(raw.data or b"{}")
             data = raw.data if not stream else raw.read()
-            if (raw.status == 429 or raw.status >= 500) and attempt + 1 < RETRIES:
+            if (raw.status == 429 or raw.status >= 500) and attempt + 1 < self.retries:
                 self.sleep(_retry_after(raw.headers.get("Retry-After")) or delay)
                 delay = min(delay * 2, 30)
                 continue
@@ -392,8 +398,8 @@ def table_job(launch: TableLaunch, command: list[str], settings: KubernetesSetti
                             "parallelism": min(settings.parallelism, launch.slots), "suspend": suspend}
     if per_index:
         spec["backoffLimitPerIndex"] = settings.backoff_limit_per_index
-        if settings.max_failed_indexes is not None:
-            spec["maxFailedIndexes"] = settings.max_failed_indexes
+        if settings.max_failed_indexes is not None:  # (the API refuses more than completions)
+            spec["maxFailedIndexes"] = min(settings.max_failed_indexes, launch.slots)
     else:
         spec["backoffLimit"] = settings.backoff_limit_per_index * launch.slots
     spec["podFailurePolicy"] = {"rules": rules}
@@ -583,9 +589,10 @@ class KubernetesBackend(Backend):
         then reconcile (pods killed outright leave keys reserved by a dead connection).
         Ctrl-C deletes the run's Jobs: their workers get SIGTERM and release their keys."""
         tables = [JobTable(t.instance()) for t in request.tables]
+        conn = request.tables[0].cls.connection
         with tqdm(desc="kubernetes", unit="key", disable=not request.progress or None) as bar:
             def tick(jobs: dict[str, dict]) -> None:
-                counts = [jt.status_counts() for jt in tables]
+                counts = retrying(conn, lambda: [jt.status_counts() for jt in tables], WHO, DB_PATIENCE)
                 active = sum(j.get("status", {}).get("active", 0) or 0 for j in jobs.values())
                 bar.set_postfix_str(f"pending={sum(c['pending'] for c in counts)} "
                                     f"reserved={sum(c['reserved'] for c in counts)} pods={active}")
@@ -596,8 +603,11 @@ class KubernetesBackend(Backend):
             except KeyboardInterrupt:
                 cancel(api, run)
                 return 130
-        reserved = {j for jt in tables for j in jt.reserved_backend_ids()}
-        reconcile_all([t.instance() for t in request.tables], request.worker.policy, self.ended_jobs(reserved))
+        def settle() -> None:
+            reserved = {j for jt in tables for j in jt.reserved_backend_ids()}
+            reconcile_all([t.instance() for t in request.tables], request.worker.policy, self.ended_jobs(reserved))
+
+        retrying(conn, settle, WHO, DB_PATIENCE)
         return outcome(request.run_id)
 
     def describe(self, run: dict) -> str:
@@ -606,7 +616,7 @@ class KubernetesBackend(Backend):
         if not names:
             return ""
         try:
-            api = Api.connect(self.settings.context, namespace)
+            api = Api.connect(self.settings.context, namespace, retries=HINT_RETRIES)
             jobs, _ = api.jobs(run["run_id"])
         except (UsageError, ApiError, urllib3.exceptions.HTTPError, k8s_client.ApiException):
             return ""
@@ -629,7 +639,7 @@ class KubernetesBackend(Backend):
                 by_ns.setdefault(ns, set()).add(job_id)
         ended: set[str] = set()
         try:
-            api = Api.connect(load_config().defaults.context) if by_ns else None
+            api = Api.connect(load_config().defaults.context, retries=HINT_RETRIES) if by_ns else None
         except UsageError:
             return set()
         for ns, ids in by_ns.items():
