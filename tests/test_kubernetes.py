@@ -608,3 +608,47 @@ async def test_unknown_namespace_or_old_cluster_exit_2(chain, db, kmock, tmp_pat
         out, err = await asyncio.wait_for(proc.communicate(), 120)
         assert proc.returncode == 2 and message in err.decode() and "Traceback" not in err.decode(), err.decode()
     assert not stored_jobs(kmock) and not JobTable(chain.Square()).declared
+
+
+@pytest.mark.asyncio
+async def test_rejected_job_deletes_the_others(chain, db, kmock, tmp_path):
+    """Against the API emulator (no API server here): when the API refuses the second
+    table's Job (422, its own words), the first one, created suspended and never
+    started, is deleted, nothing is enqueued, and the run is recorded as rejected."""
+    seed(chain, 3)
+    cluster(kmock)
+    kmock[f"post /apis/batch/v1/namespaces/{NS}/jobs"][1:2] ** 1 << 422 << {
+        "kind": "Status", "code": 422, "reason": "Invalid", "message": 'Job.batch "x" is invalid: spec.template: quota exceeded'}
+    env = {**db.env, "KUBECONFIG": str(kubeconfig(tmp_path, kmock))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dj_orchestrate", "run", "chain", "--backend", "kubernetes", "--image", IMAGE,
+        env=env, cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 2 and "Kubernetes rejected the run: Job.batch \"x\" is invalid" in lines[0], err.decode()
+    assert len(lines) <= 2 and "Traceback" not in err.decode()
+    assert not stored_jobs(kmock) and not JobTable(chain.Square()).declared
+    from dj_orchestrate import ledger
+
+    assert [r["state"] for r in ledger.recent_runs() if r["backend"] == "kubernetes"] == ["rejected"]
+
+
+@pytest.mark.asyncio
+async def test_ctrl_c_in_wait_cancels_the_run(chain, db, kmock, tmp_path):
+    """Against the API emulator (no API server here): Ctrl-C in ``run --wait`` deletes
+    the run's Jobs (in a cluster their pods get SIGTERM and release their keys) and
+    exits 130, the run recorded as interrupted."""
+    seed(chain, 3)
+    cluster(kmock)
+    env = {**db.env, "KUBECONFIG": str(kubeconfig(tmp_path, kmock))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dj_orchestrate", "run", "chain", "--backend", "kubernetes", "--image", IMAGE, "--wait",
+        "--no-progress", env=env, cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(stored_jobs(kmock)) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 130, out.decode() + err.decode()
+    assert not stored_jobs(kmock) and "interrupted" in out.decode()

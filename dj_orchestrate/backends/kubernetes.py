@@ -556,18 +556,16 @@ class KubernetesBackend(Backend):
         launches = plan_launches(request, lambda info: self.config.for_table(info).parallelism)
         run = request.run_id
         made = self.manifests(request, launches, run, api.namespace, self.version, suspend_all=True)
-        created: list[dict] = []
         try:
             for job in made.jobs:
-                obj, new = api.create(job)
-                created.append(obj)
+                api.create(job)
             if not request.wait and made.jobs:
                 for obj in made.conductor(self.settings.image or "", self.settings):
                     api.create(obj)
             record_fixed(request, launches)
         except BaseException as err:
-            for obj in created:  # none of them ran: suspended until now
-                api.delete("Job", obj["metadata"]["name"])
+            for job in made.jobs:  # none of them ran: suspended until now (and a lost answer may have made one)
+                api.delete("Job", job["metadata"]["name"])
             ledger.finish_run(request.run_id, "rejected")
             if isinstance(err, ApiError):
                 raise UsageError(f"Kubernetes rejected the run: {err.message or err}",
