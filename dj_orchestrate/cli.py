@@ -543,7 +543,10 @@ def k8s_conduct(run_label: str, expected: int, namespace: str | None) -> None:
 def k8s_cancel(run_id: str, namespace: str | None) -> None:
     """Delete a run's Jobs: their workers get SIGTERM and release their keys."""
     k8s_backend = _kubernetes()
-    deleted = k8s_backend.cancel(k8s_backend.Api.connect(namespace=namespace), run_id)
+    try:
+        deleted = k8s_backend.cancel(k8s_backend.Api.connect(namespace=namespace), run_id)
+    except k8s_backend.API_ERRORS as err:
+        raise UsageError(f"the Kubernetes API refused: {err}", "check your context and your rights in the namespace") from None
     click.echo(f"deleted {len(deleted)} Job(s)" + (f": {', '.join(deleted)}" if deleted else ""))
 
 

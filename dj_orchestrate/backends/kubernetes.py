@@ -148,6 +148,9 @@ class Gone(ApiError):
     """410: the watch's resourceVersion is too old; list again."""
 
 
+API_ERRORS = (ApiError, urllib3.exceptions.HTTPError, k8s_client.ApiException)  # no (usable) answer from the API
+
+
 class Api:
     """The few calls dj-orchestrate makes, as JSON over the ``kubernetes`` package's
     authenticated client: retried with backoff on 429 and 5xx (honouring Retry-After)
@@ -529,7 +532,7 @@ class KubernetesBackend(Backend):
         try:
             self.version = api.version()
             exists = api.namespace_exists()
-        except (ApiError, urllib3.exceptions.HTTPError, k8s_client.ApiException) as err:
+        except API_ERRORS as err:
             raise UsageError(f"the Kubernetes API does not answer: {err}", "check `kubectl cluster-info` and your context") from None
         if self.version < MIN_VERSION:
             raise UsageError(f"Kubernetes {self.version[0]}.{self.version[1]} is too old",
@@ -567,8 +570,8 @@ class KubernetesBackend(Backend):
             for job in made.jobs:  # none of them ran: suspended until now (and a lost answer may have made one)
                 api.delete("Job", job["metadata"]["name"])
             ledger.finish_run(request.run_id, "rejected")
-            if isinstance(err, ApiError):
-                raise UsageError(f"Kubernetes rejected the run: {err.message or err}",
+            if isinstance(err, API_ERRORS):
+                raise UsageError(f"Kubernetes rejected the run: {getattr(err, 'message', '') or err}",
                                  "check the image, resources and your rights in the namespace") from None
             raise
         for job in made.jobs:
@@ -616,7 +619,7 @@ class KubernetesBackend(Backend):
         try:
             api = Api.connect(self.settings.context, namespace, retries=HINT_RETRIES)
             jobs, _ = api.jobs(run["run_id"])
-        except (UsageError, ApiError, urllib3.exceptions.HTTPError, k8s_client.ApiException):
+        except (UsageError, *API_ERRORS):
             return ""
         parts = []
         for name in names.split(","):
@@ -643,7 +646,7 @@ class KubernetesBackend(Backend):
         for ns, ids in by_ns.items():
             try:
                 phases = api.pods(ns)
-            except (ApiError, urllib3.exceptions.HTTPError, k8s_client.ApiException):
+            except API_ERRORS:
                 continue
             ended |= {j for j in ids if phases.get(j.partition("/")[2], "Succeeded") in ("Succeeded", "Failed")}
         return ended
