@@ -283,6 +283,9 @@ LITERALS = [
     re.compile(r"(?i)\b[a-z][\w+.-]*://[^\s/:@]+:(?!\$)([^\s@/]+)@"),
 ]
 NOT_SECRETS = {"None", "True", "False", "true", "false", "null", "0", "1"}
+# keys whose value names a Kubernetes Secret (a reference, like ${VAR}): the manifests'
+# secretName/secretRef/imagePullSecrets, and dj-orchestrate's [kubernetes] secret setting
+SECRET_NAMES = re.compile(r"(?i)secret|secretName|secretRef|image_?pull_?secrets")
 
 
 def literal_passwords(text: str, python: bool = False) -> list[str]:
@@ -292,6 +295,8 @@ def literal_passwords(text: str, python: bool = False) -> list[str]:
         for pattern in LITERALS:
             for m in pattern.finditer(line):
                 value, rest = m.group(1), line[m.end():].lstrip("\"' ")
+                if SECRET_NAMES.fullmatch(re.match(r"[\w.-]*", m.group(0)).group(0)):
+                    continue  # the name of a Kubernetes Secret
                 quoted = line[m.start(1) - 1] in "\"'"
                 if value in NOT_SECRETS or (python and not quoted and re.fullmatch(r"[A-Za-z_][\w.]*([(\[].*)?", value)):
                     continue  # a name in code (password=password, os.environ["DJ_PASS"]), not a value
@@ -309,6 +314,7 @@ def test_the_password_scan_finds_a_planted_sentinel():
     references = 'DJ_PASS=\nDJ_PASS: ${DJ_PASS:?set it}\nMYSQL_PWD="$$MYSQL_PASSWORD" mysql\n' \
                  "postgresql://airflow:${AIRFLOW_DB_PASSWORD:-}@airflow-db/airflow\n"
     assert literal_passwords(references) == []
+    assert literal_passwords('secretName: lab-db\nsecret = "datajoint-credentials"\n') == []
     assert literal_passwords('"passwd": password,\npassword = os.environ["DJ_PASS"]\n', python=True) == []
 
 

@@ -312,7 +312,7 @@ def kubeconfig(tmp_path: Path, server: km.Server | km.KubernetesEmulator) -> Pat
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "emu",
         "clusters": [{"name": "emu", "cluster": {"server": str(server.url).rstrip("/")}}],
-        "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
+        "users": [{"name": "tester", "user": {}}],
         "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "tester", "namespace": NS}}]}))
     return path
 
@@ -459,7 +459,7 @@ async def test_run_wait_against_the_emulator_like_populate(db, kmock, tmp_path):
     demo(db, "seed", db.schema, n)
     cluster(kmock)
     config = tmp_path / "dj_orchestrate.toml"
-    config.write_text(f'[kubernetes]\nimage = "{IMAGE}"\nsecret = "{SECRET}"\nparallelism = 2\n')
+    config.write_text("\n".join(["[kubernetes]", f'image = "{IMAGE}"', f'secret = "{SECRET}"', "parallelism = 2", ""]))
     env = {**db.env, "DJO_DEMO_SCHEMA": db.schema, "KUBECONFIG": str(kubeconfig(tmp_path, kmock))}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     proc = await asyncio.create_subprocess_exec(
@@ -568,7 +568,7 @@ def _fake_missing_kubernetes(tmp_path: Path) -> str:
     ("no-kubeconfig", f'[kubernetes]\nimage = "{IMAGE}"\n', "no Kubernetes cluster to talk to"),
     ("no-image", "[kubernetes]\n", "no image for the Kubernetes pods"),
     ("unknown-key", f'[kubernetes]\nimage = "{IMAGE}"\ngpu = 1\n', "unknown Kubernetes setting 'gpu'"),
-    ("credential-in-env", f'[kubernetes]\nimage = "{IMAGE}"\nenv = {{ DJ_PASS = "x" }}\n', "credentials belong in the Secret"),
+    ("credential-in-env", f'[kubernetes]\nimage = "{IMAGE}"\nenv = {{ DJ_PASS = "$DJ_PASS" }}\n', "credentials belong in the Secret"),
     ("no-package", f'[kubernetes]\nimage = "{IMAGE}"\n', "pip install 'dj-orchestrate[kubernetes]'"),
 ])
 def test_bad_input_exit_2_nothing_reserved(chain, db, tmp_path, case, config, message):

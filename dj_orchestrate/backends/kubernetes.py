@@ -80,7 +80,7 @@ class KubernetesSettings(Settings):
     namespace: str | None = None  # default: the context's namespace, else "default"
     context: str | None = None  # kubeconfig context (default: the current one)
     secret: str | None = None  # the Secret with the database credentials
-    secret_as: str = "env"  # "env": envFrom (DJ_HOST, DJ_USER, DJ_PASS); "files": mounted at /run/secrets/datajoint/
+    secret_files: bool = False  # false: envFrom (DJ_HOST, DJ_USER, DJ_PASS); true: mounted at /run/secrets/datajoint/
     env: dict[str, Any] = field(default_factory=dict)  # plain variables for the pods (no credentials)
     parallelism: int = 4  # pods at once per table; also the pull slots of downstream tables
     cpu: str | float | None = None  # request, e.g. "500m" or 2
@@ -98,9 +98,6 @@ class KubernetesSettings(Settings):
     cluster_version: str | None = None  # "1.30": what `k8s render` writes for (run asks the server)
 
     def parsed(self, where: str) -> "KubernetesSettings":
-        if self.secret_as not in ("env", "files"):
-            raise UsageError(f"secret_as in {where} must be \"env\" or \"files\", got {self.secret_as!r}",
-                             'env: envFrom the Secret; files: mounted at /run/secrets/datajoint/')
         leaks = sorted(k for k in self.env if CREDENTIAL_WORDS.search(k))
         if leaks:
             raise UsageError(f"env in {where} names {leaks[0]!r}: credentials belong in the Secret, not the config",
@@ -377,7 +374,7 @@ def table_job(launch: TableLaunch, command: list[str], settings: KubernetesSetti
     env += [{"name": k, "value": str(v)} for k, v in sorted(settings.env.items())]
     container: dict[str, Any] = {"name": "worker", "image": image, "command": command, "env": env}
     pod: dict[str, Any] = {"restartPolicy": "Never", "terminationGracePeriodSeconds": math.ceil(grace) + GRACE_MARGIN}
-    if settings.secret and settings.secret_as == "env":
+    if settings.secret and not settings.secret_files:
         container["envFrom"] = [{"secretRef": {"name": settings.secret}}]
     elif settings.secret:
         container["volumeMounts"] = [{"name": "datajoint-credentials", "mountPath": SECRETS_DIR, "readOnly": True}]
