@@ -23,7 +23,6 @@ Needs the database; uses fresh schemas (``djo_bench_*``), dropped at the end.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -82,15 +81,8 @@ def pods(bench: Bench) -> dict:
     jobs = [d for f in sorted(out_dir.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())
             if d and d["kind"] == "Job" and "conductor" not in d["metadata"]["name"]]
     for job in jobs:
-        procs = []
-        for index in range(job["spec"]["completions"]):
-            argv, env = pod_here(job, index, bench.env)
-            procs.append(subprocess.Popen(argv, env=env, cwd=bench.tmp, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.PIPE, text=True))
-        for proc in procs:
-            _, err = proc.communicate(timeout=3600)
-            if proc.returncode:
-                sys.exit(f"bench_kubernetes: a pod of {job['metadata']['name']} failed ({proc.returncode}):\n{err}")
+        bench.together([pod_here(job, index, bench.env) for index in range(job["spec"]["completions"])],
+                       f"a pod of {job['metadata']['name']}")
     complete = time.perf_counter() - start
     made = {t: bench.made(t) for t in TABLES}
     log(f"pods: complete in {complete:.1f} s ({made})")
@@ -109,13 +101,7 @@ def main() -> None:
         bench.env["PYTHONPATH"] = str(ROOT)  # the CLI and the pods run this checkout too
         try:
             rendered = render_bench(bench, args.tables)
-            log(f"{args.db}: filling Source with {args.keys:,} keys (schema {bench.schema})")
-            bench.fill()
-            contract = pods(bench)
-            bench.reset()
-            local = bench.local()
-            bench.reset()
-            stock = bench.stock()
+            runs = bench.compare("pods", lambda: pods(bench))
         finally:
             bench.drop()
             try:
@@ -123,7 +109,6 @@ def main() -> None:
             except Exception as err:  # best effort
                 log(f"could not drop {bench.schema}_wide: {err}")
     n = args.keys * len(TABLES)
-    runs = {"pods": contract, "local": local, "stock": stock}
     ok = {k: all(v == args.keys for v in r["made"].values()) and not r["left"] for k, r in runs.items()}
     t = {k: r["complete"] for k, r in runs.items()}
     print(f"\n{machine()}\n{args.db}; render: {args.tables} tables; run: {len(TABLES)} tables x {args.keys:,} keys "

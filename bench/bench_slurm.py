@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from typing import Callable
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -182,17 +183,34 @@ class Bench:
                 "getattr(m, sys.argv[2]).populate(reserve_jobs=True)\n")
         start = time.perf_counter()
         for name in TABLES:
-            procs = [subprocess.Popen([sys.executable, "-c", code, PIPELINE, name], env=self.env, cwd=self.tmp,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                     for _ in range(self.workers)]
-            for proc in procs:
-                _, err = proc.communicate(timeout=3600)
-                if proc.returncode:
-                    sys.exit(f"bench_slurm: stock populate of {name} failed ({proc.returncode}):\n{err}")
+            self.together([([sys.executable, "-c", code, PIPELINE, name], self.env)] * self.workers,
+                          f"stock populate of {name}")
         complete = time.perf_counter() - start
         made = {t: self.made(t) for t in TABLES}
         log(f"stock: complete in {complete:.1f} s ({made})")
         return {"complete": complete, "made": made, "left": self.leftovers()}
+
+    def compare(self, name: str, run: Callable[[], dict]) -> dict[str, dict]:
+        """Fill Source, then ``run`` (the backend measured), ``run --backend local`` and
+        stock populate on the same keys, each from empty tables: {name, local, stock}."""
+        log(f"filling Source with {self.keys:,} keys (schema {self.schema})")
+        self.fill()
+        runs = {name: run()}
+        self.reset()
+        runs["local"] = self.local()
+        self.reset()
+        runs["stock"] = self.stock()
+        return runs
+
+    def together(self, processes: list[tuple[list[str], dict]], what: str) -> None:
+        """Start every (argv, env) at once and wait for all; any failure ends the bench
+        (a timing of a run that failed would mean nothing)."""
+        procs = [subprocess.Popen(argv, env=env, cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for argv, env in processes]
+        for proc in procs:
+            _, err = proc.communicate(timeout=3600)
+            if proc.returncode:
+                sys.exit(f"bench: {what} failed ({proc.returncode}):\n{err}")
 
     def drop(self) -> None:
         if self.arrays:  # a bench that stopped early leaves nothing running
@@ -227,17 +245,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="djo-bench-slurm-") as tmp:
         bench = Bench(args.db, args.keys, workers, Path(tmp))
         try:
-            log(f"{args.db}: filling Source with {args.keys:,} keys (schema {bench.schema})")
-            bench.fill()
-            slurm = bench.slurm()
-            bench.reset()
-            local = bench.local()
-            bench.reset()
-            stock = bench.stock()
+            runs = bench.compare("slurm", bench.slurm)
         finally:
             bench.drop()
     n = args.keys * len(TABLES)
-    runs = {"slurm": slurm, "local": local, "stock": stock}
+    slurm = runs["slurm"]
     ok = {k: all(v == args.keys for v in r["made"].values()) and not r["left"] for k, r in runs.items()}
     print(f"\n{machine()}\n{args.db}, {len(TABLES)} tables x {args.keys:,} keys = {n:,} makes, {workers} workers\n")
     t = {k: r["complete"] for k, r in runs.items()}

@@ -385,8 +385,10 @@ async def test_conductor_releases_downstream_and_relists_after_410(kmock, tmp_pa
     manifests and ``run`` without --wait leave in the cluster: ``k8s conduct`` keeps a
     downstream Job suspended until every Job it is after has finished (a failed one
     counts: its keys are errors, the rest can go on), releases it then, and exits once
-    nothing is suspended. Its first watch ends in 410 Gone: it lists again. The test
-    plays the Job controller by patching the Jobs' status."""
+    nothing is suspended. Its first watch ends in 410 Gone: it lists again. Every
+    request it made is one its Role grants (list, watch, patch on Jobs): the least
+    rights it needs are the rights it has. The test plays the Job controller by
+    patching the Jobs' status."""
     cluster(kmock)
     watch = kmock[km.action.WATCH, f"/apis/batch/v1/namespaces/{NS}/jobs"][:1] << (
         {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version"}},)
@@ -398,7 +400,10 @@ async def test_conductor_releases_downstream_and_relists_after_410(kmock, tmp_pa
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dj_orchestrate", "k8s", "conduct", "--run", "r1",
                                                 "--jobs", "3", env=env, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
-    await asyncio.sleep(3)
+    deadline = time.monotonic() + 60  # (the conductor's first watch: answered 410, so it lists again)
+    while not list(watch) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1)
     assert proc.returncode is None and stored_jobs(kmock)["djo-r1-c"]["spec"]["suspend"] is True
     await finish(kmock, "djo-r1-a")
     await asyncio.sleep(1.5)
@@ -411,6 +416,19 @@ async def test_conductor_releases_downstream_and_relists_after_410(kmock, tmp_pa
     assert len(list(watch)) == 1
     lists = [r for r in kmock if r.method == "GET" and r.action == km.action.LIST]
     assert len(lists) >= 2  # the first list, and the one after 410 Gone
+    from dj_orchestrate.backends.kubernetes import CONDUCTOR_VERBS
+
+    mine, theirs = list(kmock)[:3], list(kmock)[3:]  # the test's three creates, then the conductor's requests
+    assert [r.method for r in mine] == ["POST"] * 3
+    asked = {(rbac_verb(r), r.resource.plural if r.resource else r.url.path) for r in theirs}
+    assert asked <= {(verb, "jobs") for verb in CONDUCTOR_VERBS}, asked  # (the test's own status patches: patch, jobs)
+
+
+def rbac_verb(request) -> str:
+    """The RBAC verb the API server would check for an HTTP request."""
+    if request.method == "GET":
+        return "watch" if request.params.get("watch") in ("true", "1") else "get" if request.name else "list"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[request.method.value]
 
 
 @pytest.mark.asyncio
@@ -491,12 +509,17 @@ async def test_run_without_wait_leaves_a_conductor(chain, db, kmock, tmp_path):
     """``run --backend kubernetes`` without --wait, against the API emulator (no API
     server here): the CLI returns once every Job exists; the first level's Job is
     released and its keys enqueued, the downstream Job stays suspended, and the
-    conductor (ServiceAccount, a Role that may only get/list/watch/patch Jobs, its
+    conductor (ServiceAccount, a Role that may only list/watch/patch Jobs, its
     RoleBinding, and a Job running ``k8s conduct``) is left to release it. ``status``
-    shows each Job's pods as the API reports them."""
+    shows each Job's pods as the API reports them. A sentinel DJ_PASS in the CLI's
+    environment (PostgreSQL) is in no object or request sent to the API, and not in
+    the ledger or the jobs table."""
     seed(chain, 4)
     cluster(kmock, version="30")
     env = {**db.env, "KUBECONFIG": str(kubeconfig(tmp_path, kmock))}
+    sentinel = "pw-" + uuid.uuid4().hex
+    if db.backend == "postgresql":  # (its test server trusts any password, so a sentinel can be set)
+        env["DJ_PASS"] = sentinel
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dj_orchestrate", "run", "chain", "--backend", "kubernetes", "--image", IMAGE,
         "--secret", SECRET, "--no-progress", env=env, cwd=str(ROOT), stdout=asyncio.subprocess.PIPE,
@@ -511,13 +534,17 @@ async def test_run_without_wait_leaves_a_conductor(chain, db, kmock, tmp_path):
     assert conductor["spec"]["template"]["spec"]["containers"][0]["command"] == [
         "dj-orchestrate", "k8s", "conduct", "--run", run_id, "--jobs", "2"]
     [role] = [o.raw for (res, ns, name), o in kmock.objects.items() if res.plural == "roles"]
-    assert role["rules"] == [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "patch"]}]
+    assert role["rules"] == [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch", "patch"]}]
     assert {r["status"] for r in jobs_rows(chain.Square)} == {"pending"} and not JobTable(chain.Total()).declared
     await finish(kmock, f"djo-{run_id}-square", succeeded=1)
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dj_orchestrate", "status", "chain", env=env,
                                                 cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert f"djo-{run_id}-square: active 0, succeeded 1, failed 0; djo-{run_id}-total: suspended" in out.decode(), out.decode()
+    from dj_orchestrate import ledger
+
+    created = json.dumps([o.raw for o in kmock.objects.values()]) + "".join(r.text for r in kmock)
+    assert sentinel not in created + json.dumps(ledger.recent_runs(), default=str) + json.dumps(jobs_rows(chain.Square), default=str)
 
 
 @pytest.mark.asyncio
@@ -542,7 +569,7 @@ async def test_killed_pod_is_reconciled(chain, db, kmock, tmp_path):
                                                 env={**db.env, **env}, cwd=str(ROOT), stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert json.loads(out.decode())["charged"] == 1, err.decode()
+    assert json.loads(out.decode())["charged_an_attempt"] == 1, err.decode()
     row = next(r for r in jobs_rows(chain.Square) if r["item_id"] == 1)
     assert row["status"] == "pending" and row["attempts"] == 1 and "ended" in row["error_message"]
     # a live owner, and no API to ask: no hint

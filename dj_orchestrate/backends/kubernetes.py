@@ -58,6 +58,7 @@ GROUP = "dj-orchestrate.io"
 RUN_LABEL, TABLE_LABEL, AFTER = f"{GROUP}/run", f"{GROUP}/table", f"{GROUP}/after"
 MANAGED = {"app.kubernetes.io/managed-by": "dj-orchestrate"}
 CONDUCTOR = "dj-orchestrate-conductor"  # its ServiceAccount, Role and RoleBinding
+CONDUCTOR_VERBS = ["list", "watch", "patch"]  # on Jobs: what `k8s conduct` does, nothing more
 SECRETS_DIR = "/run/secrets/datajoint"  # DataJoint reads database.user / database.password here
 GRACE_MARGIN = 30  # seconds beyond --grace for releasing claims after SIGTERM
 RETRIES = 8
@@ -330,11 +331,12 @@ class Manifests:
     jobs: list[dict] = field(default_factory=list)  # table Jobs, upstream before downstream
 
     def conductor(self, image: str, config: KubernetesSettings) -> list[dict]:
-        """The in-cluster conductor: a ServiceAccount that may read and patch Jobs in
-        this namespace (nothing else), and a Job that releases the run's suspended Jobs."""
+        """The in-cluster conductor: a ServiceAccount that may list, watch and patch Jobs
+        in this namespace (all that ``conduct`` asks: no get, create, delete, nor any
+        other resource), and a Job that releases the run's suspended Jobs."""
         meta = {"namespace": self.namespace, "labels": dict(MANAGED)}
         role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": CONDUCTOR, **meta},
-                "rules": [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "patch"]}]}
+                "rules": [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": CONDUCTOR_VERBS}]}
         binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": CONDUCTOR, **meta},
                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONDUCTOR},
                    "subjects": [{"kind": "ServiceAccount", "name": CONDUCTOR, "namespace": self.namespace}]}
