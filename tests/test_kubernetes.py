@@ -177,6 +177,9 @@ def test_render_is_the_k8s_dir_and_validates(db, tmp_path):
         seen.add(job["metadata"]["name"])
         command = spec["template"]["spec"]["containers"][0]["command"]
         assert command[:2] == ["dj-orchestrate", "work"] and "--shard-index" not in command and "--enqueue" in command
+        # no cluster_version in k8s/dj_orchestrate.toml: written for 1.28, without the per-index fields
+        assert "backoffLimitPerIndex" not in spec and "maxFailedIndexes" not in spec and spec["backoffLimit"] > 0
+        assert [r["action"] for r in spec["podFailurePolicy"]["rules"]] == ["Ignore", "FailJob"]
     assert demo(db, "declared", db.schema) == {"declared": False}
 
 
@@ -205,7 +208,10 @@ def test_render_golden_every_key(db, tmp_path):
     sorting = next(j for j in table_jobs(out) if j["metadata"]["annotations"]["dj-orchestrate.io/table"] == "SpikeSorting")
     spec = sorting["spec"]
     assert spec["backoffLimitPerIndex"] == 1 and spec["maxFailedIndexes"] == 2
-    assert spec["podFailurePolicy"]["rules"][1]["action"] == "FailIndex"
+    ignore, usage = spec["podFailurePolicy"]["rules"]  # preemption and drain burn no retry; bad input fails at once
+    assert ignore == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert usage["action"] == "FailIndex" and usage["onExitCodes"]["values"] == [2]
+    assert spec["ttlSecondsAfterFinished"] and spec["activeDeadlineSeconds"]
     pod = spec["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["volumes"] == [{"name": "datajoint-credentials", "secret": {"secretName": "lab-db"}}]
@@ -232,6 +238,45 @@ def test_names_are_dns_labels_and_deterministic():
     assert dns_name("djo", "20261201-a1b2", "SpikeSorting") == "djo-20261201-a1b2-spikesorting"
     long_a, long_b = dns_name("djo", "r", "X" * 80 + "A"), dns_name("djo", "r", "X" * 80 + "B")
     assert long_a != long_b and len(long_a) <= NAME_LIMIT and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", long_a)
+
+
+
+def test_connect_in_cluster_or_kubeconfig_context(tmp_path, monkeypatch):
+    """Where the client's configuration comes from (no API server: only the
+    configuration is checked, nothing is asked). In a pod (KUBERNETES_SERVICE_HOST set):
+    the service account's token and CA, the pod's namespace. Elsewhere: the kubeconfig,
+    its current context, or the context named in the config, with that context's
+    namespace unless one is given."""
+    from kubernetes.config import incluster_config
+
+    from dj_orchestrate.backends.kubernetes import Api
+
+    token, ca = tmp_path / "token", tmp_path / "ca.crt"
+    token.write_text("sa-token")
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(ca))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    monkeypatch.setenv("POD_NAMESPACE", "ephys")
+    api = Api.connect()
+    configuration = api.client.configuration
+    assert (api.namespace, configuration.host, configuration.ssl_ca_cert) == ("ephys", "https://10.96.0.1:443", str(ca))
+    assert configuration.auth_settings()["BearerToken"]["value"].lower() == "bearer sa-token"
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "laptop",
+        "clusters": [{"name": "a", "cluster": {"server": "https://a.example:6443"}},
+                     {"name": "b", "cluster": {"server": "https://b.example:6443"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "laptop", "context": {"cluster": "a", "user": "u"}},
+                     {"name": "lab", "context": {"cluster": "b", "user": "u", "namespace": "ephys"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    current, named = Api.connect(), Api.connect(context="lab")
+    assert (current.namespace, current.client.configuration.host) == ("default", "https://a.example:6443")
+    assert (named.namespace, named.client.configuration.host) == ("ephys", "https://b.example:6443")
+    assert Api.connect(context="lab", namespace="other").namespace == "other"
 
 
 # ------------------------------------------------------------ pod contract
