@@ -269,7 +269,7 @@ def test_connect_in_cluster_or_kubeconfig_context(tmp_path, monkeypatch):
         "apiVersion": "v1", "kind": "Config", "current-context": "laptop",
         "clusters": [{"name": "a", "cluster": {"server": "https://a.example:6443"}},
                      {"name": "b", "cluster": {"server": "https://b.example:6443"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
+        "users": [{"name": "u", "user": {"token": uuid.uuid4().hex}}],
         "contexts": [{"name": "laptop", "context": {"cluster": "a", "user": "u"}},
                      {"name": "lab", "context": {"cluster": "b", "user": "u", "namespace": "ephys"}}]}))
     monkeypatch.setenv("KUBECONFIG", str(path))
