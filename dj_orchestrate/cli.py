@@ -41,6 +41,8 @@ except UsageError as _err:
 from datajoint.errors import AccessError  # noqa: E402
 
 from . import __version__, ledger, pipeline  # noqa: E402
+from .errors import UsageError  # noqa: E402
+from .flow import ORDERS  # noqa: E402
 from .jobs import JobTable, Policy, Restriction, reconcile_all  # noqa: E402
 from .backends.base import SUBMITTED, Backend, RunRequest  # noqa: E402
 from .worker import Settings  # noqa: E402
@@ -61,14 +63,20 @@ def policy_options(f: Callable) -> Callable:
     f = click.option("--grace", default=5.0, show_default=True,
                      help="Seconds the key in flight may finish after SIGTERM before it is rolled back.")(f)
     f = click.option("--max-batch", default=50, show_default=True, help="Most keys one claim reserves.")(f)
+    f = click.option("--order", type=click.Choice(ORDERS), default=ORDERS[0], show_default=True,
+                     help="Which ready key a worker takes first: upstream keys (most parallelism), downstream "
+                          "work of made keys (results early); or no pipelining: levels (level by level), declared "
+                          "(one table at a time in the order the module defines them, for makes that read tables "
+                          "in ways not detected).")(f)
     return f
 
 
-def worker_settings(retries: int, backoff: float, max_attempts: int, grace: float, max_batch: int, **extra: Any) -> Settings:
+def worker_settings(retries: int, backoff: float, max_attempts: int, grace: float, max_batch: int, order: str,
+                    **extra: Any) -> Settings:
     for name, value in (("--retries", retries), ("--max-attempts", max_attempts - 1), ("--max-batch", max_batch - 1)):
         if value < 0:
             raise UsageError(f"{name} is too small", "use a positive number")
-    return Settings(max_batch=max_batch, grace=grace, policy=Policy(retries, backoff, max_attempts), **extra)
+    return Settings(max_batch=max_batch, order=order, grace=grace, policy=Policy(retries, backoff, max_attempts), **extra)
 
 
 def friendly(f: Callable) -> Callable:
@@ -222,16 +230,13 @@ def plan(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, shar
 @click.option("--image", help="kubernetes: the worker image (default: [kubernetes] image).")
 @click.option("--namespace", help="kubernetes: the namespace (default: [kubernetes] namespace, then the context's).")
 @click.option("--secret", help="kubernetes: the Secret with the database credentials (default: [kubernetes] secret).")
-@click.option("--order", type=click.Choice(["dependencies", "declared"]), default="dependencies", show_default=True,
-              help="dependencies: as foreign keys, key_source and make's reads require; declared: one table at a "
-                   "time in the order the module defines them (for makes that read tables in ways not detected).")
 @policy_options
 @json_opt
 @friendly
 def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...], key_json: str | None,
         shard_size: int | None, shards: int | None, wait: bool | None, config_path: str | None,
         no_progress: bool, scheduler: str | None, cluster: str | None, image: str | None, namespace: str | None,
-        secret: str | None, order: str, as_json: bool, **policy: Any) -> None:
+        secret: str | None, as_json: bool, **policy: Any) -> None:
     """Reconcile, then compute every missing key of the selected tables."""
     from . import backends
 
@@ -247,7 +252,7 @@ def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...],
         raise UsageError(*JobTable(selected[0].instance()).unsupported_reason())
     if len(infos) < len(selected):
         infos = pipeline.select(infos, [t.name for t in infos])  # levels among the tables that run
-    if order == "declared":
+    if settings.order == "declared":
         infos = pipeline.in_declared_order(infos)
     wait = (backend == "local") if wait is None else wait
     backend_obj.check(infos, bool(target.embedded), wait)
@@ -294,6 +299,8 @@ def work(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, enqu
     settings = worker_settings(**policy, backend_job_id=backend_job_id or backend_job_id_from_env(),
                                log_path=log_path or os.environ.get("DJO_LOG_PATH", ""))
     _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    if settings.order == "declared":  # as the driver ordered them: each table after those declared before it
+        infos = pipeline.in_declared_order(infos)
     if enqueue:
         for t in infos:
             JobTable(t.instance()).enqueue(restriction)
@@ -306,7 +313,7 @@ def work(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, enqu
         if row is None:
             raise UsageError(f"no shard {shard_index} of {infos[0].name} in run {run_id}", "check the run id")
         shard = (decode_bound(row["lo"]), decode_bound(row["hi"]))
-    tally = Worker(infos, settings, shard=shard, run_id=run_id, shard_index=shard_index).run()
+    tally = Worker(infos, settings, shard=shard, run_id=run_id, shard_index=shard_index, restriction=restriction).run()
     stopped = f" (stopped by {signal.Signals(tally.stop_signal).name})" if tally.stop_signal else ""
     click.echo(f"worker done: {tally.done} made, {tally.failed} failed{stopped}")
     sys.exit(128 + tally.stop_signal if tally.stop_signal else 0)

@@ -207,8 +207,9 @@ def _upstream(cls: type, names: set[str]) -> tuple[set[str], set[str]]:
     ``key_source`` reads (a fan-in), and the tables its code reads."""
     deps = cls.connection.dependencies
     found = {a for a in deps.ancestors(cls.full_table_name) if a in names}
-    key_source = cls().key_source
-    sql = (key_source() if isinstance(key_source, type) else key_source).make_sql()
+    from .jobs import key_source_of
+
+    sql = key_source_of(cls)[0]
     found.update(n for n in names if n in sql)
     found.discard(cls.full_table_name)
     hidden = (code_references(cls) & names) - found

@@ -4,6 +4,10 @@ A worker claims keys in batches, makes each with DataJoint's own ``_populate1`` 
 transaction per key, the three-part make, part tables, job metadata), and reports
 back through the jobs table:
 
+* it serves every table it is given at once, with no level barrier: it claims from
+  whichever table has ready keys (in the order ``flow`` documents), and enqueues the
+  downstream keys of what it made as it marks it done, so a slow upstream key holds
+  back its own downstream keys only;
 * batches adapt to the time a key takes (about ``batch_seconds`` of work per claim),
   so fast keys cost one claim per many keys and slow keys are never hoarded;
 * completions are flushed in batches; a crash before the flush costs nothing, since
@@ -27,14 +31,16 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import ledger
+from . import flow, ledger
 from .db import is_lost as _is_lost, reconnect
-from .jobs import Claim, JobTable, Owner, Policy
+from .flow import Node
+from .jobs import Claim, Owner, Policy, Restriction
 from .pipeline import TableInfo
 
 log = logging.getLogger("dj_orchestrate")
 
 EMPTY_CLAIM_RETRIES = 50  # empty claims in a row while keys are due, before a worker gives up
+CLAIM_RETRIES = 4  # empty claims of one table with keys due, before the next table is tried
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 _DATABASE_CALLS = ("pymysql", "psycopg2", "datajoint.connection", "datajoint.adapters")  # not to be interrupted
 
@@ -49,6 +55,7 @@ class Settings:
     """How one worker behaves; the CLI exposes each field as a flag."""
 
     max_batch: int = 50
+    order: str = "upstream"  # which ready table a claim tries first: see ``flow``
     # Work one claim takes. It bounds the tail: when the queue runs dry, a worker may still
     # hold this much unstarted work while the others idle (2.0 left 8 workers on 20 ms keys
     # finishing 1.3 s apart, 0.5 leaves 0.3 s). Keys faster than batch_seconds / max_batch
@@ -76,8 +83,8 @@ class _JobsHandle:
     ``reserve`` says yes; ``complete`` is buffered; ``error`` is owner-checked, counts
     the attempt, and is not an error at all when the worker was told to stop."""
 
-    def __init__(self, worker: "Worker", jt: JobTable, claim: Claim) -> None:
-        self.worker, self.jt, self.claim = worker, jt, claim
+    def __init__(self, worker: "Worker", node: Node, claim: Claim) -> None:
+        self.worker, self.node, self.jt, self.claim = worker, node, node.jt, claim
         self.outcome = "done"
         self.completed = False
 
@@ -87,7 +94,7 @@ class _JobsHandle:
     def complete(self, key: dict, duration: float | None = None) -> None:
         if not self.completed:  # once: the worker also calls it for a key committed before an interrupt
             self.completed = True
-            self.worker._completed.append(self.claim)
+            self.worker._completed.setdefault(self.node, []).append(self.claim)
 
     def error(self, key: dict, error_message: str, error_stack: str | None = None) -> None:
         exc = sys.exc_info()[1]
@@ -100,24 +107,27 @@ class _JobsHandle:
 
 
 class Worker:
-    """Claims and makes keys of the given tables, one table after the other."""
+    """Claims and makes keys of the given tables, whichever is ready (see ``flow``)."""
 
     def __init__(self, tables: list[TableInfo], settings: Settings, shard: tuple | None = None,
-                 run_id: str | None = None, shard_index: int | None = None) -> None:
+                 run_id: str | None = None, shard_index: int | None = None,
+                 restriction: Restriction = Restriction()) -> None:
         self.tables = tables
         self.settings = settings
         self.shard = shard
         self.run_id = run_id
         self.shard_index = shard_index
+        self.restriction = restriction
         self.conn = tables[0].cls.connection
         self.conn._config["database.reconnect"] = False  # a lost connection must be seen, not hidden
         self.owner = self._new_owner()
         self.stopping = False
         self.stop_signal: int | None = None
         self.in_flight: Claim | None = None
-        self._completed: list[Claim] = []
+        self._completed: dict[Node, list[Claim]] = {}
         self._last_flush = time.monotonic()
-        self._seconds_per_key = 0.0
+        self._seconds_per_key: dict[Node, float] = {}
+        self._empty = 0  # claims in a row that came back empty
 
     def _new_owner(self) -> Owner:
         return Owner.of(self.conn, self.settings.backend_job_id, self.settings.log_path)
@@ -163,23 +173,29 @@ class Worker:
     # --------------------------------------------------------------------- run
     def run(self) -> Tally:
         tally = Tally()
+        # (before the ledger: declaring its schema makes DataJoint reload the dependencies)
+        nodes = flow.build(self.tables, self.settings.order)
         previous = self._install_signals()
         self._record(state="running", started=ledger.now())
         try:
-            for info in self.tables:
-                jt = JobTable(info.instance())
-                jt.ensure()
-                empty = 0
-                while not self.stopping:
-                    batch = self._claim(jt)
-                    if not batch:
-                        empty += 1
-                        if empty <= EMPTY_CLAIM_RETRIES and self._still_due(jt, empty):
-                            continue
-                        break
-                    empty = 0
-                    self._make_batch(info, jt, batch, tally)
-                self._flush(jt, force=True)
+            for node in nodes:
+                node.jt.ensure()
+            if any(not n.opened for n in nodes):
+                self._more_coming(nodes)  # open the tables whose gates are already finished
+            while not self.stopping:
+                node, batch = self._claim_next(nodes)
+                if batch:
+                    self._empty = 0
+                    self._make_batch(node, batch, tally)
+                    if node.readers:  # what it made feeds the next claim
+                        self._flush(node, force=True)
+                    continue
+                for n in nodes:
+                    self._flush(n, force=True)
+                if not self._more_coming(nodes):
+                    break
+            for n in nodes:
+                self._flush(n, force=True)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             for s, handler in previous.items():
@@ -189,41 +205,80 @@ class Worker:
                      keys_done=tally.done, keys_failed=tally.failed)
         return tally
 
-    def _still_due(self, jt: JobTable, empty: int) -> bool:
-        """After an empty claim: are keys of this worker still pending and due? (A claim
-        can skip keys another claim is scanning past: see ``JobTable.ready``.) If so,
-        wait a moment, growing, and claim again."""
+    def _claim_next(self, nodes: list[Node]) -> tuple[Node | None, list[Claim]]:
+        """A batch from the first open table (in the worker's order) that has one."""
+        for node in nodes:
+            for retry in range(CLAIM_RETRIES):
+                if not node.opened or self.stopping:
+                    break
+                batch = self._claim(node)
+                if batch:
+                    return node, batch
+                if len(nodes) == 1 or not self._due(node):
+                    break
+                time.sleep(0.005 * 2**retry)
+        return None, []
+
+    def _due(self, node: Node) -> bool:
         try:
-            due = jt.ready(self.shard)
+            return node.jt.activity()[0]
+        except Exception as err:
+            if not _is_lost(err, self.conn):
+                raise
+            return False  # the next claim reconnects
+
+    def _more_coming(self, nodes: list[Node]) -> bool:
+        """After claims came back empty: can this worker still get keys? Yes when keys
+        are due (a claim can skip keys another claim is scanning past: see
+        ``JobTable.ready``; given up after EMPTY_CLAIM_RETRIES empty claims in a row), or
+        when a table it serves still has keys due or in flight that feed another of its
+        tables (their downstream keys appear when they are made). Waits a moment, growing."""
+        try:
+            if self.shard:
+                activity = {nodes[0]: (bool(nodes[0].jt.ready(self.shard)), False)}
+            else:
+                activity = {n: n.jt.activity() for n in nodes}
+            if flow.open_gates(nodes, activity, self.restriction):
+                return True
         except Exception as err:
             if not _is_lost(err, self.conn):
                 raise
             return True  # the next claim reconnects
-        if due and not self.stopping:
-            time.sleep(min(0.5, 0.005 * 2 ** empty))
-        return bool(due)
+        if any(n.opened and activity[n][0] for n in nodes):
+            self._empty += 1
+            if self._empty > EMPTY_CLAIM_RETRIES:
+                return False
+        elif any(n.feeds and any(activity[n]) for n in nodes):
+            self._empty = min(self._empty + 1, 7)  # polls at most every 0.5 s while upstream works
+        else:
+            return False
+        if not self.stopping:
+            time.sleep(min(0.5, 0.005 * 2 ** self._empty))
+        return True
 
-    def _batch_size(self) -> int:
-        if self._seconds_per_key <= 0:
+    def _batch_size(self, node: Node) -> int:
+        seconds = self._seconds_per_key.get(node, 0.0)
+        if seconds <= 0:
             return 1
-        return max(1, min(self.settings.max_batch, int(self.settings.batch_seconds / self._seconds_per_key)))
+        return max(1, min(self.settings.max_batch, int(self.settings.batch_seconds / seconds)))
 
-    def _claim(self, jt: JobTable) -> list[Claim]:
+    def _claim(self, node: Node) -> list[Claim]:
         while True:
             try:
-                return jt.claim(self.owner, self._batch_size(), self.shard)
+                return node.jt.claim(self.owner, self._batch_size(node), self.shard)
             except Exception as err:
                 if not _is_lost(err, self.conn):
                     raise
-                self._reconnect(jt, [])
+                self._reconnect(node, [])
 
-    def _make_batch(self, info: TableInfo, jt: JobTable, batch: list[Claim], tally: Tally) -> None:
+    def _make_batch(self, node: Node, batch: list[Claim], tally: Tally) -> None:
+        jt = node.jt
         table = jt.table
         for i, claim in enumerate(batch):
             if self.stopping:
                 self._safe(lambda: jt.release(self.owner, batch[i:]))
                 return
-            handle = _JobsHandle(self, jt, claim)
+            handle = _JobsHandle(self, node, claim)
             started = time.monotonic()
             self.in_flight = claim
             try:
@@ -256,15 +311,16 @@ class Worker:
                                               policy=self.settings.policy))
                 return
             if handle.outcome == "lost":
-                self._reconnect(jt, batch[i:], charge=claim)
+                self._reconnect(node, batch[i:], charge=claim)
                 return
-            elapsed = time.monotonic() - started
-            self._seconds_per_key = elapsed if not self._seconds_per_key else 0.7 * self._seconds_per_key + 0.3 * elapsed
+            elapsed = time.monotonic() - started  # per table: a worker's tables may differ by hours per key
+            seconds = self._seconds_per_key.get(node)
+            self._seconds_per_key[node] = elapsed if not seconds else 0.7 * seconds + 0.3 * elapsed
             if handle.outcome == "done":
                 tally.done += 1
             else:
                 tally.failed += handle.outcome == "error"
-            self._flush(jt)
+            self._flush(node)
 
     def _committed(self, table: Any, claim: Claim) -> bool:
         """Did the key's transaction commit before the interrupt landed? (It can land in
@@ -282,10 +338,18 @@ class Worker:
         if self.conn._in_transaction:
             self._safe(self.conn.cancel_transaction)
 
-    def _flush(self, jt: JobTable, force: bool = False) -> None:
-        if self._completed and (force or time.monotonic() - self._last_flush >= self.settings.flush_seconds):
-            done, self._completed = self._completed, []
-            self._safe(lambda: jt.complete(self.owner, done))
+    def _flush(self, node: Node, force: bool = False, owner: Owner | None = None) -> None:
+        """Mark made keys done, after enqueueing what they made ready downstream (in that
+        order: a worker that sees neither the keys in flight nor their downstream keys
+        concludes that nothing more is coming). Should the enqueue fail, the run's final
+        enqueue finds those keys."""
+        done = self._completed.get(node)
+        if done and (force or time.monotonic() - self._last_flush >= self.settings.flush_seconds):
+            self._completed[node] = []
+            made = [c.raw for c in done]
+            for reader in node.readers:
+                self._safe(lambda reader=reader: reader.jt.enqueue(self.restriction, after=(node.jt, made)))
+            self._safe(lambda: node.jt.complete(owner or self.owner, done))
             self._last_flush = time.monotonic()
 
     def _safe(self, action: Callable[[], Any]) -> None:
@@ -295,15 +359,15 @@ class Worker:
         except Exception as err:
             log.warning("could not update the jobs table (%s); `dj-orchestrate reconcile` will", err)
 
-    def _reconnect(self, jt: JobTable, unstarted: list[Claim], charge: Claim | None = None) -> None:
+    def _reconnect(self, node: Node, unstarted: list[Claim], charge: Claim | None = None) -> None:
         """New connection, new owner; the old owner's claims go back to pending."""
         old = self.owner
         self.owner = reconnect(self.conn, self.settings.reconnect_seconds, "worker", give_up=lambda: self.stopping,
                                then=self._new_owner, hint="its keys are released by `dj-orchestrate reconcile`")
-        done, self._completed = self._completed, []
-        self._safe(lambda: jt.complete(old, done))
+        for made in list(self._completed):
+            self._flush(made, force=True, owner=old)
         reason = "lost its database connection"
-        self._safe(lambda: jt.release(old, unstarted, charge=charge, reason=reason, policy=self.settings.policy))
+        self._safe(lambda: node.jt.release(old, unstarted, charge=charge, reason=reason, policy=self.settings.policy))
 
     def _record(self, **fields: Any) -> None:
         if self.run_id is None or self.shard_index is None:

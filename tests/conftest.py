@@ -99,7 +99,7 @@ def configure(db: DB) -> None:
     dj.config["database.reconnect"] = True
     dj.conn(reset=True)
     ledger.tables.cache_clear()
-    for name in ("chain", "quirks"):
+    for name in ("chain", "quirks", "straggler"):
         sys.modules.pop(name, None)
 
 

@@ -99,13 +99,15 @@ def worker_command(request: RunRequest, tables: list[TableInfo], shard_index: in
         cmd += ["--run-id", request.run_id]
     cmd += ["--max-batch", str(s.max_batch), "--grace", str(s.grace),
             "--retries", str(s.policy.retries), "--backoff", str(s.policy.backoff),
-            "--max-attempts", str(s.policy.max_attempts)]
+            "--max-attempts", str(s.policy.max_attempts), "--order", s.order]
+    if request.key_json:  # the workers enqueue downstream keys: within the same restriction
+        cmd += ["--key", request.key_json]
     if shard_index is not None:
         cmd += ["--shard-index", str(shard_index)]
     if fixed_shard:
         cmd += ["--fixed-shard"]
     if enqueue:
-        cmd += ["--enqueue"] + (["--key", request.key_json] if request.key_json else [])
+        cmd += ["--enqueue"]
     return cmd
 
 

@@ -1,5 +1,19 @@
-"""Local processes: the selected tables level by level, N ``dj-orchestrate work``
-processes per level, a progress bar from the jobs tables."""
+"""Local processes: one pool of N ``dj-orchestrate work`` processes over all the selected
+tables for the whole run. Each worker claims whichever key is ready (``flow``: a key's
+downstream work starts as soon as that key is made), so there is no level barrier and
+no pool per level. The driver only launches, watches and reports:
+
+* it enqueues every selected table once at the start (later keys are enqueued by the
+  workers, key by key), and starts no worker when nothing is ready;
+* a worker that dies is reconciled at once (its keys go back to ``pending``, the key in
+  flight charged an attempt) and replaced, and every few seconds a reconcile releases
+  what other dead owners hold (workers wait for upstream keys in flight); the pool grows back to N while keys are
+  ready; at most N × (max_attempts + 1) workers are started in all, so a worker that
+  cannot start, or a key that kills every worker, cannot loop for ever;
+* when no worker is left it reconciles, enqueues again (keys whose upstream was marked
+  done by a reconcile, not by their worker) and starts a new pool if anything is ready;
+* progress: one bar per table, live, while the tables run side by side.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +23,15 @@ import subprocess
 import time
 from typing import Any, Callable, TypeVar
 
-from tqdm import tqdm
-
 from ..db import retrying
 from ..jobs import JobTable, reconcile_all
-from ..pipeline import TableInfo, levels_of
+from ..pipeline import TableInfo
 from .base import Backend, RunRequest, outcome, ready_keys, worker_command
 
 T = TypeVar("T")
+TICK = 0.05  # seconds between looks at the worker processes
+PROGRESS_EVERY = 0.5  # seconds between looks at the jobs tables
+RECONCILE_EVERY = 5.0  # seconds between reconciles while workers run
 
 
 class LocalBackend(Backend):
@@ -24,6 +39,7 @@ class LocalBackend(Backend):
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
+        self.alive: list[subprocess.Popen] = []
         self.job_ids: dict[subprocess.Popen, str] = {}  # the backend job id each worker records
         self.stopping = False
         self.stop_signal = signal.SIGTERM
@@ -44,66 +60,119 @@ class LocalBackend(Backend):
 
     def run(self, request: RunRequest) -> int:
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
-        next_index = 0
+        self.budget = request.workers * (request.worker.policy.max_attempts + 1)
+        progress: Progress | None = None
         try:
-            for level in levels_of(request.tables):
-                for t in level:
+            while not self.stopping and self.budget > 0:
+                for t in request.tables:  # upstream first: each sees the keys made so far
                     self._db(request, lambda t=t: JobTable(t.instance()).enqueue(request.restriction))
-                # A worker that dies leaves its keys reserved; reconcile and relaunch,
-                # at most max_attempts times (a crash-looping key then ends as error).
-                for _round in range(request.worker.policy.max_attempts + 1):
-                    ready = self._db(request, lambda level=level: ready_keys(level))
-                    if self.stopping or not ready:
-                        break
-                    n = max(1, min(request.workers, ready))
-                    self._launch(request, level, range(next_index, next_index + n))
-                    next_index += n
-                    self._follow(request, level)
-                    # every worker of the round has exited: what they still hold is released
-                    # now, not once the server has noticed their sessions are gone
-                    ended = {self.job_ids[p] for p in self.current}
-                    self._db(request, lambda level=level: reconcile_all([t.instance() for t in level],
-                                                                        request.worker.policy, ended))
-                if self.stopping:
+                ready = self._db(request, lambda: ready_keys(request.tables))
+                if not ready:
                     break
+                progress = progress or Progress(request, self._db)
+                self._launch(request, request.tables, self._indices(min(request.workers, ready)))
+                self._follow(request, progress)
+                # every worker has exited: what they still hold is released now, not once
+                # the server has noticed that their sessions are gone
+                ended = set(self.job_ids.values())
+                self._db(request, lambda: reconcile_all([t.instance() for t in request.tables],
+                                                        request.worker.policy, ended))
         finally:
+            if progress is not None:
+                progress.close()
             for s, handler in previous.items():
                 signal.signal(s, handler)
         if self.stopping:
             return 130
+        if not self.procs:  # nothing was ready: no worker, nothing failed
+            return 0
         crashed = any(p.returncode not in (0, None) for p in self.procs)
         return 1 if crashed else outcome(request.run_id)
 
-    def _launch(self, request: RunRequest, level: list[TableInfo], indices: range) -> None:
+    def _indices(self, n: int) -> range:
+        """The next ``n`` worker numbers, within what is left of the launch budget."""
+        n = max(0, min(n, self.budget))
+        self.budget -= n
+        return range(len(self.procs), len(self.procs) + n)
+
+    def _launch(self, request: RunRequest, tables: list[TableInfo], indices: range) -> None:
         env = {**os.environ, **request.target.worker_env(), "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
         request.log_dir.mkdir(parents=True, exist_ok=True)
-        self.current = []
         for i in indices:
             if self.stopping:  # stopped while launching: start no more
                 break
             log_path = request.log_dir / f"worker-{i}.log"
             job_id = f"local-{request.run_id.rsplit('-', 1)[-1]}-{i}"
-            cmd = worker_command(request, level, shard_index=i) + ["--log-path", str(log_path), "--backend-job-id", job_id]
+            cmd = worker_command(request, tables, shard_index=i) + ["--log-path", str(log_path), "--backend-job-id", job_id]
             with open(log_path, "ab") as out:
                 proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             self.procs.append(proc)
+            self.alive.append(proc)
             self.job_ids[proc] = job_id
-            self.current.append(proc)
             if self.stopping:  # the signal came before this worker was in self.procs
                 proc.send_signal(self.stop_signal)
 
-    def _follow(self, request: RunRequest, level: list[TableInfo]) -> None:
-        tables = [JobTable(t.instance()) for t in level]
+    def _follow(self, request: RunRequest, progress: "Progress") -> None:
+        """Until every worker has exited: reconcile and replace the ones that die, grow
+        the pool back to N while keys are ready, show progress. Reconciles now and then
+        too: a worker waits while upstream keys are reserved, also by an owner that died
+        before this run (a stock worker, a run killed with SIGKILL), which only a
+        reconcile releases."""
+        tables = [t.instance() for t in request.tables]
+        next_look, next_reconcile = 0.0, time.monotonic() + RECONCILE_EVERY
+        while self.alive:
+            time.sleep(TICK)
+            died = [p for p in self.alive if p.poll() is not None and p.returncode != 0 and not self.stopping]
+            self.alive = [p for p in self.alive if p.poll() is None]
+            if (died or time.monotonic() >= next_reconcile) and not self.stopping:  # release what the dead hold
+                ended = {self.job_ids[p] for p in self.procs if p.poll() is not None}
+                self._db(request, lambda: reconcile_all(tables, request.worker.policy, ended))
+                next_reconcile = time.monotonic() + RECONCILE_EVERY
+                next_look = 0.0 if died else next_look
+            if time.monotonic() >= next_look or not self.alive:
+                ready = progress.update()
+                next_look = time.monotonic() + PROGRESS_EVERY
+                if not self.stopping and self.alive and len(self.alive) < min(request.workers, len(self.alive) + ready):
+                    self._launch(request, request.tables,
+                                 self._indices(min(request.workers, len(self.alive) + ready) - len(self.alive)))
+        progress.update()
 
-        def remaining() -> int:
-            return self._db(request, lambda: sum(c["pending"] + c["reserved"]
-                                                 for c in (jt.status_counts() for jt in tables)))
 
-        total = remaining()
-        names = ", ".join(t.name for t in level)
-        with tqdm(total=total, desc=names, unit="key", disable=not request.progress or None, leave=True) as bar:
-            while any(p.poll() is None for p in self.current):
-                time.sleep(0.5)
-                bar.update(max(0, total - remaining()) - bar.n)
-            bar.update(max(0, total - remaining()) - bar.n)
+class Progress:
+    """One bar per table: keys made (or failed) in this run of those enqueued so far.
+    The totals grow as upstream keys are made and their downstream keys enqueued."""
+
+    def __init__(self, request: RunRequest, db: Callable) -> None:
+        from tqdm import tqdm  # only a run that starts workers shows progress
+
+        self.request, self.db = request, lambda action: db(request, action)
+        self.tables = [JobTable(t.instance()) for t in request.tables]
+        width = max(len(t.name) for t in request.tables)
+        self.bars = [tqdm(total=0, desc=t.name.ljust(width), unit="key", position=i, leave=True,
+                          disable=not request.progress or None)
+                     for i, t in enumerate(request.tables)]
+        self.shown = not all(bar.disable for bar in self.bars)  # else only the ready keys are read
+        self.start = self._counts()
+
+    def _counts(self) -> list[tuple[int, dict[str, int]]]:
+        return self.db(lambda: [(jt.made() if self.shown else 0, jt.status_counts()) for jt in self.tables])
+
+    def update(self) -> int:
+        """Redraw; returns the keys ready to claim now, over all tables."""
+        counts = self._counts()
+        if not self.shown:
+            return sum(c["ready"] for _, c in counts)
+        for bar, (made0, c0), (made, c) in zip(self.bars, self.start, counts):
+            errors0 = c0["error"]
+            finished = max(0, made - made0) + max(0, c["error"] - errors0)
+            bar.total = finished + c["pending"] + c["reserved"]
+            bar.n = finished
+            bar.set_postfix_str(f"running {c['reserved']}" + (f", failed {c['error'] - errors0}" if c["error"] > errors0 else ""),
+                                refresh=False)
+            bar.refresh()
+        return sum(c["ready"] for _, c in counts)
+
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()

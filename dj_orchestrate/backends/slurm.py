@@ -8,6 +8,14 @@ Arrays longer than the cluster's ``MaxArraySize`` are split (submitit does not).
 arrays start only once SLURM accepted all of them: a rejected one (SLURM's words, exit 2)
 cancels the others, and nothing was enqueued.
 
+No pipelining across arrays, on purpose: a downstream array waits for its upstream arrays
+to end (``afterany``) rather than start beside them, because a pull worker started before
+its keys exist would hold its allocation (a GPU node, say) idle while it waits. Within an
+array nothing changes either: each task serves one table. The tasks run the same
+``dj-orchestrate work`` as every backend; given several ``--table`` options (as the local
+backend, and the Dask backend, give it) that command is a pipelined pull worker that
+claims whichever key is ready (see ``flow``).
+
 The jobs table is the truth; ``squeue`` is a hint that tells reconcile which array
 tasks are gone. On USR2 (sent ``signal_delay_s`` before the time limit, or on
 preemption) a worker releases its claims and submitit requeues the task.

@@ -1,0 +1,86 @@
+"""How keys flow between the tables one worker serves: no level barrier.
+
+A key is ready as soon as it is in its table's ``key_source``, whatever still runs
+elsewhere in the pipeline. So a worker serving several tables claims from whichever
+table has ready keys, and when it has made keys of a table it enqueues, before it marks
+them done, the keys they added to each table whose ``key_source`` reads that table
+(``JobTable.enqueue(after=...)``: the cost grows with the keys made, not with the tables;
+a fan-in's key appears only once all of its parts are there, since ``key_source`` says so).
+
+What a ``key_source`` does not show, a worker cannot see become ready key by key: an
+upstream table reached only through a secondary foreign key, or found in a ``make``. Such
+an upstream table *gates* its dependent: the dependent opens (is enqueued whole) once the
+gate has nothing left pending or reserved, as every table did in the level-by-level runs.
+
+``order`` says which open table a claim tries first:
+
+* ``upstream`` (the default): the shallowest table first. Every upstream key is started
+  as early as it can be, which exposes the most parallelism and starts a straggler as
+  early as possible (the makespan); downstream keys are taken whenever no upstream key
+  is ready, so once the upstream queue is claimed, results follow each upstream key.
+* ``downstream``: the deepest table first. A key's downstream work is done before new
+  upstream work starts, so the first final results arrive sooner and few made-but-
+  unconsumed intermediate keys pile up; a straggler late in the queue starts later.
+* ``levels``: the level-by-level run (every table gated on all tables of lower levels),
+  kept to measure what pipelining gains.
+
+A claim that comes back empty from a table that still has keys due (another worker's
+claim was scanning past them) is tried again before the next table, so the order holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .jobs import JobTable, Restriction
+from .pipeline import TableInfo
+
+ORDERS = ("upstream", "downstream", "levels")
+
+
+@dataclass(eq=False)
+class Node:
+    """One table as a worker sees it: who to tell when its keys are made, what it waits for."""
+
+    info: TableInfo
+    jt: JobTable
+    readers: list["Node"] = field(default_factory=list)  # enqueue into these after keys here are made
+    gates: list["Node"] = field(default_factory=list)  # open only when these are finished
+    feeds: bool = False  # another table here waits for this one's keys
+    opened: bool = True  # claimable: no gates, or gates passed (and enqueued whole)
+
+
+def build(infos: list[TableInfo], order: str = "upstream") -> list[Node]:
+    """The worker's tables as nodes, in the order a claim tries them."""
+    nodes = [Node(t, JobTable(t.instance())) for t in sorted(infos, key=lambda t: (t.level, t.order))]
+    by_name = {n.info.full_name: n for n in nodes}
+    covered: dict[str, set[str]] = {}
+    for n in nodes:  # upstream first: covered[x] is known for every table n reads
+        read = [x for x in nodes if x is not n and n.jt.reads(x.jt)]
+        covered[n.info.full_name] = set().union(*({x.info.full_name} | x.info.upstream | covered[x.info.full_name]
+                                                  for x in read if x.info.full_name in covered))
+        if order == "levels":
+            n.gates = [x for x in nodes if x.info.level < n.info.level]
+        else:
+            n.gates = [by_name[u] for u in sorted(n.info.upstream - covered[n.info.full_name]) if u in by_name]
+        n.opened = not n.gates
+        for x in read:
+            if not n.gates:
+                x.readers.append(n)
+        for g in n.gates:
+            g.feeds = True
+    for n in nodes:
+        n.feeds = n.feeds or bool(n.readers)
+    return nodes[::-1] if order == "downstream" else nodes
+
+
+def open_gates(nodes: list[Node], activity: dict[Node, tuple[bool, bool]], restriction: Restriction) -> bool:
+    """Open every closed table whose gates are finished (opened, nothing due or reserved):
+    enqueue it whole. ``activity``: (keys due, keys reserved) per node. True when one opened."""
+    opened = False
+    for n in sorted(nodes, key=lambda n: (n.info.level, n.info.order)):
+        if not n.opened and all(g.opened and not any(activity[g]) for g in n.gates):
+            n.jt.enqueue(restriction)
+            n.opened = opened = True
+            activity[n] = (True, False)
+    return opened
