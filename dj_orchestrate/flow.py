@@ -8,9 +8,11 @@ them done, the keys they added to each table whose ``key_source`` reads that tab
 a fan-in's key appears only once all of its parts are there, since ``key_source`` says so).
 
 What a ``key_source`` does not show, a worker cannot see become ready key by key: an
-upstream table reached only through a secondary foreign key, or found in a ``make``. Such
-an upstream table *gates* its dependent: the dependent opens (is enqueued whole) once the
-gate has nothing left pending or reserved, as every table did in the level-by-level runs.
+upstream table reached only through a secondary foreign key, or a table its ``make`` reads
+(``TableInfo.hidden``: always, since a make may read all of it). Such a table, and every
+table upstream of it, *gates* its dependent: no key of the dependent is claimed until they
+have nothing left due or reserved (then it is enqueued whole), as every table did in the
+level-by-level runs. Its keys are still queued as they appear (progress counts them).
 
 ``order`` says which open table a claim tries first:
 
@@ -23,6 +25,9 @@ gate has nothing left pending or reserved, as every table did in the level-by-le
   unconsumed intermediate keys pile up; a straggler late in the queue starts later.
 * ``levels``: the level-by-level run (every table gated on all tables of lower levels),
   kept to measure what pipelining gains.
+* ``declared``: one table at a time in the order the module defines them (``run`` and
+  every worker apply ``pipeline.in_declared_order``), for pipelines whose makes read
+  tables in ways no analysis sees.
 
 A claim that comes back empty from a table that still has keys due (another worker's
 claim was scanning past them) is tried again before the next table, so the order holds.
@@ -35,7 +40,8 @@ from dataclasses import dataclass, field
 from .jobs import JobTable, Restriction
 from .pipeline import TableInfo
 
-ORDERS = ("upstream", "downstream", "levels")
+ORDERS = ("upstream", "downstream", "levels", "declared")
+BARRIERS = ("levels", "declared")  # no pipelining: every table waits for the tables before it
 
 
 @dataclass(eq=False)
@@ -54,18 +60,34 @@ def build(infos: list[TableInfo], order: str = "upstream") -> list[Node]:
     """The worker's tables as nodes, in the order a claim tries them."""
     nodes = [Node(t, JobTable(t.instance())) for t in sorted(infos, key=lambda t: (t.level, t.order))]
     by_name = {n.info.full_name: n for n in nodes}
+    by_class = {n.info.name: n.info.full_name for n in nodes}
+
+    def closure(names: set[str]) -> set[str]:
+        """The tables named and every table here upstream of them: a gate is finished
+        only once nothing upstream of it can add keys to it either."""
+        out: set[str] = set()
+        todo = [u for u in names if u in by_name]
+        while todo:
+            u = todo.pop()
+            if u not in out:
+                out.add(u)
+                todo += [x for x in by_name[u].info.upstream if x in by_name]
+        return out
+
     covered: dict[str, set[str]] = {}
     for n in nodes:  # upstream first: covered[x] is known for every table n reads
         read = [x for x in nodes if x is not n and n.jt.reads(x.jt)]
         covered[n.info.full_name] = set().union(*({x.info.full_name} | x.info.upstream | covered[x.info.full_name]
                                                   for x in read if x.info.full_name in covered))
-        if order == "levels":
-            n.gates = [x for x in nodes if x.info.level < n.info.level]
-        else:
-            n.gates = [by_name[u] for u in sorted(n.info.upstream - covered[n.info.full_name]) if u in by_name]
+        if order in BARRIERS:
+            gates = {x.info.full_name for x in nodes if x.info.level < n.info.level}
+        else:  # a table its make reads is a gate even where a key_source path covers it
+            hidden = {by_class[h] for h in n.info.hidden if h in by_class}
+            gates = closure((n.info.upstream - covered[n.info.full_name]) | hidden)
+        n.gates = [x for x in nodes if x.info.full_name in gates]
         n.opened = not n.gates
         for x in read:
-            if not n.gates:
+            if order not in BARRIERS:  # a gated table's keys are queued too, claimed once it opens
                 x.readers.append(n)
         for g in n.gates:
             g.feeds = True

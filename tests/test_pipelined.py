@@ -43,11 +43,15 @@ def test_a_straggler_holds_back_only_its_own_downstream_keys(straggler, db, orde
     at = finished(straggler)
     items = [(g, g * PER_GROUP + i) for g in range(GROUPS) for i in range(PER_GROUP)]
     assert set(at) == ({("Square", g, i) for g, i in items} | {("Total", g, i) for g, i in items}
-                       | {("GroupSum", g, -1) for g in range(GROUPS)})  # each key made, once (Done's key)
+                       | {("GroupSum", g, -1) for g in range(GROUPS)}
+                       | {("Report", g, -1) for g in range(GROUPS)})  # each key made, once (Done's key)
     slow = at[("Square", 0, SLOW)]
-    late = [k for k, t in at.items() if t > slow]
+    late = [k for k, t in at.items() if t > slow and k[0] != "Report"]
     assert sorted(late) == [("GroupSum", 0, -1), ("Total", 0, SLOW)], f"made after the straggler: {late}"
     assert at[("GroupSum", 0, -1)] > max(at[("Square", 0, i)] for _, i in items[:PER_GROUP])
+    # Report's make reads every Total (a hidden dependency): none before the last Total
+    assert min(t for (tbl, _, _), t in at.items() if tbl == "Report") > max(t for (tbl, _, _), t in at.items() if tbl == "Total")
+    assert {r["totals"] for r in straggler.Report.to_dicts()} == {GROUPS * PER_GROUP}
     assert not JobTable(straggler.GroupSum()).errors() and not JobTable(straggler.Total()).errors()
 
 
@@ -60,7 +64,7 @@ def test_order_levels_keeps_the_level_barrier(straggler, db):
     at = finished(straggler)
     squares = max(t for (tbl, _, _), t in at.items() if tbl == "Square")
     assert min(t for (tbl, _, _), t in at.items() if tbl != "Square") > squares
-    assert len(at) == 2 * GROUPS * PER_GROUP + GROUPS
+    assert len(at) == 2 * GROUPS * PER_GROUP + 2 * GROUPS
 
 
 def test_a_fan_in_is_enqueued_only_once_all_of_its_parts_are_made(straggler, db):
@@ -140,8 +144,14 @@ def test_enqueue_after_reads_rows_in_proportion_to_the_new_keys(chain, db):
 def test_flow_readers_gates_and_order(straggler, db):
     """Square feeds Total and the fan-in GroupSum key by key (their key_source reads it);
     an upstream table no key_source shows (here: one added as a hidden dependency) gates
-    its dependent instead; ``levels`` gates every table on the levels before it."""
-    tables = infos(straggler)
+    its dependent instead, together with everything upstream of it (a gate idle for a
+    moment while its own upstream still adds keys to it is not finished); a table a make
+    reads gates even when a key_source path covers it; ``levels`` and ``declared`` gate
+    every table on the levels before it."""
+    every = {n.info.name: n for n in flow.build(infos(straggler))}
+    assert [g.info.name for g in every["Report"].gates] == ["Square", "Total"]  # its make reads Total
+    assert every["Total"].feeds and not every["Report"].opened
+    tables = [t for t in infos(straggler) if t.name != "Report"]
     nodes = {n.info.name: n for n in flow.build(tables)}
     assert [n.info.name for n in flow.build(tables)][0] == "Square"  # upstream first, the default
     assert [n.info.name for n in flow.build(tables, "downstream")][-1] == "Square"
@@ -149,9 +159,17 @@ def test_flow_readers_gates_and_order(straggler, db):
     assert all(not n.gates and n.opened for n in nodes.values())
     assert nodes["Square"].feeds and not nodes["Total"].feeds
     total = next(t for t in tables if t.name == "Total")
-    hidden = dataclasses.replace(total, upstream=total.upstream | {next(t.full_name for t in tables if t.name == "GroupSum")})
+    hidden = dataclasses.replace(total, upstream=total.upstream | {next(t.full_name for t in tables if t.name == "GroupSum")},
+                                 hidden=frozenset({"GroupSum"}))
     nodes = {n.info.name: n for n in flow.build([t if t is not total else hidden for t in tables])}
-    assert [g.info.name for g in nodes["Total"].gates] == ["GroupSum"] and not nodes["Total"].opened
+    assert [g.info.name for g in nodes["Total"].gates] == ["Square", "GroupSum"] and not nodes["Total"].opened
     assert nodes["GroupSum"].feeds
+    assert {r.info.name for r in nodes["Square"].readers} == {"Total", "GroupSum"}  # queued, claimed once open
+    make_reads_square = dataclasses.replace(total, hidden=frozenset({"Square"}))  # covered by key_source, still a gate
+    nodes = {n.info.name: n for n in flow.build([t if t is not total else make_reads_square for t in tables])}
+    assert [g.info.name for g in nodes["Total"].gates] == ["Square"]
     levels = {n.info.name: n for n in flow.build(tables, "levels")}
     assert {g.info.name for g in levels["Total"].gates} == {"Square"} and not levels["Square"].readers
+    in_order = pipeline.in_declared_order(tables)
+    declared = {n.info.name: n for n in flow.build(in_order, "declared")}
+    assert [g.info.name for g in declared[in_order[-1].name].gates] == [t.name for t in in_order[:-1]]

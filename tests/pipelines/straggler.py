@@ -1,6 +1,7 @@
-"""Test pipeline for pipelined runs: Group -> Item -> Square -> Total, and a fan-in
+"""Test pipeline for pipelined runs: Group -> Item -> Square -> Total, a fan-in
 GroupSum whose custom key_source holds a group back until every one of its items has
-its Square. ``Done`` is a side ledger of completion times: each make writes
+its Square, and Report, whose make counts every Total with no foreign key to Total (a
+hidden dependency: no Report may be made before the last Total). ``Done`` is a side ledger of completion times: each make writes
 ``time.time()`` at its end, inside its transaction, so ``Done`` orders the commits.
 
 DJO_TEST_SLOW: item ids whose Square make sleeps DJO_TEST_SLOW_SECONDS (default 3):
@@ -96,6 +97,20 @@ class GroupSum(dj.Computed):
             raise ValueError(f"group {key['group_id']} made before all of its Squares")
         self.insert1({**key, "n": len(squares), "total": sum(r["square"] for r in squares)})
         done("GroupSum", key)
+
+
+@schema
+class Report(dj.Computed):
+    definition = """
+    -> Group
+    ---
+    totals : int32   # Totals there when the report was made
+    items  : int32   # Items there then
+    """
+
+    def make(self, key):
+        self.insert1({**key, "totals": len(Total()), "items": len(Item())})
+        done("Report", key)
 
 
 def seed(groups: int, per_group: int) -> None:
