@@ -201,16 +201,23 @@ def _names(code: Any) -> set[str]:
     return names
 
 
+def _custom_key_source(cls: type) -> bool:
+    """Whether the user's class defines ``key_source``. Building one costs a heading load
+    per parent (7 catalog queries each), for every table, on every command."""
+    return any("key_source" in k.__dict__ for k in cls.__mro__ if not k.__module__.startswith("datajoint"))
+
+
 def _upstream(cls: type, names: set[str]) -> tuple[set[str], set[str]]:
     """Tables among ``names`` this table waits for, and of those the ones no foreign key
     and no ``key_source`` shows: its foreign-key ancestors, the tables a custom
     ``key_source`` reads (a fan-in), and the tables its code reads."""
     deps = cls.connection.dependencies
     found = {a for a in deps.ancestors(cls.full_table_name) if a in names}
-    from .jobs import key_source_of
+    if _custom_key_source(cls):  # DataJoint's own reads only the primary parents: ancestors already
+        from .jobs import key_source_of
 
-    sql = key_source_of(cls)[0]
-    found.update(n for n in names if n in sql)
+        sql = key_source_of(cls)[0]
+        found.update(n for n in names if n in sql)
     found.discard(cls.full_table_name)
     hidden = (code_references(cls) & names) - found
     return found | hidden, hidden
