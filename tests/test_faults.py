@@ -174,9 +174,9 @@ def test_sigkill_whole_run_then_reconcile_and_rerun(chain, db, procs):
     out = finish(procs, rec, 60)
     assert rec.returncode == 0, explain(procs, rec)
     result = json.loads(out[out.index("{"):])
-    assert 1 <= result["charged"] <= len(killed), result
+    assert 1 <= result["charged_an_attempt"] <= len(killed), result
     charged = [r for r in jobs_rows(chain.Square) if r["attempts"] == 1]
-    assert len(charged) == result["charged"]
+    assert len(charged) == result["charged_an_attempt"]
     assert all("lost its database connection" in r["error_message"] and r["status"] == "pending" for r in charged)
     assert_nothing_reserved(chain)
 
