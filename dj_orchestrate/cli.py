@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -474,6 +476,27 @@ def render_options(f: Callable) -> Callable:
     return f
 
 
+def command_line(ctx: click.Context, skip: tuple[str, ...] = ()) -> str:
+    """The command as it was typed, options at their defaults and ``skip`` left out:
+    the header of a generated file, saying how to make it again."""
+    words: list[str] = []
+    parent = ctx
+    while parent.parent is not None:
+        words.insert(0, parent.info_name or "")
+        parent = parent.parent
+    words.insert(0, "dj-orchestrate")
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in skip or value in (None, False, ()) or value == param.default:
+            continue
+        if isinstance(param, click.Argument):
+            words.append(value)
+            continue
+        for item in (value if param.multiple else [value]):
+            words += [param.opts[0]] + ([] if param.is_flag else [str(item)])
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def render_request(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, out_dir: str) -> RunRequest:
     """The run a render describes. Reads the pipeline's tables and counts, writes nothing
     to the database; the pipeline is named as a worker elsewhere can load it."""
@@ -609,3 +632,84 @@ def command_name() -> str:
     if shutil.which("dj-orchestrate") or not script.exists():
         return "dj-orchestrate"
     return os.path.relpath(script) if not os.path.relpath(script).startswith("..") else str(script)
+
+
+@main.group()
+def airflow() -> None:
+    """Airflow: render the pipeline as a DAG (and the steps its tasks run)."""
+
+
+@airflow.command("render")
+@render_options
+@click.option("--out", "out_dir", default="dags", show_default=True, type=click.Path(file_okay=False),
+              help="The dags folder to write the DAG file into.")
+@click.option("--dag-id", help="The DAG's id and file name (default: from the pipeline, my_lab.pipeline -> my_lab_pipeline).")
+@click.option("--schedule", help='Cron expression or preset, e.g. "0 2 * * *" or @daily (default: triggered only).')
+@click.option("--conn-id", default="datajoint_default", show_default=True,
+              help="The Airflow connection (mysql or postgres) the tasks take the database credentials from.")
+@click.option("--mode", type=click.Choice(["worker", "slurm", "dask", "kubernetes"]), help="Where work runs (default: [airflow] mode, worker).")
+@click.option("--python", help="The lab's Python on the Airflow workers (default: [airflow] python, else the worker's own).")
+@click.option("--check", "check_only", is_flag=True, help="Write nothing; exit 1 when the file on disk is not what render writes.")
+@friendly
+def airflow_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, config_path: str | None,
+                   out_dir: str, dag_id: str | None, schedule: str | None, conn_id: str, mode: str | None,
+                   python: str | None, check_only: bool) -> None:
+    """Write one DAG file for the pipeline into the dags folder (or --check it)."""
+    import dataclasses
+
+    from .backends import airflow as af
+
+    af.require_airflow()
+    af.check_schedule(schedule)
+    config = af.load_config(config_path)
+    config.defaults = dataclasses.replace(config.defaults, **{k: v for k, v in (("mode", mode), ("python", python)) if v})
+    af.check_mode(config.defaults.mode)
+    request = render_request(pipeline_spec, tables, key_json, out_dir)
+    for info in request.tables:
+        af.check_mode(config.for_table(info).mode)
+    dag_id = af.check_dag_id(dag_id or af.default_dag_id(request.pipeline))
+    options = af.DagOptions(dag_id, schedule, conn_id, config.defaults.mode, config.defaults.python,
+                            command_line(click.get_current_context(), skip=("out_dir", "check_only")))
+    text = af.render(request, config, options)
+    path = Path(out_dir) / f"{re.sub(r'[^A-Za-z0-9_]', '_', dag_id)}.py"
+    if check_only:
+        if not path.is_file() or path.read_text() != text:
+            click.echo(f"{path} is {'stale' if path.is_file() else 'missing'}: render it again without --check", err=True)
+            sys.exit(1)
+        click.echo(f"{path} is up to date")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    click.echo(str(path))
+
+
+@airflow.command("enqueue")
+@pipeline_arg
+@click.option("--table", required=True, metavar="NAME", help="The table whose missing keys to enqueue.")
+@key_opt
+@click.option("--shard-size", default=1000, show_default=True, help="Keys per shard.")
+@click.option("--max-shards", default=1024, show_default=True, help="Most shards; beyond it, shards grow.")
+@friendly
+def airflow_enqueue(pipeline_spec: str, table: str, key_json: str | None, shard_size: int, max_shards: int) -> None:
+    """(Run by the DAG's enqueue tasks.) Enqueue a table's missing keys; print its shards as JSON."""
+    from .backends import airflow as af
+
+    _, infos, restriction = open_pipeline(pipeline_spec, (table,), key_json)
+    emit_json({"table": table, **af.enqueue(infos[0], restriction, shard_size, max_shards)})
+
+
+@airflow.command("check")
+@pipeline_arg
+@table_opt
+@key_opt
+@friendly
+def airflow_check(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None) -> None:
+    """(Run by the DAG's check task.) Exit 1, naming them, when keys failed or were not made."""
+    from .backends import airflow as af
+
+    _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    lines = af.unfinished(infos, restriction)
+    if lines:
+        click.echo("\n".join(lines + [f"{len(lines)} problem(s); `dj-orchestrate errors {pipeline_spec}` lists the failed keys"]))
+        sys.exit(1)
+    click.echo(f"every key of {', '.join(t.name for t in infos)} is made")
