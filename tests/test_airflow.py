@@ -4,7 +4,7 @@
 
 ``dags test`` runs a DAG's tasks one after the other in one process: a run of the demo
 pipeline costs a Python start per task, so there are only three (MariaDB, PostgreSQL,
-and a run restricted by the DAG's params).
+and a run restricted by the DAG's params, on MariaDB).
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ DEMO = "dj_orchestrate.examples.demo"
 DAG_ID = "dj_orchestrate_examples_demo"
 DEMO_TABLES = ("Preprocess", "Behavior", "SpikeSorting", "QualityMetrics", "SessionSummary")
 AIRFLOW = importlib.util.find_spec("airflow") is not None
+
+
+@pytest.fixture(autouse=True)
+def _airflow_installed() -> None:
+    require(AIRFLOW, "apache-airflow (pip install 'dj-orchestrate[airflow]')")
 
 
 class Airflow:
@@ -59,7 +64,6 @@ class Airflow:
 
 @pytest.fixture(scope="session")
 def airflow(tmp_path_factory) -> Airflow:
-    require(AIRFLOW, "apache-airflow (pip install 'dj-orchestrate[airflow]')")
     af = Airflow(tmp_path_factory.mktemp("airflow"))
     out = af.run("db", "migrate", timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
@@ -189,16 +193,16 @@ def test_fifty_table_dag_parses_fast_without_database_and_maps_within_limit(db, 
     assert parsed["errors"] == {}
     tasks = parsed["tasks"]["wide"]
     assert len(tasks) == 50 * 2 + 1
-    assert all(tasks[f"T{i:02d}.work"] == "MappedOperator" for i in range(50))
+    assert all(tasks[f"T{i:02d}.work"].endswith("MappedOperator") for i in range(50))
     assert parsed["seconds"] < 1.0, parsed["seconds"]
     assert "datajoint" not in parsed["modules"] and "wide" not in parsed["modules"]  # nor the pipeline
     assert "max_shards\": 1024" in dag_file.read_text() and parsed["max_map_length"] >= 1024
 
     # the DAG's enqueue step caps its shards, whatever the key count
-    import datajoint as dj
+    from dj_orchestrate import pipeline
 
-    dj.Schema(db.schema).spawn_missing_classes(context=(ns := {}))
-    ns["Root"].insert(({"root_id": i} for i in range(1500)))
+    sys.modules.pop("wide", None)
+    pipeline.load(str(path)).Root.insert(({"root_id": i} for i in range(1500)))
     step = db.cli("airflow", "enqueue", str(path), "--table", "T00", "--shard-size", "1")
     assert step.returncode == 0, step.stderr
     assert json.loads(step.stdout) == {"table": "T00", "enqueued": 1500, "pending": 1500, "shards": 1024}
@@ -289,6 +293,11 @@ def test_dags_test_runs_the_demo_pipeline_end_to_end(db, airflow, database_acces
         assert r["log_path"].startswith(str(airflow.home / "logs" / f"dag_id={DAG_ID}"))
         assert "task_id=Preprocess.work/map_index=0/attempt=1.log" in r["log_path"]
 
+    for text in (dag_file.read_text(), output, airflow.logs()):
+        assert sentinel not in text
+    if db.backend != "mysql":  # the restricted run once: `dags test` is slow, and --key is tested on both elsewhere
+        return
+
     # a run restricted by the DAG's params: two new sessions, three tables
     demo.seed(30)
     conf = {"key": [{"session_id": 25}, {"session_id": 26}], "tables": ["Behavior", "Preprocess", "SpikeSorting"]}
@@ -299,5 +308,4 @@ def test_dags_test_runs_the_demo_pipeline_end_to_end(db, airflow, database_acces
     assert new == {"Preprocess": [25, 26], "Behavior": [25, 26], "SpikeSorting": [25, 26],
                    "QualityMetrics": [], "SessionSummary": []}
 
-    for text in (dag_file.read_text(), output, again.stdout + again.stderr, airflow.logs()):
-        assert sentinel not in text
+    assert sentinel not in again.stdout + again.stderr + airflow.logs()

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""The Airflow DAG (`airflow dags test`, worker mode) against the local backend and stock
+populate: same pipeline, same keys, same number of workers per table.
+
+    python bench/bench_airflow.py                       # PostgreSQL, 10,000 keys per table
+    python bench/bench_airflow.py --db mysql --keys 2000
+
+The pipeline is bench_slurm's (bench/slurm_pipeline.py): three computed tables in a
+chain, ``--keys`` keys each, every make trivial, so the bench measures orchestration.
+The DAG gets ``shard_size = keys / W`` (W mapped work tasks per table); the local run
+``--workers W``; stock DataJoint W processes of ``populate(reserve_jobs=True)`` per
+table, table after table.
+
+``airflow dags test`` runs the task instances one after the other in one process (a
+deployment runs a table's shards side by side on its workers), each a Python start of
+``dj-orchestrate``: the row measures what the DAG costs, not Airflow's parallelism.
+Timed from process start to exit; ``airflow db migrate`` and the render are not timed
+(done once per deployment), and are reported apart.
+
+Needs apache-airflow (the ``airflow`` extra) and the database; uses a fresh schema
+``djo_bench_slurm_<random>`` (and its ledger) and a temporary AIRFLOW_HOME, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_slurm import PIPELINE, ROOT, TABLES, Bench, log  # noqa: E402
+
+
+class AirflowBench(Bench):
+    def airflow(self) -> dict:
+        home = self.tmp / "airflow"
+        env = {**self.env, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+               "AIRFLOW__CORE__LOAD_EXAMPLES": "false", "PYTHONPATH": str(ROOT)}
+        config = self.tmp / "dj_orchestrate.toml"
+        config.write_text(f"[airflow]\nshard_size = {math.ceil(self.keys / self.workers)}\nretries = 0\n")
+
+        def timed(*cmd: str) -> tuple[subprocess.CompletedProcess, float]:
+            start = time.perf_counter()
+            out = subprocess.run(cmd, env=env, cwd=self.tmp, capture_output=True, text=True, timeout=7200)
+            return out, time.perf_counter() - start
+
+        out, migrate = timed(sys.executable, "-m", "airflow", "db", "migrate")
+        if out.returncode:
+            sys.exit(f"bench_airflow: airflow db migrate failed:\n{out.stderr[-3000:]}")
+        out, render = timed(sys.executable, "-m", "dj_orchestrate", "airflow", "render", PIPELINE, "--out",
+                            str(home / "dags"), "--dag-id", "bench", "--config", str(config))
+        if out.returncode:
+            sys.exit(f"bench_airflow: render failed:\n{out.stderr}")
+        log(f"airflow: db migrate {migrate:.1f} s, render {render:.1f} s; dags test, {self.workers} shards per table")
+        out, complete = timed(sys.executable, "-m", "airflow", "dags", "test", "bench")
+        if out.returncode:
+            sys.exit(f"bench_airflow: dags test failed ({out.returncode}):\n{(out.stdout + out.stderr)[-5000:]}")
+        with sqlite3.connect(home / "airflow.db") as airflow_db:
+            tasks = airflow_db.execute("SELECT COUNT(*) FROM task_instance WHERE dag_id = 'bench'").fetchone()[0]
+        made = {t: self.made(t) for t in TABLES}
+        log(f"airflow: complete in {complete:.1f} s, {tasks} task instances ({made})")
+        return {"complete": complete, "made": made, "left": self.leftovers(), "tasks": tasks,
+                "migrate": migrate, "render": render}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", choices=("mysql", "postgresql"), default="postgresql")
+    parser.add_argument("--keys", type=int, default=10_000, help="keys per table (default 10,000)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="workers (shards) per table (default: the CPUs)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="djo-bench-airflow-") as tmp:
+        bench = AirflowBench(args.db, args.keys, args.workers, Path(tmp), count_sbatch=False)
+        try:
+            log(f"{args.db}: filling Source with {args.keys:,} keys (schema {bench.schema})")
+            bench.fill()
+            airflow = bench.airflow()
+            bench.reset()
+            local = bench.local()
+            bench.reset()
+            stock = bench.stock()
+        finally:
+            bench.drop()
+    n = args.keys * len(TABLES)
+    runs = {"airflow": airflow, "local": local, "stock": stock}
+    ok = {k: all(v == args.keys for v in r["made"].values()) and not r["left"] for k, r in runs.items()}
+    t = {k: r["complete"] for k, r in runs.items()}
+    limit = len(TABLES) + 1 + len(TABLES) * args.workers  # an enqueue per table, the check, the shards
+    import airflow as airflow_pkg
+
+    print(f"\n{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"Airflow {airflow_pkg.__version__}\n{args.db}, {len(TABLES)} tables x {args.keys:,} keys = {n:,} makes, "
+          f"{args.workers} workers (shards) per table\n")
+    rows = [
+        ("task instances", f"≤ {limit} ({len(TABLES)} enqueue + 1 check + {len(TABLES) * args.workers} shards)", str(airflow["tasks"]), "—", "—", "", "",
+         airflow["tasks"] <= limit),
+        ("time to complete (CLI wall time)", "small cost over local", *(f"{t[k]:.1f} s" for k in runs),
+         f"{t['airflow'] / t['local']:.2f}×", f"{t['airflow'] / t['stock']:.2f}×", None),
+        ("throughput", "—", *(f"{n / t[k]:.0f} makes/s" for k in runs), "", "", None),
+        ("every key made, nothing left", "yes", *("yes" if ok[k] else f"no {runs[k]['left']}" for k in runs), "", "",
+         all(ok.values())),
+        ("once per deployment: db migrate, render", "—", f"{airflow['migrate']:.1f} s, {airflow['render']:.1f} s", "—", "—",
+         "", "", None),
+    ]
+    print("| metric | target | airflow dags test | local | stock populate(reserve_jobs=True) | airflow ÷ local | airflow ÷ stock | met |")
+    print("|---|---|---|---|---|---|---|---|")
+    for *cells, met in rows:
+        print("| " + " | ".join(cells) + f" | {'' if met is None else ('yes' if met else 'NO')} |")
+
+
+if __name__ == "__main__":
+    main()
