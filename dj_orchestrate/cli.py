@@ -668,8 +668,7 @@ def airflow_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | 
     for info in request.tables:
         af.check_mode(config.for_table(info).mode)
     dag_id = af.check_dag_id(dag_id or af.default_dag_id(request.pipeline))
-    options = af.DagOptions(dag_id, schedule, conn_id, config.defaults.mode, config.defaults.python,
-                            command_line(click.get_current_context(), skip=("out_dir", "check_only")))
+    options = af.DagOptions(dag_id, schedule, conn_id, command_line(click.get_current_context(), skip=("out_dir", "check_only")))
     text = af.render(request, config, options)
     path = Path(out_dir) / f"{re.sub(r'[^A-Za-z0-9_]', '_', dag_id)}.py"
     if check_only:

@@ -132,8 +132,6 @@ class DagOptions:
     dag_id: str
     schedule: str | None = None
     conn_id: str = "datajoint_default"
-    mode: str = "worker"
-    python: str | None = None
     command: str = ""  # the render command line, for the file's header
 
 
@@ -164,7 +162,7 @@ def render(request: RunRequest, config: BackendConfig[AirflowSettings], options:
     after = direct_upstream(request.tables)
     tables = {t.name: table_spec(config.for_table(t), after[t.name]) for t in request.tables}
     pools = sorted({spec["task"]["pool"] for spec in tables.values() if "pool" in spec["task"]})
-    pipeline = {"pipeline": request.pipeline, "conn_id": options.conn_id, "python": options.python or config.defaults.python}
+    pipeline = {"pipeline": request.pipeline, "conn_id": options.conn_id, "python": config.defaults.python}
     key = request.restriction.keys or None
     return TEMPLATE.format(
         dag_id=options.dag_id, dag_id_literal=_literal(options.dag_id), pipeline=request.pipeline, version=__version__, command=options.command,
