@@ -37,6 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_slurm import PIPELINE, ROOT, TABLES, Bench, log  # noqa: E402
 
+from dj_orchestrate.db import is_lost  # noqa: E402
+
 
 class AirflowBench(Bench):
     def airflow(self) -> dict:
@@ -62,6 +64,8 @@ class AirflowBench(Bench):
         out, complete = timed(sys.executable, "-m", "airflow", "dags", "test", "bench")
         if out.returncode:
             sys.exit(f"bench_airflow: dags test failed ({out.returncode}):\n{(out.stdout + out.stderr)[-5000:]}")
+        if is_lost(None, self.conn):  # idle through the run: a shared server may have restarted
+            self.conn.connect()
         with sqlite3.connect(home / "airflow.db") as airflow_db:
             tasks = airflow_db.execute("SELECT COUNT(*) FROM task_instance WHERE dag_id = 'bench'").fetchone()[0]
         made = {t: self.made(t) for t in TABLES}
