@@ -665,6 +665,9 @@ def airflow_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | 
     config.defaults = dataclasses.replace(config.defaults, **{k: v for k, v in (("mode", mode), ("python", python)) if v})
     af.check_mode(config.defaults.mode)
     request = render_request(pipeline_spec, tables, key_json, out_dir)
+    request.tables = claimable(request.tables, "leaving out")
+    if not request.tables:
+        raise UsageError("none of the selected tables can have a jobs table", "select tables whose keys can be claimed")
     for info in request.tables:
         af.check_mode(config.for_table(info).mode)
     dag_id = af.check_dag_id(dag_id or af.default_dag_id(request.pipeline))

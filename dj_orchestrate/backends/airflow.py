@@ -29,7 +29,7 @@ from .. import __version__
 from ..config import BackendConfig, Settings
 from ..errors import UsageError
 from ..jobs import JobTable, Restriction, reconcile_all
-from ..pipeline import TableInfo, _upstream
+from ..pipeline import TableInfo
 from .base import RunRequest
 
 EXTRA = "pip install 'dj-orchestrate[airflow]'"
@@ -136,11 +136,11 @@ class DagOptions:
 
 
 def direct_upstream(infos: list[TableInfo]) -> dict[str, list[str]]:
-    """Per table, the selected tables it waits for directly (foreign keys and custom
-    key_source fan-ins alike), without those already implied through another one."""
-    names = {t.full_name for t in infos}
+    """Per table, the selected tables it waits for directly (``TableInfo.upstream``:
+    foreign keys, custom key_source fan-ins and make's reads alike), without those
+    already implied through another one."""
     by_full = {t.full_name: t.name for t in infos}
-    ancestors = {t.full_name: _upstream(t.cls, names) for t in infos}
+    ancestors = {t.full_name: set(t.upstream) & set(by_full) for t in infos}
     return {t.name: [by_full[u] for u in sorted(ancestors[t.full_name], key=list(by_full).index)
                      if not any(u in ancestors[v] for v in ancestors[t.full_name])]
             for t in infos}
