@@ -387,8 +387,8 @@ def test_db_wait_gives_up_with_one_line_after_the_time_given():
     assert bad.returncode == 2 and "DJO_DB_WAIT='soon' is not a number" in bad.stderr
 
 
-def late_proxy(port: int, target: int, delay: float) -> None:
-    """A database that comes up late: after ``delay`` seconds, forward ``port`` to ``target``."""
+def late_proxy(port: int, target: int, opened: threading.Event) -> None:
+    """A database that comes up late: once ``opened`` is set, forward ``port`` to ``target``."""
 
     def pump(src: socket.socket, dst: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -398,7 +398,7 @@ def late_proxy(port: int, target: int, delay: float) -> None:
             dst.shutdown(socket.SHUT_WR)
 
     def serve() -> None:
-        time.sleep(delay)
+        opened.wait()
         server = socket.create_server(("127.0.0.1", port))
         while True:
             client, _ = server.accept()
@@ -411,11 +411,21 @@ def late_proxy(port: int, target: int, delay: float) -> None:
 
 def test_init_waits_for_a_database_that_starts_late(db):
     """The init service may start before its database (PostgreSQL under its profile has no
-    depends_on): with DJO_DB_WAIT it retries until the server answers, then seeds."""
-    port = free_port()
-    late_proxy(port, int(db.env["DJ_PORT"]), delay=3)
-    out = db.cli("demo", "--seed-only", "--sessions", "3",
-                 env={"DJ_PORT": str(port), "DJO_DB_WAIT": "60", "DJO_DEMO_SCHEMA": db.schema})
-    assert out.returncode == 0, out.stderr
-    assert "waiting for the database" in out.stderr
+    depends_on): with DJO_DB_WAIT it retries until the server answers, then seeds. The
+    database appears only after the command said it is waiting, however slow its start."""
+    port, opened = free_port(), threading.Event()
+    late_proxy(port, int(db.env["DJ_PORT"]), opened)
+    env = {**db.env, "DJ_PORT": str(port), "DJO_DB_WAIT": "120", "DJO_DEMO_SCHEMA": db.schema}
+    proc = subprocess.Popen([sys.executable, "-m", "dj_orchestrate", "demo", "--seed-only", "--sessions", "3"],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr = []
+    for line in proc.stderr:
+        stderr.append(line)
+        if "waiting for the database" in line:
+            opened.set()
+            break
+    _, rest = proc.communicate(timeout=240)
+    stderr.append(rest)
+    assert proc.returncode == 0, "".join(stderr)
+    assert opened.is_set(), "".join(stderr)
     assert demo_counts(db, {"DJO_DEMO_SCHEMA": db.schema})["Preprocess"]["total"] == 3
