@@ -224,7 +224,7 @@ def plan(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, shar
 @key_opt
 @click.option("--shard-size", type=int, help="Keys per shard (array task).")
 @click.option("--shards", type=int, help="Shards per table instead of --shard-size.")
-@click.option("--wait/--no-wait", default=None, help="Follow until done (default: local waits, slurm returns).")
+@click.option("--wait/--no-wait", default=None, help="Follow until done (default: local and a dask --cluster wait, slurm and dask --scheduler return).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Backend config (dj_orchestrate.toml).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--scheduler", help="dask: the scheduler's address (default: [dask] scheduler, DASK_SCHEDULER_ADDRESS).")
@@ -256,7 +256,7 @@ def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...],
         infos = pipeline.select(infos, [t.name for t in infos])  # levels among the tables that run
     if settings.order == "declared":
         infos = pipeline.in_declared_order(infos)
-    wait = (backend == "local") if wait is None else wait
+    wait = (backend == "local" or backend_obj.default_wait()) if wait is None else wait
     backend_obj.check(infos, bool(target.embedded), wait)
     spec = pipeline.resolve_spec(pipeline_spec)
     identity, _ = identity_of(pipeline_spec)

@@ -16,6 +16,7 @@ from .base import Backend
 BACKENDS = {
     "local": ("dj_orchestrate.backends.local:LocalBackend", None),
     "slurm": ("dj_orchestrate.backends.slurm:SlurmBackend", "slurm"),
+    "dask": ("dj_orchestrate.backends.dask:DaskBackend", "dask"),
     "kubernetes": ("dj_orchestrate.backends.kubernetes:KubernetesBackend", "kubernetes"),
 }
 

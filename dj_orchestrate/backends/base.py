@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar
 
 from ..db import Target
 from ..errors import UsageError
-from ..jobs import JobTable, Restriction
+from ..jobs import JobTable, Restriction, reconcile_all
 from ..pipeline import TableInfo, levels_of
 from ..planner import TablePlan, encode_bound, plan_table
 from ..worker import Settings
@@ -68,6 +68,11 @@ class Backend(ABC):
     @classmethod
     def from_config(cls, path: str | None = None, **options: Any) -> "Backend":
         return cls()
+
+    def default_wait(self) -> bool:
+        """Whether ``run`` follows the run when neither --wait nor --no-wait is given
+        (local always does; a cluster started for the run must be waited for)."""
+        return False
 
     def check(self, tables: list[TableInfo], embedded: bool = False, wait: bool = False) -> None:
         """Refuse, before anything is written, a run this backend cannot do."""
@@ -122,9 +127,35 @@ def outcome(run_id: str) -> int:
     return 1 if any(s["keys_failed"] for s in ledger.shards_of(run_id)) else 0
 
 
+def error_count(tables: list[TableInfo]) -> int:
+    """Keys in ``error``: compared before and after a run, the keys that a run gave up on
+    because their workers died (no worker records those as failed)."""
+    return sum(JobTable(t.instance()).status_counts()["error"] for t in tables)
+
+
 def ready_keys(tables: list[TableInfo]) -> int:
     """Keys that a worker could claim right now."""
     return sum(JobTable(t.instance()).status_counts()["ready"] for t in tables)
+
+
+def has_work(level: list[TableInfo], restriction: Restriction) -> bool:
+    """Keys to claim now, or keys never enqueued: a downstream table whose pull workers
+    ran before its upstream keys were made (they were made in a later round)."""
+    if ready_keys(level):
+        return True
+    return any((c := JobTable(t.instance()).counts(restriction))["missing"] > c["pending"] for t in level)
+
+
+def rerun_levels(request: RunRequest, ended_jobs: Callable[[set[str]], set[str]]) -> list[list[TableInfo]]:
+    """After a round of workers ended: reconcile (``ended_jobs`` is the backend's hint,
+    asked about the jobs still holding keys); then the levels to run again: the first
+    that has work left and every level after it (its new rows are the downstream's new keys)."""
+    tables = [JobTable(t.instance()) for t in request.tables]
+    reserved = {j for jt in tables for j in jt.reserved_backend_ids()}
+    reconcile_all([t.instance() for t in request.tables], request.worker.policy, ended_jobs(reserved) if reserved else set())
+    levels = levels_of(request.tables)
+    first = next((i for i, level in enumerate(levels) if has_work(level, request.restriction)), None)
+    return [] if first is None else levels[first:]
 
 
 @dataclass

@@ -43,9 +43,9 @@ from tqdm import tqdm
 from .. import db, ledger
 from ..config import BackendConfig, Settings
 from ..errors import UsageError
-from ..jobs import JobTable, reconcile_all
+from ..jobs import JobTable
 from ..pipeline import TableInfo, levels_of
-from .base import SUBMITTED, Backend, RunRequest, outcome, plan_launches, ready_keys, record_fixed
+from .base import SUBMITTED, Backend, RunRequest, error_count, outcome, plan_launches, record_fixed, rerun_levels
 
 EXTRA_DIRECTIVE = re.compile(r"--[A-Za-z][A-Za-z0-9-]*(=.*)?")
 SLURM_JOB_ID = re.compile(r"\d+(_\d+)?")  # 123 (a job) or 123_4 (an array task)
@@ -321,7 +321,7 @@ class SlurmBackend(Backend):
     def run(self, request: RunRequest) -> int:
         if not hasattr(self, "max_array"):
             self.check(request.tables, bool(request.target.embedded), request.wait)
-        errors_before = _errors(request.tables) if request.wait else 0
+        errors_before = error_count(request.tables) if request.wait else 0
         try:
             arrays = self._submit_levels(request, levels_of(request.tables), first=True)
         except BaseException:
@@ -334,7 +334,7 @@ class SlurmBackend(Backend):
         if not request.wait:
             return SUBMITTED
         self._follow(request, arrays)
-        gave_up = _errors(request.tables) > errors_before  # keys whose tasks died until max_attempts
+        gave_up = error_count(request.tables) > errors_before  # keys whose tasks died until max_attempts
         return 1 if gave_up else outcome(request.run_id)
 
     def _submit_levels(self, request: RunRequest, levels: list[list[TableInfo]], first: bool) -> dict[str, list[str]]:
@@ -404,17 +404,7 @@ class SlurmBackend(Backend):
                     if not active:
                         break
                     time.sleep(2)
-
-            def settle() -> list[list[TableInfo]]:
-                """Reconcile; then the levels to run again: the first that has work left
-                and every level after it (its new rows are the downstream's new keys)."""
-                reserved = {j for jt in tables for j in jt.reserved_backend_ids()}
-                reconcile_all([t.instance() for t in request.tables], request.worker.policy, self.ended_jobs(reserved))
-                levels = levels_of(request.tables)
-                first = next((i for i, level in enumerate(levels) if _has_work(level, request.restriction)), None)
-                return [] if first is None else levels[first:]
-
-            todo = db.retrying(conn, settle, WHO, DB_PATIENCE)
+            todo = db.retrying(conn, lambda: rerun_levels(request, self.ended_jobs), WHO, DB_PATIENCE)
             if not todo or round_ == request.worker.policy.max_attempts:
                 break
             arrays = self._submit_levels(request, todo, first=False)
@@ -483,14 +473,6 @@ class SlurmBackend(Backend):
         return [*written, script]
 
 
-def _has_work(level: list[TableInfo], restriction: Any) -> bool:
-    """Keys to claim now, or keys never enqueued: a downstream table whose pull workers
-    ran before its upstream keys were made (they were made in a later round)."""
-    if ready_keys(level):
-        return True
-    return any((c := JobTable(t.instance()).counts(restriction))["missing"] > c["pending"] for t in level)
-
-
 def _stop_if_never_starts(arrays: dict[str, list[str]], tasks: dict[str, Task]) -> None:
     """--wait: a task SLURM will never start (its time over the partition's limit, an
     unsatisfiable dependency, ...) ends the wait with SLURM's reason, instead of a wait
@@ -503,10 +485,6 @@ def _stop_if_never_starts(arrays: dict[str, list[str]], tasks: dict[str, Task]) 
     raise UsageError(f"SLURM will not start {len(stuck)} task(s) of {', '.join(names)} ({', '.join(jobs)}): "
                      f"{', '.join(sorted(set(stuck.values())))}",
                      f"their keys stay pending; fix the config, `scancel {' '.join(jobs)}` and run again")
-
-
-def _errors(tables: list[TableInfo]) -> int:
-    return sum(JobTable(t.instance()).status_counts()["error"] for t in tables)
 
 
 def _slurm_words(text: str) -> str:

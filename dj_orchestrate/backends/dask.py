@@ -1,0 +1,624 @@
+"""Dask: a pipeline's workers as tasks on a Dask cluster, GPU tables on GPU workers.
+
+Dask only launches workers. Each Dask task runs one ``dj-orchestrate work`` loop (a pull
+slot) and returns its exit status; it never makes one key per future, so the scheduler
+sees as many tasks as there are slots (``pull_workers``, by default one per worker thread
+that can run the table), whatever the number of keys. Task keys are deterministic
+(``djo-<run>-<tables>-<slot>``), submitted with ``pure=False`` and without Dask
+``retries``: attempts and retries come from the jobs table.
+
+Why a subprocess per task, not the make in the Dask worker's thread: a make that holds
+the GIL for minutes (numpy, a C extension) would starve the worker's event loop, and the
+scheduler would declare the worker dead (``worker-ttl``) and run its tasks again
+elsewhere; a child process keeps the loop free. The worker loop also owns its signals
+(grace period, release on SIGTERM), which only a main thread can have, and a make that
+crashes or is OOM-killed takes only the child with it. The child is tied to its Dask
+worker (``PR_SET_PDEATHSIG``): a worker that dies, retires or reaches its ``--lifetime``
+sends it SIGTERM, and it releases its claims within ``--grace``.
+
+Ordering: a pipeline's levels are chained in the Dask graph (each level's tasks take
+every earlier level's tasks as dependencies) and each task enqueues its tables when it
+starts (``--enqueue``), so nothing is written before the scheduler holds the whole graph
+and a run with no driver (no ``--wait``: ``fire_and_forget``) still runs level after
+level. Tables of one level that ask for the same resources share pull slots (one worker
+serves them in turn); a table that asks for ``GPU`` gets tasks of its own that carry
+``resources={"GPU": 1}``, so Dask runs them only on workers that offer a GPU. This is
+the per-table launch plan of ``backends.base``; it does not depend on pipelined workers.
+
+A task's worker dying is Dask's business (it reruns the task elsewhere); the keys the
+dead worker held are reconcile's: ``ended_jobs`` asks the scheduler whether a task key
+still runs on the worker address in its backend job id (``dask:<address>/<task key>``),
+and ``--wait`` reconciles with that hint as it follows the run, then submits new slots
+for keys still pending once every task ended (bounded by ``--max-attempts``), so Dask's
+``KilledWorker`` never ends a run that has keys left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import fnmatch
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import distributed
+from tqdm import tqdm
+
+from .. import db, ledger
+from ..config import BackendConfig, Settings
+from ..errors import UsageError
+from ..jobs import JobTable, reconcile_all
+from ..pipeline import TableInfo, levels_of
+from .base import SUBMITTED, Backend, RunRequest, TableLaunch, error_count, outcome, plan_launches, rerun_levels
+from .slurm import slurm_minutes
+
+CLUSTERS = ("local", "slurm", "cuda")
+CLUSTER_WIDE = ("scheduler", "connect_timeout", "worker_resources", "forward_env", "slurm")
+WHO = "dask --wait"
+DB_PATIENCE = 300.0  # seconds --wait waits for a database that restarts
+STOP_POLL = 1.0  # seconds between a task's looks at its run's stop event
+
+
+@dataclass(frozen=True)
+class DaskSlurm(Settings):
+    """``[dask.slurm]``: the dask-jobqueue ``SLURMCluster`` that ``--cluster slurm`` starts.
+    Each SLURM job is one Dask worker; ``lifetime`` (default: ``walltime`` less 5
+    minutes) retires it before the walltime kill, staggered so jobs do not end together."""
+
+    label: ClassVar[str] = "Dask SLURM setting"
+
+    queue: str | None = None  # the partition
+    account: str | None = None
+    cores: int = 1  # threads per job: pull slots each job offers
+    memory: str = "4GB"
+    walltime: str = "01:00:00"
+    max_jobs: int = 4  # the most SLURM jobs at once; fewer when there are fewer slots
+    job_extra_directives: tuple[str, ...] = ()  # e.g. "--gres=gpu:1", "--qos=long"
+    job_script_prologue: tuple[str, ...] = ()  # shell lines before the worker: module load, venv
+    lifetime: str | None = None  # e.g. "55m"; Dask's own time format
+    lifetime_stagger: str = "2m"
+    interface: str | None = None  # network interface the scheduler and workers listen on
+    log_directory: str | None = None  # default: the run's log folder
+
+    def parsed(self, where: str) -> "DaskSlurm":
+        slurm_minutes(self.walltime)
+        if self.cores < 1 or self.max_jobs < 1:
+            raise UsageError(f"cores and max_jobs in {where} must be at least 1", "e.g. max_jobs = 4")
+        return self
+
+    def worker_lifetime(self) -> str:
+        if self.lifetime:
+            return self.lifetime
+        minutes = slurm_minutes(self.walltime)
+        return f"{max(minutes // 2, minutes - 5) * 60}s"
+
+
+@dataclass(frozen=True)
+class DaskSettings(Settings):
+    """``[dask]``, and per table ``[dask.tables.X]`` or a class's ``dask = {...}``
+    (only ``resources`` and ``pull_workers``; the rest are one per cluster)."""
+
+    label: ClassVar[str] = "Dask setting"
+
+    scheduler: str | None = None  # e.g. "tcp://gpu-box:8786"; DASK_SCHEDULER_ADDRESS otherwise
+    connect_timeout: float = 5.0  # seconds to reach the scheduler before giving up (exit 2)
+    resources: dict[str, Any] = field(default_factory=dict)  # per table, e.g. { GPU = 1 }
+    pull_workers: int = 0  # tasks per table group and level; 0: one per worker thread that can run it
+    worker_resources: dict[str, Any] = field(default_factory=dict)  # what --cluster local/slurm workers offer
+    forward_env: tuple[str, ...] = ()  # more variables (glob patterns) sent to the workers besides DJ_*, DJO_*
+    slurm: dict[str, Any] = field(default_factory=dict)  # [dask.slurm], see DaskSlurm
+
+    def parsed(self, where: str) -> "DaskSettings":
+        for name in ("resources", "worker_resources"):
+            bad = {k: v for k, v in getattr(self, name).items()
+                   if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0}
+            if bad:
+                raise UsageError(f"{name} in {where} must map resource names to positive numbers, got {bad!r}",
+                                 f"e.g. {name} = {{ GPU = 1 }}")
+        if self.pull_workers < 0:
+            raise UsageError(f"pull_workers in {where} must not be negative", "e.g. pull_workers = 4 (0: one per worker thread)")
+        if self.slurm:
+            DaskSlurm.build(self.slurm, where[:-1] + ".slurm]" if where.endswith("]") else f"{where} slurm")
+        return self
+
+    def slurm_settings(self) -> DaskSlurm:
+        return DaskSlurm.build(self.slurm, "[dask.slurm]")
+
+
+def load_config(path: str | None = None) -> BackendConfig[DaskSettings]:
+    """``[dask]`` of the config file. A table section may only set what a table can ask for."""
+    config = BackendConfig.load("dask", DaskSettings, path)
+    for name, values in config.tables.items():
+        wide = sorted(set(values) & set(CLUSTER_WIDE))
+        if wide:
+            raise UsageError(f"{wide[0]} in {config.source} [dask.tables.{name}] is a setting of the whole cluster",
+                             "set it in [dask]; a table may set resources and pull_workers")
+    return config
+
+
+# ------------------------------------------------------------------ the task
+def work_task(argv: list[str], env: dict[str, str], log_dir: str, stop_event: str, *upstream: Any) -> int:
+    """What one Dask task runs, on a Dask worker: ``dj-orchestrate work`` as a child
+    process, logging to a file on the worker's filesystem. Returns the child's exit
+    status and never raises, so that downstream tasks start after a failed one too.
+    ``upstream``: the earlier levels' results, only there to order the graph."""
+    worker = distributed.get_worker()
+    key = str(worker.get_current_task())
+    job_id = f"dask:{worker.address}/{key}"
+    log_path = _log_path(log_dir, key, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    cmd = [sys.executable, "-m", "dj_orchestrate", *argv, "--log-path", str(log_path), "--backend-job-id", job_id]
+    with open(log_path, "ab") as out:
+        out.write(f"# {job_id} on {worker.name}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(cmd, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, stdout=out,
+                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    stop = distributed.Event(stop_event)
+    while True:
+        try:
+            return proc.wait(timeout=STOP_POLL)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(Exception):  # no answer from the scheduler is no stop
+            if stop.is_set():
+                proc.send_signal(signal.SIGINT)  # the user's Ctrl-C: release, charge nothing
+                return proc.wait()
+
+
+def _log_path(log_dir: str, key: str, cuda: str | None) -> Path:
+    """``<log dir>/<task key>[.cuda-<devices>].log``: the GPUs a worker saw are in the path
+    recorded with each key's error and ledger row. The client's log folder when the worker
+    can write there (a shared filesystem), else the worker's temporary folder."""
+    name = key + (f".cuda-{cuda.replace(',', '_')}" if cuda else "") + ".log"
+    for folder in (Path(log_dir), Path(os.environ.get("TMPDIR", "/tmp")) / "dj-orchestrate" / Path(log_dir).name):
+        with contextlib.suppress(OSError):
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder / name
+    raise OSError(f"no writable log folder for {key}")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the Dask worker's thread that started it
+    ends (the worker died, retired or was killed), so no orphan keeps claiming."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+# --------------------------------------------------------------- the backend
+@dataclass
+class Group:
+    """Pull slots that serve some tables of one level (same resources), after ``after``."""
+
+    tables: list[TableInfo]
+    level: int
+    resources: dict[str, Any]
+    slots: int
+    futures: list[distributed.Future] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return "+".join(t.name for t in self.tables)
+
+
+class DaskBackend(Backend):
+    name = "dask"
+    options = ("scheduler", "cluster")
+
+    def __init__(self, config: BackendConfig[DaskSettings] | None = None, scheduler: str | None = None,
+                 cluster: str | None = None) -> None:
+        self.config = config or load_config()
+        if cluster is not None and cluster not in CLUSTERS:
+            raise UsageError(f"unknown --cluster {cluster!r}", f"valid: {', '.join(CLUSTERS)}")
+        if cluster and scheduler:
+            raise UsageError("--scheduler and --cluster exclude each other",
+                             "--scheduler joins a running cluster; --cluster starts one for this run")
+        self.kind = cluster
+        self.address = scheduler or self.config.defaults.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+        self.client: distributed.Client | None = None
+        self.cluster: Any = None
+        self.stopping = False
+        self._slot = 0
+
+    @classmethod
+    def from_config(cls, path: str | None = None, **options: Any) -> "DaskBackend":
+        return cls(load_config(path), **options)
+
+    def default_wait(self) -> bool:
+        return self.kind is not None  # a cluster started for the run lives as long as this command
+
+    # --------------------------------------------------------------- checks
+    def check(self, tables: list[TableInfo], embedded: bool = False, wait: bool = False) -> None:
+        """Before anything is written: a scheduler that answers (or a cluster to start
+        that can be waited for), and for every table a worker that offers the resources
+        it asks for (Dask itself would wait for one forever)."""
+        if self.kind and not wait:
+            raise UsageError(f"the {self.kind} cluster started for this run would stop when this command exits",
+                             "use --wait, or start a scheduler (`dask scheduler`) and pass --scheduler")
+        if embedded and not wait:
+            raise UsageError("the embedded database stops when this command exits, so Dask workers could not reach it",
+                             "use --wait, or configure a database server (DJ_HOST/DJ_USER/DJ_PASS)")
+        if self.kind is None:
+            if not self.address:
+                raise UsageError("no Dask scheduler configured",
+                                 "pass --scheduler tcp://host:8786, set [dask] scheduler or DASK_SCHEDULER_ADDRESS, "
+                                 "or use --cluster local")
+            self.client = self._connect(self.address)
+            where = f"the scheduler {self.address}"
+        else:
+            where = f"the {self.kind} cluster ([dask] worker_resources)"
+        offers = self._offers()
+        for t in tables:
+            need = self.config.for_table(t).resources
+            if not any(_fits(need, offer) for offer in offers):
+                missing = next(f"{r}={v}" for r, v in need.items() if not any(o.get(r, 0) >= v for o in offers))
+                offered = sorted({f"{r}={v}" for o in offers for r, v in o.items()}) or ["none"]
+                raise UsageError(f"{t.name} needs the Dask resource {missing}, which no worker of {where} offers "
+                                 f"(offered: {', '.join(offered)})",
+                                 f"start a worker with --resources {missing}, or change [dask.tables.{t.name}] resources")
+
+    def _connect(self, address: str) -> distributed.Client:
+        timeout = self.config.defaults.connect_timeout
+        try:
+            with _quiet():
+                return distributed.Client(address, timeout=timeout, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as err:
+            raise UsageError(f"the Dask scheduler {address} did not answer within {timeout:g} s ({type(err).__name__})",
+                             "check the address (tcp://host:8786) and that `dask scheduler` runs there") from None
+
+    def _offers(self) -> list[dict[str, float]]:
+        """Resources each worker offers: the scheduler's word, or what the cluster this
+        run starts will give its workers (one GPU each for cuda)."""
+        if self.client is not None:
+            return [dict(w.get("resources") or {}) for w in self._workers().values()]
+        offer = dict(self.config.defaults.worker_resources)
+        if self.kind == "cuda":
+            offer.setdefault("GPU", 1)
+        return [offer]
+
+    def _workers(self) -> dict[str, dict]:
+        assert self.client is not None
+        return self.client.scheduler_info(n_workers=-1)["workers"]
+
+    # ------------------------------------------------------------ clusters
+    def _start(self, request: RunRequest) -> None:
+        """The client, and with --cluster the cluster this run starts."""
+        if self.client is not None:
+            return
+        with _quiet():
+            if self.kind == "local":
+                self.cluster = distributed.LocalCluster(
+                    n_workers=request.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                    resources=dict(self.config.defaults.worker_resources) or None, silence_logs=40)
+            elif self.kind == "cuda":
+                try:
+                    from dask_cuda import LocalCUDACluster
+                except ModuleNotFoundError:
+                    raise UsageError("--cluster cuda needs dask-cuda, which is not installed",
+                                     "pip install 'dj-orchestrate[cuda]'") from None
+                resources = {"GPU": 1, **self.config.defaults.worker_resources}
+                self.cluster = LocalCUDACluster(dashboard_address=":0", resources=resources, silence_logs=40)
+            elif self.kind == "slurm":
+                self.cluster = self._slurm_cluster(request)
+            self.client = distributed.Client(self.cluster, set_as_default=False)
+
+    def _slurm_cluster(self, request: RunRequest) -> Any:
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ModuleNotFoundError:
+            raise UsageError("--cluster slurm needs dask-jobqueue, which is not installed",
+                             "pip install 'dj-orchestrate[dask]'") from None
+        s = self.config.defaults.slurm_settings()
+        args = ["--lifetime", s.worker_lifetime(), "--lifetime-stagger", s.lifetime_stagger]
+        if self.config.defaults.worker_resources:
+            args += ["--resources", ",".join(f"{k}={v}" for k, v in self.config.defaults.worker_resources.items())]
+        cluster = SLURMCluster(
+            cores=s.cores, processes=1, memory=s.memory, walltime=s.walltime, queue=s.queue, account=s.account,
+            job_name=f"djo-{request.run_id}", job_extra_directives=list(s.job_extra_directives),
+            job_script_prologue=list(s.job_script_prologue), worker_extra_args=args, interface=s.interface,
+            log_directory=s.log_directory or str(request.log_dir / "slurm"), python=sys.executable,
+            scheduler_options={"dashboard_address": ":0"})
+        return cluster
+
+    def _thread_offers(self, request: RunRequest) -> list[tuple[dict[str, float], int]]:
+        """(resources, threads) per worker, for sizing pull slots: the scheduler's workers,
+        or those the started cluster will have."""
+        if self.kind is None or self.kind in ("local", "cuda"):
+            assert self.client is not None
+            workers = self._workers()
+            if workers:
+                return [(dict(w.get("resources") or {}), int(w.get("nthreads", 1))) for w in workers.values()]
+            return [(offer, request.workers) for offer in self._offers()]
+        s = self.config.defaults.slurm_settings()
+        return [(offer, s.max_jobs * s.cores) for offer in self._offers()]
+
+    # ------------------------------------------------------------- the run
+    def run(self, request: RunRequest) -> int:
+        errors_before = error_count(request.tables) if request.wait else 0
+        try:
+            self._start(request)
+            groups = self._submit(request, levels_of(request.tables))
+            info = self._info(request)
+            ledger.set_backend_info(request.run_id, info)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the reason to report is the one above
+                ledger.finish_run(request.run_id, "rejected")
+            self._close()
+            raise
+        tasks = sum(len(g.futures) for g in groups)
+        print(f"submitted {tasks} Dask task(s) to {info}", file=sys.stderr)
+        if not request.wait:
+            distributed.fire_and_forget([f for g in groups for f in g.futures])
+            self._close()
+            return SUBMITTED
+        previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            crashed = self._follow(request, groups)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self._close()
+        if self.stopping:
+            return 130
+        gave_up = error_count(request.tables) > errors_before  # keys whose workers died until max_attempts
+        return 1 if crashed or gave_up else outcome(request.run_id)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+    def _close(self) -> None:
+        for thing in (self.client, self.cluster):
+            if thing is not None:
+                with contextlib.suppress(Exception), _quiet():
+                    thing.close()
+        self.client = self.cluster = None
+
+    def _info(self, request: RunRequest) -> str:
+        """What ``status`` and reconcile need later: where the scheduler and dashboard are."""
+        assert self.client is not None
+        parts = [f"scheduler={self.client.scheduler.address}"]
+        with contextlib.suppress(Exception):
+            if self.client.dashboard_link:
+                parts.append(f"dashboard={self.client.dashboard_link}")
+        if self.kind:
+            parts.append(f"cluster={self.kind}")
+        return " ".join(parts)
+
+    def _groups(self, request: RunRequest, levels: list[list[TableInfo]]) -> list[Group]:
+        """The launch plan (pull slots per table, after every earlier level), with the
+        tables of one level that ask for the same resources sharing their slots."""
+        offers = self._thread_offers(request)
+        groups: dict[tuple[int, str], Group] = {}
+        launches: list[TableLaunch] = plan_launches(request, lambda info: self._slots(info, offers), fixed_first=False,
+                                                    levels=levels)
+        for launch in launches:
+            resources = self.config.for_table(launch.info).resources
+            key = (launch.level, repr(sorted(resources.items())))
+            if key in groups:
+                groups[key].tables.append(launch.info)
+                groups[key].slots = max(groups[key].slots, launch.slots)
+            else:
+                groups[key] = Group([launch.info], launch.level, resources, launch.slots)
+        return list(groups.values())
+
+    def _slots(self, info: TableInfo, offers: list[tuple[dict[str, float], int]]) -> int:
+        settings = self.config.for_table(info)
+        if settings.pull_workers:
+            return settings.pull_workers
+        need = settings.resources
+        # a worker runs as many of these at once as it has threads and resources for
+        fitting = sum(min([threads] + [int(offer.get(r, 0) // v) for r, v in need.items()]) for offer, threads in offers)
+        return max(1, fitting)
+
+    def _submit(self, request: RunRequest, levels: list[list[TableInfo]]) -> list[Group]:
+        """One task per pull slot; each level's tasks after every earlier level's. All
+        of them go in one ``submit`` per task before any can matter: each task enqueues
+        its own tables when it starts."""
+        assert self.client is not None
+        groups = self._groups(request, levels)
+        env = self._env(request)
+        stop = _stop_event(request.run_id)
+        before: list[distributed.Future] = []
+        for level in sorted({g.level for g in groups}):
+            this_level = []
+            for group in (g for g in groups if g.level == level):
+                for _ in range(group.slots):
+                    slot = self._next_slot()
+                    argv = _work_argv(request, group.tables, slot)
+                    group.futures.append(self.client.submit(
+                        work_task, argv, env, str(request.log_dir), stop, *before,
+                        key=f"djo-{request.run_id}-{group.label}-{slot}", pure=False,
+                        resources=group.resources or None))  # no retries: attempts live in the jobs table
+                this_level += group.futures
+            before = this_level
+        if self.cluster is not None and self.kind == "slurm":
+            s = self.config.defaults.slurm_settings()
+            self.cluster.scale(jobs=min(s.max_jobs, -(-max(g.slots for g in groups) // s.cores)) if groups else 0)
+        return groups
+
+    def _next_slot(self) -> int:
+        self._slot += 1
+        return self._slot - 1
+
+    def _env(self, request: RunRequest) -> dict[str, str]:
+        """What the worker processes need from this environment: the database (never a
+        password: DJ_PASS comes from the worker's own environment, or datajoint.json),
+        dj-orchestrate's DJO_* settings and the pipeline's own, and ``forward_env``."""
+        patterns = ("DJ_*", "DJO_*", *self.config.defaults.forward_env)
+        chosen = {k: v for k, v in os.environ.items() if k != "DJ_PASS" and any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+        return {**chosen, **{k: v for k, v in request.target.worker_env().items() if v}}
+
+    # ------------------------------------------------------------ follow
+    def _follow(self, request: RunRequest, groups: list[Group]) -> bool:
+        """--wait: progress from the jobs tables until every task ended, releasing on the
+        way the keys of tasks whose worker died; then reconcile and submit slots again for
+        the levels that still have work (bounded). True when a worker exited abnormally."""
+        assert self.client is not None
+        conn = request.tables[0].cls.connection
+        crashed = False
+        for round_ in range(request.worker.policy.max_attempts + 1):
+            futures = {f.key: f for g in groups for f in g.futures}
+            self._wait_round(request, futures)
+            if self.stopping:
+                return crashed
+            crashed |= self._report(futures)
+            todo = db.retrying(conn, lambda: rerun_levels(request, self._ended), WHO, DB_PATIENCE)
+            if not todo or round_ == request.worker.policy.max_attempts:
+                break
+            groups = self._submit(request, todo)
+        return crashed
+
+    def _wait_round(self, request: RunRequest, futures: dict[str, distributed.Future]) -> None:
+        conn = request.tables[0].cls.connection
+        tables = [JobTable(t.instance()) for t in request.tables]
+        next_reconcile = time.monotonic() + 5
+        with tqdm(desc="dask", unit="key", disable=not request.progress or None) as bar:
+            while not all(f.done() for f in futures.values()):
+                if self.stopping:
+                    self._stop_tasks(request, futures)
+                    return
+                time.sleep(1)
+                counts = db.retrying(conn, lambda: [jt.status_counts() for jt in tables], WHO, DB_PATIENCE)
+                running = sum(not f.done() for f in futures.values())
+                bar.set_postfix_str(f"pending={sum(c['pending'] for c in counts)} "
+                                    f"reserved={sum(c['reserved'] for c in counts)} tasks={running}")
+                bar.refresh()
+                if time.monotonic() > next_reconcile:  # a dead worker's keys go back to pending now
+                    next_reconcile = time.monotonic() + 5
+                    db.retrying(conn, lambda: self._reconcile(request, tables), WHO, DB_PATIENCE)
+
+    def _reconcile(self, request: RunRequest, tables: list[JobTable]) -> None:
+        ended = self._ended({j for jt in tables for j in jt.reserved_backend_ids()})
+        if ended:
+            reconcile_all([t.instance() for t in request.tables], request.worker.policy, ended)
+
+    def _stop_tasks(self, request: RunRequest, futures: dict[str, distributed.Future]) -> None:
+        """Ctrl-C / SIGTERM: every task tells its worker to stop (release its claims,
+        charge nothing); wait for them a little longer than the grace period."""
+        with contextlib.suppress(Exception):
+            distributed.Event(_stop_event(request.run_id), client=self.client).set()
+            distributed.wait(list(futures.values()), timeout=request.worker.grace + 3 * STOP_POLL + 10)
+        with contextlib.suppress(Exception):
+            self.client.cancel(list(futures.values()))  # tasks not yet started
+
+    @staticmethod
+    def _report(futures: dict[str, distributed.Future]) -> bool:
+        """Tasks that did not end with status 0 (worker exit codes; Dask's KilledWorker)."""
+        bad = False
+        for key, f in futures.items():
+            try:
+                code = f.result(timeout=10) if f.status == "finished" else None
+            except Exception as err:
+                code = None
+                print(f"dask: task {key} {type(err).__name__}: {err}", file=sys.stderr)
+            if f.status != "finished":
+                print(f"dask: task {key} ended {f.status}; its keys are reconciled and run again", file=sys.stderr)
+            elif code:
+                print(f"dask: task {key}: dj-orchestrate work exited with status {code}; see its log", file=sys.stderr)
+                bad = True
+        return bad
+
+    def _ended(self, job_ids: set[str]) -> set[str]:
+        assert self.client is not None
+        return _ended_by(self.client, job_ids)
+
+    # --------------------------------------------------------- hints, status
+    @classmethod
+    def ended_jobs(cls, job_ids: set[str]) -> set[str]:
+        """Which ``dask:<worker>/<task key>`` ids no longer run: their task key is not
+        processing on that worker, as the run's scheduler (from the ledger) says. A
+        scheduler that does not answer gives no hint."""
+        by_scheduler: dict[str, set[str]] = {}
+        for job_id in job_ids:
+            run_id = _run_of(job_id)
+            address = _scheduler_of(run_id) if run_id else None
+            if address:
+                by_scheduler.setdefault(address, set()).add(job_id)
+        ended: set[str] = set()
+        for address, ids in by_scheduler.items():
+            with contextlib.suppress(Exception), _quiet():
+                with distributed.Client(address, timeout=3, set_as_default=False) as client:
+                    ended |= _ended_by(client, ids)
+        return ended
+
+    def describe(self, run: dict) -> str:
+        """For ``status``: the scheduler, its dashboard and the run's running tasks."""
+        info = run.get("backend_info") or ""
+        address = _field(info, "scheduler")
+        if not address:
+            return info
+        try:
+            with _quiet(), distributed.Client(address, timeout=3, set_as_default=False) as client:
+                prefix = f"djo-{run['run_id']}-"
+                running = sum(str(k).startswith(prefix) for keys in client.processing().values() for k in keys)
+        except Exception:
+            return f"{info} (scheduler not answering)"
+        return f"{info} running={running} worker task(s)"
+
+
+# ------------------------------------------------------------------ helpers
+def _fits(need: dict[str, float], offer: dict[str, float]) -> bool:
+    return all(offer.get(r, 0) >= v for r, v in need.items())
+
+
+def _work_argv(request: RunRequest, tables: list[TableInfo], slot: int) -> list[str]:
+    """``work PIPELINE --table ... --enqueue`` (the worker command without its Python)."""
+    from .base import worker_command
+
+    return worker_command(request, tables, shard_index=slot, enqueue=True)[3:]
+
+
+def _stop_event(run_id: str) -> str:
+    return f"djo-{run_id}-stop"
+
+
+def _ended_by(client: distributed.Client, job_ids: set[str]) -> set[str]:
+    processing = {(w, str(k)) for w, keys in client.processing().items() for k in keys}
+    ended = set()
+    for job_id in job_ids:
+        worker, _, key = job_id.removeprefix("dask:").rpartition("/")
+        if (worker, key) not in processing:
+            ended.add(job_id)
+    return ended
+
+
+RUN_IN_KEY = re.compile(r"dask:.+/djo-(\d{8}-\d{6}-[0-9a-f]+)-")
+
+
+def _run_of(job_id: str) -> str | None:
+    m = RUN_IN_KEY.match(job_id)
+    return m.group(1) if m else None
+
+
+def _scheduler_of(run_id: str) -> str | None:
+    Run, _ = ledger.tables()
+    rows = (Run & {"run_id": run_id}).to_dicts()
+    return _field(rows[0]["backend_info"], "scheduler") if rows else None
+
+
+def _field(info: str, name: str) -> str | None:
+    m = re.search(rf"(?:^| ){name}=(\S+)", info)
+    return m.group(1) if m else None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """distributed logs every connection and closing comm; the user wants our words."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
