@@ -180,6 +180,7 @@ def run_id(out: subprocess.CompletedProcess) -> str:
 
 
 # -------------------------------------------------------------------- tests
+@pytest.mark.slow
 def test_wait_pipeline_same_rows_as_populate_gpu_table_on_gpu_worker(lab, db, dask_run):
     """``--scheduler ADDR --wait`` on a pipeline with a part table, a fan-in, a GPU
     table and a failing key: the rows equal stock ``populate()``'s, every key is made
@@ -212,6 +213,7 @@ def test_wait_pipeline_same_rows_as_populate_gpu_table_on_gpu_worker(lab, db, da
     assert "submitted " in out.stderr and f"scheduler={dask_run.cluster.address}" in out.stderr
 
 
+@pytest.mark.slow
 def test_submit_without_wait_completes_after_the_client_exits(lab, db, dask_run):
     """Without --wait the command returns at once (the tasks are fire-and-forget) and
     the pipeline completes with no client; ``status`` shows the scheduler, the
@@ -236,6 +238,7 @@ def test_submit_without_wait_completes_after_the_client_exits(lab, db, dask_run)
     assert dask_backend.DaskBackend.ended_jobs({"dask:tcp://127.0.0.1:1/djo-20990101-000000-00000000-X-0"}) == set()
 
 
+@pytest.mark.slow
 def test_sigkilled_worker_mid_make_run_completes(lab, db, dask_run):
     """A Dask worker SIGKILLed with the make it runs (node loss), and a new worker that
     joins: the key it was making is charged an attempt (here its last: --max-attempts 1,
@@ -285,21 +288,33 @@ def test_resource_no_worker_offers_exit_2_nothing_reserved(lab, db, dask_run):
     assert all(jobs_rows(t) == [] for t in (lab.Preprocess, lab.Behavior, lab.Sorting, lab.Summary))
 
 
-@pytest.mark.parametrize("case, args, config, env, message", [
-    ("no scheduler", [], "", {}, "no Dask scheduler configured"),
-    ("unreachable", ["--scheduler", "tcp://127.0.0.1:{closed}"], "", {}, "did not answer within 2 s"),
-    ("unknown key", ["--scheduler", "tcp://127.0.0.1:1"], "[dask]\nschedular = 'x'\n", {}, "unknown Dask setting 'schedular'"),
-    ("cluster-wide key per table", [], "[dask.tables.Sorting]\nscheduler = 'x'\n", {}, "is a setting of the whole cluster"),
-    ("bad slurm key", ["--cluster", "slurm", "--wait"], "[dask.slurm]\ncores = 'many'\n", {}, "cores in"),
-    ("local cluster not waited for", ["--cluster", "local", "--no-wait"], "", {}, "would stop when this command exits"),
-    ("unknown cluster", ["--cluster", "k8s"], "", {}, "unknown --cluster 'k8s'"),
+@pytest.mark.parametrize("case, args, config, message", [
+    ("no scheduler", [], "", "no Dask scheduler configured"),
+    ("unreachable", ["--scheduler", "tcp://127.0.0.1:{closed}"], "", "did not answer within 2 s"),
+    ("local cluster not waited for", ["--cluster", "local", "--no-wait"], "", "would stop when this command exits"),
 ])
-def test_bad_input_exit_2_nothing_reserved(lab, db, dask_run, case, args, config, env, message):
+def test_bad_input_exit_2_nothing_reserved(lab, db, dask_run, case, args, config, message):
+    """Bad input: one or two lines, exit 2 within seconds, no traceback, nothing enqueued."""
+    refused(lab, dask_run, args, config, message)
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # refused before the database is opened
+@pytest.mark.parametrize("case, args, config, message", [
+    ("unknown key", ["--scheduler", "tcp://127.0.0.1:1"], "[dask]\nschedular = 'x'\n", "unknown Dask setting 'schedular'"),
+    ("cluster-wide key per table", [], "[dask.tables.Sorting]\nscheduler = 'x'\n", "is a setting of the whole cluster"),
+    ("bad slurm key", ["--cluster", "slurm", "--wait"], "[dask.slurm]\ncores = 'many'\n", "cores in"),
+    ("unknown cluster", ["--cluster", "k8s"], "", "unknown --cluster 'k8s'"),
+])
+def test_bad_config_exit_2_nothing_reserved(lab, db, dask_run, case, args, config, message):
+    refused(lab, dask_run, args, config, message)
+
+
+def refused(lab, dask_run, args: list[str], config: str, message: str) -> None:
     lab.seed(2)
     dask_run.config.write_text(config + ("[dask]\nconnect_timeout = 2\n" if "[dask]" not in config else ""))
     args = [a.format(closed=free_port()) for a in args]
     started = time.monotonic()
-    out = dask_run.run(*args, env={"DASK_SCHEDULER_ADDRESS": "", **env})
+    out = dask_run.run(*args, env={"DASK_SCHEDULER_ADDRESS": ""})
     assert out.returncode == 2, out.stdout + out.stderr
     assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) <= 2, out.stderr
@@ -336,6 +351,29 @@ def test_config_table_resources_and_class_attribute(tmp_path):
     assert config.defaults.slurm_settings().worker_lifetime() == "1500s"  # walltime less 5 minutes
 
 
+def test_slurm_cluster_job_script_from_config(tmp_path):
+    """[dask.slurm] becomes the dask-jobqueue job script: walltime, extra directives, a
+    prologue, the workers' resources, and a --lifetime (staggered) before the walltime
+    so that workers retire instead of being killed. (Built, not submitted.)"""
+    from types import SimpleNamespace
+
+    from dj_orchestrate.backends.dask import DaskBackend, load_config
+
+    path = tmp_path / "dj_orchestrate.toml"
+    path.write_text("[dask]\nworker_resources = { GPU = 1 }\n[dask.slurm]\ncores = 2\nwalltime = '00:30:00'\n"
+                    "job_extra_directives = ['--qos=long']\njob_script_prologue = ['module load cuda']\n")
+    backend = DaskBackend(load_config(str(path)), cluster="slurm")
+    cluster = backend._slurm_cluster(SimpleNamespace(run_id="20260101-000000-abcd", log_dir=tmp_path / "logs"))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#SBATCH --qos=long", "#SBATCH -t 00:30:00", "#SBATCH -J djo-20260101-000000-abcd", "module load cuda",
+                 "--lifetime 1500s", "--lifetime-stagger 2m", "--resources GPU=1", "--nthreads 2"):
+        assert line in script, (line, script)
+
+
+@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)
 def test_cluster_slurm_runs_the_demo(db, cluster, tmp_path):  # noqa: F811

@@ -47,7 +47,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
 import distributed
 from tqdm import tqdm
@@ -60,11 +60,11 @@ from ..pipeline import TableInfo, levels_of
 from .base import SUBMITTED, Backend, RunRequest, TableLaunch, error_count, outcome, plan_launches, rerun_levels
 from .slurm import slurm_minutes
 
+T = TypeVar("T")
 CLUSTERS = ("local", "slurm", "cuda")
 CLUSTER_WIDE = ("scheduler", "connect_timeout", "worker_resources", "forward_env", "slurm")
 WHO = "dask --wait"
 DB_PATIENCE = 300.0  # seconds --wait waits for a database that restarts
-STOP_POLL = 1.0  # seconds between a task's looks at its run's stop event
 
 
 @dataclass(frozen=True)
@@ -145,31 +145,45 @@ def load_config(path: str | None = None) -> BackendConfig[DaskSettings]:
 
 
 # ------------------------------------------------------------------ the task
-def work_task(argv: list[str], env: dict[str, str], log_dir: str, stop_event: str, *upstream: Any) -> int:
+def work_task(argv: list[str], env: dict[str, str], log_dir: str, *upstream: Any) -> tuple[int, str]:
     """What one Dask task runs, on a Dask worker: ``dj-orchestrate work`` as a child
     process, logging to a file on the worker's filesystem. Returns the child's exit
-    status and never raises, so that downstream tasks start after a failed one too.
+    status and log, and never raises, so that downstream tasks start after a failed one too.
     ``upstream``: the earlier levels' results, only there to order the graph."""
     worker = distributed.get_worker()
     key = str(worker.get_current_task())
     job_id = f"dask:{worker.address}/{key}"
-    log_path = _log_path(log_dir, key, os.environ.get("CUDA_VISIBLE_DEVICES"))
-    cmd = [sys.executable, "-m", "dj_orchestrate", *argv, "--log-path", str(log_path), "--backend-job-id", job_id]
-    with open(log_path, "ab") as out:
-        out.write(f"# {job_id} on {worker.name}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n".encode())
-        out.flush()
-        proc = subprocess.Popen(cmd, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, stdout=out,
-                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-    stop = distributed.Event(stop_event)
-    while True:
-        try:
-            return proc.wait(timeout=STOP_POLL)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(Exception):  # no answer from the scheduler is no stop
-            if stop.is_set():
-                proc.send_signal(signal.SIGINT)  # the user's Ctrl-C: release, charge nothing
-                return proc.wait()
+    try:
+        log_path = _log_path(log_dir, key, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        cmd = [sys.executable, "-m", "dj_orchestrate", *argv, "--log-path", str(log_path), "--backend-job-id", job_id]
+        with open(log_path, "ab") as out:
+            out.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {job_id} on {worker.name}, "
+                      f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(cmd, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, stdout=out,
+                                    stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    except OSError as err:  # no log folder, no Python: the worker's own problem, said by --wait
+        return 127, f"{worker.address}: could not start the worker: {err}"
+    _RUNNING[key] = proc
+    try:
+        return proc.wait(), f"{worker.address}:{log_path}"
+    finally:
+        _RUNNING.pop(key, None)
+
+
+_RUNNING: dict[str, subprocess.Popen] = {}  # task key -> its worker process, in each Dask worker
+
+
+def stop_run(run_id: str) -> int:
+    """Run on every Dask worker (``Client.run``) when the user stops a ``--wait`` run:
+    SIGINT to the run's worker processes there, which release their claims and exit
+    charging nothing. Returns how many it told."""
+    told = 0
+    for key, proc in list(_RUNNING.items()):
+        if key.startswith(f"djo-{run_id}-") and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            told += 1
+    return told
 
 
 def _log_path(log_dir: str, key: str, cuda: str | None) -> Path:
@@ -276,7 +290,7 @@ class DaskBackend(Backend):
     def _offers(self) -> list[dict[str, float]]:
         """Resources each worker offers: the scheduler's word, or what the cluster this
         run starts will give its workers (one GPU each for cuda)."""
-        if self.client is not None:
+        if self.kind is None:
             return [dict(w.get("resources") or {}) for w in self._workers().values()]
         offer = dict(self.config.defaults.worker_resources)
         if self.kind == "cuda":
@@ -328,25 +342,25 @@ class DaskBackend(Backend):
         return cluster
 
     def _thread_offers(self, request: RunRequest) -> list[tuple[dict[str, float], int]]:
-        """(resources, threads) per worker, for sizing pull slots: the scheduler's workers,
-        or those the started cluster will have."""
-        if self.kind is None or self.kind in ("local", "cuda"):
-            assert self.client is not None
+        """(resources, threads) per worker, for sizing pull slots: the workers the
+        scheduler has (a local cluster's are up once it started), else those that the
+        SLURM jobs will bring."""
+        if self.kind != "slurm":
             workers = self._workers()
             if workers:
                 return [(dict(w.get("resources") or {}), int(w.get("nthreads", 1))) for w in workers.values()]
-            return [(offer, request.workers) for offer in self._offers()]
+            return [(offer, 1) for offer in self._offers()]
         s = self.config.defaults.slurm_settings()
         return [(offer, s.max_jobs * s.cores) for offer in self._offers()]
 
     # ------------------------------------------------------------- the run
     def run(self, request: RunRequest) -> int:
-        errors_before = error_count(request.tables) if request.wait else 0
+        errors_before = self._db(request, lambda: error_count(request.tables)) if request.wait else 0
         try:
             self._start(request)
             groups = self._submit(request, levels_of(request.tables))
             info = self._info(request)
-            ledger.set_backend_info(request.run_id, info)
+            self._db(request, lambda: ledger.set_backend_info(request.run_id, info))
         except BaseException:
             with contextlib.suppress(Exception):  # the reason to report is the one above
                 ledger.finish_run(request.run_id, "rejected")
@@ -367,8 +381,14 @@ class DaskBackend(Backend):
             self._close()
         if self.stopping:
             return 130
-        gave_up = error_count(request.tables) > errors_before  # keys whose workers died until max_attempts
-        return 1 if crashed or gave_up else outcome(request.run_id)
+        gave_up = self._db(request, lambda: error_count(request.tables)) > errors_before  # workers died until max_attempts
+        return 1 if crashed or gave_up else self._db(request, lambda: outcome(request.run_id))
+
+    @staticmethod
+    def _db(request: RunRequest, action: Callable[[], T]) -> T:
+        """The driver's bookkeeping outlives a database restart (the tasks do not need
+        this process): retried on a new connection for DB_PATIENCE seconds."""
+        return db.retrying(request.tables[0].cls.connection, action, WHO, DB_PATIENCE)
 
     def _stop(self, signum: int, frame: Any) -> None:
         self.stopping = True
@@ -424,7 +444,6 @@ class DaskBackend(Backend):
         assert self.client is not None
         groups = self._groups(request, levels)
         env = self._env(request)
-        stop = _stop_event(request.run_id)
         before: list[distributed.Future] = []
         for level in sorted({g.level for g in groups}):
             this_level = []
@@ -433,7 +452,7 @@ class DaskBackend(Backend):
                     slot = self._next_slot()
                     argv = _work_argv(request, group.tables, slot)
                     group.futures.append(self.client.submit(
-                        work_task, argv, env, str(request.log_dir), stop, *before,
+                        work_task, argv, env, str(request.log_dir), *before,
                         key=f"djo-{request.run_id}-{group.label}-{slot}", pure=False,
                         resources=group.resources or None))  # no retries: attempts live in the jobs table
                 this_level += group.futures
@@ -461,7 +480,6 @@ class DaskBackend(Backend):
         way the keys of tasks whose worker died; then reconcile and submit slots again for
         the levels that still have work (bounded). True when a worker exited abnormally."""
         assert self.client is not None
-        conn = request.tables[0].cls.connection
         crashed = False
         for round_ in range(request.worker.policy.max_attempts + 1):
             futures = {f.key: f for g in groups for f in g.futures}
@@ -469,30 +487,31 @@ class DaskBackend(Backend):
             if self.stopping:
                 return crashed
             crashed |= self._report(futures)
-            todo = db.retrying(conn, lambda: rerun_levels(request, self._ended), WHO, DB_PATIENCE)
+            todo = self._db(request, lambda: rerun_levels(request, self._ended))
             if not todo or round_ == request.worker.policy.max_attempts:
                 break
             groups = self._submit(request, todo)
         return crashed
 
     def _wait_round(self, request: RunRequest, futures: dict[str, distributed.Future]) -> None:
-        conn = request.tables[0].cls.connection
         tables = [JobTable(t.instance()) for t in request.tables]
-        next_reconcile = time.monotonic() + 5
+        next_progress = next_reconcile = time.monotonic()
         with tqdm(desc="dask", unit="key", disable=not request.progress or None) as bar:
             while not all(f.done() for f in futures.values()):
                 if self.stopping:
                     self._stop_tasks(request, futures)
                     return
-                time.sleep(1)
-                counts = db.retrying(conn, lambda: [jt.status_counts() for jt in tables], WHO, DB_PATIENCE)
-                running = sum(not f.done() for f in futures.values())
-                bar.set_postfix_str(f"pending={sum(c['pending'] for c in counts)} "
-                                    f"reserved={sum(c['reserved'] for c in counts)} tasks={running}")
-                bar.refresh()
+                time.sleep(0.1)  # a round ends as soon as its last task does
+                if time.monotonic() > next_progress:
+                    next_progress = time.monotonic() + 1
+                    counts = self._db(request, lambda: [jt.status_counts() for jt in tables])
+                    running = sum(not f.done() for f in futures.values())
+                    bar.set_postfix_str(f"pending={sum(c['pending'] for c in counts)} "
+                                        f"reserved={sum(c['reserved'] for c in counts)} tasks={running}")
+                    bar.refresh()
                 if time.monotonic() > next_reconcile:  # a dead worker's keys go back to pending now
                     next_reconcile = time.monotonic() + 5
-                    db.retrying(conn, lambda: self._reconcile(request, tables), WHO, DB_PATIENCE)
+                    self._db(request, lambda: self._reconcile(request, tables))
 
     def _reconcile(self, request: RunRequest, tables: list[JobTable]) -> None:
         ended = self._ended({j for jt in tables for j in jt.reserved_backend_ids()})
@@ -500,28 +519,28 @@ class DaskBackend(Backend):
             reconcile_all([t.instance() for t in request.tables], request.worker.policy, ended)
 
     def _stop_tasks(self, request: RunRequest, futures: dict[str, distributed.Future]) -> None:
-        """Ctrl-C / SIGTERM: every task tells its worker to stop (release its claims,
-        charge nothing); wait for them a little longer than the grace period."""
+        """Ctrl-C / SIGTERM: the workers of the run are told to stop (they release their
+        claims, charging nothing); tasks not started are cancelled; wait for the others a
+        little longer than the grace period."""
+        assert self.client is not None
         with contextlib.suppress(Exception):
-            distributed.Event(_stop_event(request.run_id), client=self.client).set()
-            distributed.wait(list(futures.values()), timeout=request.worker.grace + 3 * STOP_POLL + 10)
-        with contextlib.suppress(Exception):
-            self.client.cancel(list(futures.values()))  # tasks not yet started
+            self.client.cancel([f for f in futures.values() if f.status == "pending"])
+            self.client.run(stop_run, request.run_id)
+            deadline = time.monotonic() + request.worker.grace + 10
+            while time.monotonic() < deadline and not all(f.done() for f in futures.values()):
+                time.sleep(0.2)
 
     @staticmethod
     def _report(futures: dict[str, distributed.Future]) -> bool:
         """Tasks that did not end with status 0 (worker exit codes; Dask's KilledWorker)."""
         bad = False
         for key, f in futures.items():
-            try:
-                code = f.result(timeout=10) if f.status == "finished" else None
-            except Exception as err:
-                code = None
-                print(f"dask: task {key} {type(err).__name__}: {err}", file=sys.stderr)
-            if f.status != "finished":
-                print(f"dask: task {key} ended {f.status}; its keys are reconciled and run again", file=sys.stderr)
-            elif code:
-                print(f"dask: task {key}: dj-orchestrate work exited with status {code}; see its log", file=sys.stderr)
+            if f.status != "finished":  # its worker died too often (KilledWorker), or it was cancelled
+                print(f"dask: task {key} {f.status}; its keys are reconciled and run again", file=sys.stderr)
+                continue
+            code, log = f.result()
+            if code:
+                print(f"dask: task {key}: dj-orchestrate work exited with status {code}; see {log}", file=sys.stderr)
                 bad = True
         return bad
 
@@ -573,10 +592,6 @@ def _work_argv(request: RunRequest, tables: list[TableInfo], slot: int) -> list[
     from .base import worker_command
 
     return worker_command(request, tables, shard_index=slot, enqueue=True)[3:]
-
-
-def _stop_event(run_id: str) -> str:
-    return f"djo-{run_id}-stop"
 
 
 def _ended_by(client: distributed.Client, job_ids: set[str]) -> set[str]:

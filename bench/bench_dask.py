@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""The Dask backend on a LocalCluster against the local backend and stock DataJoint:
+same pipeline, same keys, same number of workers, one run.
+
+    python bench/bench_dask.py                       # PostgreSQL, 10,000 keys per table
+    python bench/bench_dask.py --db mysql --keys 2000
+
+The pipeline (bench/slurm_pipeline.py) has three computed tables in a chain, each with
+``--keys`` keys: 3 x 10,000 trivial makes by default. The Dask run is
+``run --backend dask --scheduler ADDR --wait`` against a LocalCluster of ``--workers``
+worker processes (one thread each) started before the clock, as a lab's cluster is
+already running; the local run is ``run --backend local --workers W``; stock is W
+processes of ``populate(reserve_jobs=True)`` per table, table after table. Each is timed
+through the whole CLI, from process start to exit.
+
+Also counted: the Dask tasks the scheduler saw (a scheduler plugin in this process
+counts every key that reached ``processing``), against the run's pull slots recorded in
+the ledger; target: no more tasks than slots, however many keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import distributed
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_slurm import DATABASES, PIPELINE, TABLES, PipelineBench, log, print_table  # noqa: E402
+
+
+class TaskCounter(SchedulerPlugin):
+    """Every task key that the scheduler started (reached ``processing``)."""
+
+    def __init__(self) -> None:
+        self.started: set[str] = set()
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if finish == "processing":
+            self.started.add(str(key))
+
+
+class DaskBench(PipelineBench):
+    def dask(self, address: str, counter: TaskCounter) -> dict:
+        log(f"dask: {self.workers} worker processes, scheduler {address}")
+        out, complete = self.cli("run", PIPELINE, "--backend", "dask", "--scheduler", address, "--wait", "--no-progress",
+                                 "--config", str(self.config))
+        if out.returncode:
+            sys.exit(f"bench_dask: dask run failed ({out.returncode}):\n{out.stderr}")
+        from dj_orchestrate import ledger
+
+        ledger.tables.cache_clear()
+        run = ledger.recent_runs(1)[0]
+        made = {t: self.made(t) for t in TABLES}
+        tasks = {k for k in counter.started if k.startswith(f"djo-{run['run_id']}-")}
+        log(f"dask: complete in {complete:.1f} s ({made}); {len(tasks)} tasks, {run['shards']} slots")
+        return {"complete": complete, "made": made, "left": self.leftovers(), "tasks": len(tasks), "slots": run["shards"]}
+
+
+def machine() -> str:
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, load {load}, Python {platform.python_version()}, "
+            f"distributed {distributed.__version__}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", choices=sorted(DATABASES), default="postgresql")
+    parser.add_argument("--keys", type=int, default=10_000, help="keys per table (default 10,000)")
+    parser.add_argument("--workers", type=int, default=2, help="Dask worker processes, local workers, stock processes")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="djo-bench-dask-") as tmp:
+        bench = DaskBench(args.db, args.keys, args.workers, Path(tmp))  # (sets the environment the workers inherit)
+        bench.config.write_text("")
+        cluster = distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=":0", silence_logs=40)
+        counter = TaskCounter()
+        cluster.scheduler.add_plugin(counter)
+        try:
+            log(f"{args.db}: filling Source with {args.keys:,} keys (schema {bench.schema})")
+            bench.fill()
+            dask = bench.dask(cluster.scheduler_address, counter)
+            bench.reset()
+            local = bench.local()
+            bench.reset()
+            stock = bench.stock()
+        finally:
+            cluster.close()
+            bench.drop()
+    runs = {"dask": dask, "local": local, "stock": stock}
+    t = {k: r["complete"] for k, r in runs.items()}
+    print(f"\n{machine()}\n{args.db}, {len(TABLES)} tables x {args.keys:,} keys = {args.keys * len(TABLES):,} makes, "
+          f"{args.workers} workers\n")
+    print_table(runs, args.keys, [
+        ("time to complete (CLI wall time)", "dask ≤ 1.1 × local", *(f"{t[k]:.1f} s" for k in runs),
+         f"{t['dask'] / t['local']:.2f}×", f"{t['dask'] / t['stock']:.2f}×", t["dask"] <= 1.1 * t["local"]),
+        ("Dask tasks the scheduler saw", "≤ slots (not keys)", f"{dask['tasks']} ({dask['slots']} slots)", "—", "—", "", "",
+         dask["tasks"] <= dask["slots"]),
+    ])
+
+if __name__ == "__main__":
+    main()

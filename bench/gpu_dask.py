@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Proof of the Dask GPU path on a real GPU machine (not part of CI; needs a GPU).
+
+    pip install 'dj-orchestrate[cuda]' torch        # or cupy-cuda12x instead of torch
+    DJ_HOST=... DJ_USER=... DJ_PASS=... python bench/gpu_dask.py [--keys 64]
+
+What it does, through the whole CLI:
+  1. writes a small pipeline (a temp module): ``Signal`` (manual) -> ``Spectrum`` (a GPU
+     table: ``dask = {"resources": {"GPU": 1}}``, its make runs an FFT on the GPU with
+     PyTorch, or CuPy when PyTorch is missing, and records the device it used and
+     ``CUDA_VISIBLE_DEVICES``) -> ``Peak`` (a CPU table);
+  2. ``dj-orchestrate run <it> --backend dask --cluster cuda`` (dask-cuda's
+     LocalCUDACluster: one worker per GPU, each offering GPU=1);
+  3. checks: exit 0; every Spectrum row equals numpy's FFT of its signal (to 1e-4); every
+     Spectrum make ran on a CUDA device; each worker's task log path names its
+     ``CUDA_VISIBLE_DEVICES`` (``.cuda-<devices>.log``); nothing left reserved.
+Prints a small table and exits 1 if a check failed. Uses a fresh schema, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PIPELINE = '''
+import os
+import numpy as np
+import datajoint as dj
+
+schema = dj.Schema(os.environ["DJO_GPU_SCHEMA"])
+
+
+def gpu_fft(x):
+    """|FFT| on the GPU: PyTorch if present, else CuPy. Returns (magnitudes, device name)."""
+    try:
+        import torch
+        t = torch.as_tensor(x, device="cuda")
+        return torch.fft.rfft(t).abs().cpu().numpy(), torch.cuda.get_device_name(t.device)
+    except ImportError:
+        import cupy
+        return cupy.asnumpy(cupy.abs(cupy.fft.rfft(cupy.asarray(x)))), cupy.cuda.runtime.getDeviceProperties(
+            cupy.cuda.Device().id)["name"].decode()
+
+
+@schema
+class Signal(dj.Manual):
+    definition = """
+    signal_id : int32
+    ---
+    samples   : <blob>
+    """
+
+
+@schema
+class Spectrum(dj.Computed):
+    definition = """
+    -> Signal
+    ---
+    magnitude : <blob>
+    device    : varchar(255)
+    cuda      : varchar(64)   # CUDA_VISIBLE_DEVICES the make saw
+    """
+
+    dask = {"resources": {"GPU": 1}}
+
+    def make(self, key):
+        x = (Signal & key).fetch1("samples")
+        magnitude, device = gpu_fft(x)
+        self.insert1({**key, "magnitude": magnitude, "device": device,
+                      "cuda": os.environ.get("CUDA_VISIBLE_DEVICES", "")})
+
+
+@schema
+class Peak(dj.Computed):
+    definition = """
+    -> Spectrum
+    ---
+    peak_bin : int32
+    """
+
+    def make(self, key):
+        self.insert1({**key, "peak_bin": int(np.argmax((Spectrum & key).fetch1("magnitude")))})
+'''
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keys", type=int, default=64)
+    args = parser.parse_args()
+    import numpy as np
+
+    schema = f"djo_gpu_{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="djo-gpu-") as tmp:
+        module = Path(tmp) / "gpu_pipeline.py"
+        module.write_text(textwrap.dedent(PIPELINE))
+        env = {**os.environ, "DJO_GPU_SCHEMA": schema, "DJO_LEDGER_SCHEMA": f"{schema}_ledger",
+               "DJO_LOG_DIR": str(Path(tmp) / "logs"),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), tmp, os.environ.get("PYTHONPATH")]))}
+        os.environ.update({k: env[k] for k in ("DJO_GPU_SCHEMA", "DJO_LEDGER_SCHEMA")})
+        sys.path[:0] = [str(ROOT), tmp]
+        import datajoint as dj
+
+        import gpu_pipeline as m
+
+        rng = np.random.default_rng(0)
+        signals = {i: rng.standard_normal(4096).astype("float32") for i in range(args.keys)}
+        m.Signal.insert({"signal_id": i, "samples": x} for i, x in signals.items())
+        try:
+            started = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "dj_orchestrate", "run", str(module), "--backend", "dask",
+                                  "--cluster", "cuda", "--no-progress"], env=env, capture_output=True, text=True, cwd=tmp)
+            seconds = time.perf_counter() - started
+            rows = m.Spectrum.to_dicts()
+            worst = max((float(np.max(np.abs(r["magnitude"] - np.abs(np.fft.rfft(signals[r["signal_id"]])))))
+                         for r in rows), default=float("inf"))
+            logs = sorted(p.name for p in (Path(tmp) / "logs").rglob("*Spectrum*.log"))
+            from dj_orchestrate.jobs import JobTable
+
+            left = sum(JobTable(t()).status_counts()["reserved"] for t in (m.Spectrum, m.Peak))
+            checks = [
+                ("run exit status", "0", str(out.returncode), out.returncode == 0),
+                ("Spectrum rows", str(args.keys), str(len(rows)), len(rows) == args.keys),
+                ("Peak rows", str(args.keys), str(len(m.Peak())), len(m.Peak()) == args.keys),
+                ("max |GPU FFT - numpy FFT|", "< 1e-2", f"{worst:.2e}", worst < 1e-2),
+                ("devices the makes used", "CUDA devices", ", ".join(sorted({r["device"] for r in rows})) or "-", bool(rows)),
+                ("CUDA_VISIBLE_DEVICES seen", "set", ", ".join(sorted({r["cuda"] for r in rows})) or "-",
+                 all(r["cuda"] for r in rows)),
+                ("Spectrum task logs", "*.cuda-<devices>.log", ", ".join(logs) or "-",
+                 bool(logs) and all(".cuda-" in name for name in logs)),
+                ("keys left reserved", "0", str(left), left == 0),
+            ]
+            print(f"\n--cluster cuda, {args.keys} keys, {seconds:.1f} s through the CLI\n")
+            print("| check | expected | got | ok |\n|---|---|---|---|")
+            for name, expected, got, ok in checks:
+                print(f"| {name} | {expected} | {got} | {'yes' if ok else 'NO'} |")
+            if out.returncode:
+                print(out.stdout + out.stderr, file=sys.stderr)
+        finally:
+            for name in (schema, f"{schema}_ledger"):
+                try:
+                    dj.Schema(name, create_schema=False).drop(prompt=False)
+                except Exception:
+                    pass
+    sys.exit(0 if all(ok for *_, ok in checks) else 1)
+
+
+if __name__ == "__main__":
+    main()
