@@ -39,6 +39,7 @@ import time
 import uuid
 from typing import Callable
 from pathlib import Path
+from typing import Callable, TypeVar
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -52,6 +53,7 @@ DATABASES = {
 }
 
 T0 = time.perf_counter()
+T = TypeVar("T")
 
 
 def log(msg: str) -> None:
@@ -116,29 +118,35 @@ class Bench:
     def fill(self) -> None:
         self.m.Source.insert(({"key_id": i} for i in range(self.keys)), skip_duplicates=True)
 
+    def db(self, action: Callable[[], T]) -> T:
+        """This process's queries outlive a database restart (a shared machine's tests
+        restart the servers): run again on a new connection."""
+        from dj_orchestrate.db import retrying
+
+        return retrying(self.conn, action, "bench", 300)
+
     def made(self, table: str) -> int:
-        return len(getattr(self.m, table)())
+        return self.db(lambda: len(getattr(self.m, table)()))
 
     def reset(self) -> None:
         """Empty the computed tables and their jobs tables (downstream first)."""
         from dj_orchestrate.jobs import JobTable
 
-        for name in reversed(TABLES):
-            t = getattr(self.m, name)()
-            self.conn.query(f"DELETE FROM {t.full_table_name}")
-            jt = JobTable(t)
-            if jt.declared:
-                self.conn.query(f"DELETE FROM {jt.name}")
+        def empty() -> None:
+            for name in reversed(TABLES):
+                t = getattr(self.m, name)()
+                self.conn.query(f"DELETE FROM {t.full_table_name}")
+                jt = JobTable(t)
+                if jt.declared:
+                    self.conn.query(f"DELETE FROM {jt.name}")
+
+        self.db(empty)
 
     def leftovers(self) -> dict:
         from dj_orchestrate.jobs import JobTable
 
-        out = {}
-        for name in TABLES:
-            counts = {k: v for k, v in JobTable(getattr(self.m, name)()).status_counts().items() if v}
-            if counts:
-                out[name] = counts
-        return out
+        counts = self.db(lambda: {name: JobTable(getattr(self.m, name)()).status_counts() for name in TABLES})
+        return {name: {k: v for k, v in c.items() if v} for name, c in counts.items() if any(c.values())}
 
     def slurm(self) -> dict:
         log(f"slurm: submitting {len(TABLES)} tables x {self.keys:,} keys, {self.workers} workers")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -139,7 +140,7 @@ def dask_run(db, dask_cluster, tmp_path):
     return Run(db, dask_cluster, tmp_path)
 
 
-def once(lab, ids: set[int], failed: set[int] = frozenset()) -> dict:
+def once(ids: set[int], failed: set[int] = frozenset()) -> dict:
     """The MakeLog every key made exactly once gives: all tables for ``ids``, and no
     Sorting or Summary for sessions whose Preprocess failed."""
     expected = {}
@@ -192,7 +193,7 @@ def test_wait_pipeline_same_rows_as_populate_gpu_table_on_gpu_worker(lab, db, da
     out = dask_run.run("--scheduler", dask_run.cluster.address, "--wait", env=env)
     assert out.returncode == 1, out.stdout + out.stderr  # one key failed, on purpose
     assert lab.contents() == plain_populate(db, 8, env)
-    assert makes(lab) == once(lab, set(range(8)), failed={3})
+    assert makes(lab) == once(set(range(8)), failed={3})
     assert reserved(lab) == []
 
     rid = run_id(out)
@@ -206,11 +207,13 @@ def test_wait_pipeline_same_rows_as_populate_gpu_table_on_gpu_worker(lab, db, da
 
     gpu = {r["cuda"] for r in lab.MakeLog.to_dicts() if r["tbl"] == "Sorting"}
     assert gpu == {"0"}  # the GPU worker's CUDA_VISIBLE_DEVICES, in every Sorting make
-    shards = json.loads(dask_run.cli("status", LAB, "--json").stdout)
-    assert {r["table"]: r["reserved"] for r in shards} == dict.fromkeys(TABLES, 0)
+    status = json.loads(dask_run.cli("status", LAB, "--json").stdout)
+    assert {r["table"]: r["reserved"] for r in status} == dict.fromkeys(TABLES, 0)
     sorting_logs = list(dask_run.logs.glob(f"{rid}/djo-{rid}-Sorting-*.log"))
     assert sorting_logs and all(p.name.endswith(".cuda-0.log") for p in sorting_logs), sorting_logs
-    assert "submitted " in out.stderr and f"scheduler={dask_run.cluster.address}" in out.stderr
+    # one task per pull slot: 3 threads for Preprocess+Behavior and for Summary, 1 GPU for Sorting
+    assert f"submitted 7 Dask task(s) to scheduler={dask_run.cluster.address}" in out.stderr, out.stderr
+    assert len(list(dask_run.logs.glob(f"{rid}/*.log"))) == 7  # and no second round
 
 
 @pytest.mark.slow
@@ -231,7 +234,7 @@ def test_submit_without_wait_completes_after_the_client_exits(lab, db, dask_run)
     assert re.search(r"running=\d+ worker task\(s\)", line), line
 
     wait_for(lambda: len(lab.Summary()) == 4, 180, "Summary to fill", interval=1, detail=lambda: reserved(lab))
-    assert makes(lab) == once(lab, set(range(4)))
+    assert makes(lab) == once(set(range(4)))
     rid = run_id(out)
     gone = f"dask:tcp://127.0.0.1:1/djo-{rid}-Sorting-0"
     assert dask_backend.DaskBackend.ended_jobs({gone}) == {gone}  # the scheduler answered: not running
@@ -271,7 +274,7 @@ def test_sigkilled_worker_mid_make_run_completes(lab, db, dask_run):
     [error] = errors
     assert f"(backend job dask:{address}/" in error["error_message"] and error["attempts"] == 1, error
     lost = error["key"]["session_id"]
-    assert makes(lab) == once(lab, set(range(6)), failed={lost})
+    assert makes(lab) == once(set(range(6)), failed={lost})
     assert reserved(lab) == []
 
 
@@ -307,6 +310,12 @@ def test_bad_input_exit_2_nothing_reserved(lab, db, dask_run, case, args, config
 ])
 def test_bad_config_exit_2_nothing_reserved(lab, db, dask_run, case, args, config, message):
     refused(lab, dask_run, args, config, message)
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+@pytest.mark.skipif(importlib.util.find_spec("dask_cuda") is not None, reason="dask-cuda is installed here")
+def test_cluster_cuda_without_dask_cuda_names_the_extra(lab, db, dask_run):
+    refused(lab, dask_run, ["--cluster", "cuda", "--wait"], "", "pip install 'dj-orchestrate[cuda]'")
 
 
 def refused(lab, dask_run, args: list[str], config: str, message: str) -> None:

@@ -70,8 +70,9 @@ class Backend(ABC):
         return cls()
 
     def default_wait(self) -> bool:
-        """Whether ``run`` follows the run when neither --wait nor --no-wait is given
-        (local always does; a cluster started for the run must be waited for)."""
+        """Whether ``run`` follows the run when neither --wait nor --no-wait is given:
+        yes where the workers live only as long as this command (the local backend, a
+        Dask cluster started for the run)."""
         return False
 
     def check(self, tables: list[TableInfo], embedded: bool = False, wait: bool = False) -> None:

@@ -30,7 +30,9 @@ dead worker held are reconcile's: ``ended_jobs`` asks the scheduler whether a ta
 still runs on the worker address in its backend job id (``dask:<address>/<task key>``),
 and ``--wait`` reconciles with that hint as it follows the run, then submits new slots
 for keys still pending once every task ended (bounded by ``--max-attempts``), so Dask's
-``KilledWorker`` never ends a run that has keys left.
+``KilledWorker`` never ends a run that has keys left. Without ``--wait`` there is no driver:
+Dask's own reruns (``allowed-failures``) are what a dead worker's task gets, and a later
+``run`` (or ``reconcile``) picks up what is left.
 """
 
 from __future__ import annotations
@@ -267,6 +269,7 @@ class DaskBackend(Backend):
             self.client = self._connect(self.address)
             where = f"the scheduler {self.address}"
         else:
+            _cluster_class(self.kind)  # its package is installed
             where = f"the {self.kind} cluster ([dask] worker_resources)"
         offers = self._offers()
         for t in tables:
@@ -312,11 +315,7 @@ class DaskBackend(Backend):
                     n_workers=request.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                     resources=dict(self.config.defaults.worker_resources) or None, silence_logs=40)
             elif self.kind == "cuda":
-                try:
-                    from dask_cuda import LocalCUDACluster
-                except ModuleNotFoundError:
-                    raise UsageError("--cluster cuda needs dask-cuda, which is not installed",
-                                     "pip install 'dj-orchestrate[cuda]'") from None
+                LocalCUDACluster = _cluster_class(self.kind)
                 resources = {"GPU": 1, **self.config.defaults.worker_resources}
                 self.cluster = LocalCUDACluster(dashboard_address=":0", resources=resources, silence_logs=40)
             elif self.kind == "slurm":
@@ -324,11 +323,7 @@ class DaskBackend(Backend):
             self.client = distributed.Client(self.cluster, set_as_default=False)
 
     def _slurm_cluster(self, request: RunRequest) -> Any:
-        try:
-            from dask_jobqueue import SLURMCluster
-        except ModuleNotFoundError:
-            raise UsageError("--cluster slurm needs dask-jobqueue, which is not installed",
-                             "pip install 'dj-orchestrate[dask]'") from None
+        SLURMCluster = _cluster_class("slurm")
         s = self.config.defaults.slurm_settings()
         args = ["--lifetime", s.worker_lifetime(), "--lifetime-stagger", s.lifetime_stagger]
         if self.config.defaults.worker_resources:
@@ -583,6 +578,19 @@ class DaskBackend(Backend):
 
 
 # ------------------------------------------------------------------ helpers
+def _cluster_class(kind: str) -> Any:
+    """The class that ``--cluster <kind>`` starts, or which extra to install for it."""
+    if kind == "local":
+        return distributed.LocalCluster
+    module, name, package, extra = {"slurm": ("dask_jobqueue", "SLURMCluster", "dask-jobqueue", "dask"),
+                                     "cuda": ("dask_cuda", "LocalCUDACluster", "dask-cuda", "cuda")}[kind]
+    try:
+        return getattr(__import__(module), name)
+    except ModuleNotFoundError:
+        raise UsageError(f"--cluster {kind} needs {package}, which is not installed",
+                         f"pip install 'dj-orchestrate[{extra}]'") from None
+
+
 def _fits(need: dict[str, float], offer: dict[str, float]) -> bool:
     return all(offer.get(r, 0) >= v for r, v in need.items())
 
@@ -613,8 +621,12 @@ def _run_of(job_id: str) -> str | None:
 
 
 def _scheduler_of(run_id: str) -> str | None:
-    Run, _ = ledger.tables()
-    rows = (Run & {"run_id": run_id}).to_dicts()
+    """The scheduler a run's tasks went to, from its ledger row (None: not known)."""
+    try:
+        Run, _ = ledger.tables()
+        rows = (Run & {"run_id": run_id}).to_dicts()
+    except Exception:  # no ledger to ask is no hint, not a failed reconcile
+        return None
     return _field(rows[0]["backend_info"], "scheduler") if rows else None
 
 
