@@ -56,7 +56,7 @@ class DaskBench(PipelineBench):
         from dj_orchestrate import ledger
 
         ledger.tables.cache_clear()
-        run = self.db(lambda: ledger.recent_runs(1)[0])
+        run = self.db(lambda: ledger.recent_runs(limit=1)[0])
         made = {t: self.made(t) for t in TABLES}
         tasks = {k for k in counter.started if k.startswith(f"djo-{run['run_id']}-")}
         log(f"dask: complete in {complete:.1f} s ({made}); {len(tasks)} tasks, {run['shards']} slots")

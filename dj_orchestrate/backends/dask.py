@@ -622,12 +622,8 @@ def _run_of(job_id: str) -> str | None:
 
 def _scheduler_of(run_id: str) -> str | None:
     """The scheduler a run's tasks went to, from its ledger row (None: not known)."""
-    try:
-        Run, _ = ledger.tables()
-        rows = (Run & {"run_id": run_id}).to_dicts()
-    except Exception:  # no ledger to ask is no hint, not a failed reconcile
-        return None
-    return _field(rows[0]["backend_info"], "scheduler") if rows else None
+    info = ledger.backend_info(run_id)
+    return _field(info, "scheduler") if info else None
 
 
 def _field(info: str, name: str) -> str | None:
