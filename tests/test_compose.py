@@ -218,18 +218,8 @@ def argv_of(svc: dict) -> list[str]:
 
 
 def worker_image_services() -> list:
-    from dj_orchestrate.backends import BACKENDS
-
-    params = []
-    for name, svc in yaml.safe_load(COMPOSE.read_text())["services"].items():
-        if svc.get("build", {}).get("dockerfile", "Dockerfile") != "Dockerfile":
-            continue
-        argv = argv_of(svc)
-        backend = argv[argv.index("--backend") + 1] if "--backend" in argv else "local"
-        marks = [pytest.mark.xfail(backend not in BACKENDS, strict=True,
-                                   reason=f"the {backend} backend is not merged yet")]
-        params.append(pytest.param(argv, id=name, marks=marks))
-    return params
+    return [pytest.param(argv_of(svc), id=name) for name, svc in yaml.safe_load(COMPOSE.read_text())["services"].items()
+            if svc.get("build", {}).get("dockerfile", "Dockerfile") == "Dockerfile"]
 
 
 @pytest.mark.parametrize("argv", worker_image_services())
