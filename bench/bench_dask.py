@@ -83,17 +83,10 @@ def main() -> None:
         counter = TaskCounter()
         cluster.scheduler.add_plugin(counter)
         try:
-            log(f"{args.db}: filling Source with {args.keys:,} keys (schema {bench.schema})")
-            bench.fill()
-            dask = bench.dask(cluster.scheduler_address, counter)
-            bench.reset()
-            local = bench.local()
-            bench.reset()
-            stock = bench.stock()
+            runs = bench.compare("dask", lambda: bench.dask(cluster.scheduler_address, counter))
         finally:
             cluster.close()
-            bench.drop()
-    runs = {"dask": dask, "local": local, "stock": stock}
+    dask = runs["dask"]
     t = {k: r["complete"] for k, r in runs.items()}
     print(f"\n{machine()}\n{args.db}, {len(TABLES)} tables x {args.keys:,} keys = {args.keys * len(TABLES):,} makes, "
           f"{args.workers} workers\n")

@@ -256,7 +256,7 @@ def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...],
         infos = pipeline.select(infos, [t.name for t in infos])  # levels among the tables that run
     if settings.order == "declared":
         infos = pipeline.in_declared_order(infos)
-    wait = (backend == "local" or backend_obj.default_wait()) if wait is None else wait
+    wait = backend_obj.default_wait() if wait is None else wait
     backend_obj.check(infos, bool(target.embedded), wait)
     spec = pipeline.resolve_spec(pipeline_spec)
     identity, _ = identity_of(pipeline_spec)

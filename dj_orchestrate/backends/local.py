@@ -44,6 +44,9 @@ class LocalBackend(Backend):
         self.stopping = False
         self.stop_signal = signal.SIGTERM
 
+    def default_wait(self) -> bool:
+        return True  # the workers are this command's children
+
     def _stop(self, signum: int, frame: Any) -> None:
         """Forward the signal as it came (the workers charge the key they roll back for a
         scheduler's SIGTERM, not for Ctrl-C): they release their claims and exit within seconds."""
