@@ -2,7 +2,7 @@
 """Proof of the Dask GPU path on a real GPU machine (not part of CI; needs a GPU).
 
     pip install 'dj-orchestrate[cuda]' torch        # or cupy-cuda12x instead of torch
-    DJ_HOST=... DJ_USER=... DJ_PASS=... python bench/gpu_dask.py [--keys 64]
+    python bench/gpu_dask.py [--keys 64]    # the database from DJ_HOST, DJ_USER, DJ_PASS
 
 What it does, through the whole CLI:
   1. writes a small pipeline (a temp module): ``Signal`` (manual) -> ``Spectrum`` (a GPU

@@ -497,7 +497,7 @@ class DaskBackend(Backend):
                     self._stop_tasks(request, futures)
                     return
                 time.sleep(0.1)  # a round ends as soon as its last task does
-                if time.monotonic() > next_progress:
+                if request.progress and time.monotonic() > next_progress:  # (no counting for nobody)
                     next_progress = time.monotonic() + 1
                     counts = self._db(request, lambda: [jt.status_counts() for jt in tables])
                     running = sum(not f.done() for f in futures.values())
