@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import Callable
 from pathlib import Path
 from typing import Callable, TypeVar
 

@@ -360,6 +360,26 @@ def test_config_table_resources_and_class_attribute(tmp_path):
     assert config.defaults.slurm_settings().worker_lifetime() == "1500s"  # walltime less 5 minutes
 
 
+def test_stages_pipeline_within_a_resource_class(tmp_path):
+    """Tables that ask for the same resources share one stage (their workers pipeline);
+    a change of resources downstream starts the next stage, so a CPU -> GPU -> CPU chain
+    has three and the CPU branch beside the GPU table stays in the first."""
+    from types import SimpleNamespace
+
+    from dj_orchestrate.backends.dask import DaskBackend, load_config
+
+    def table(name: str, upstream: tuple[str, ...] = (), **attrs) -> SimpleNamespace:
+        return SimpleNamespace(name=name, full_name=name, upstream=frozenset(upstream), cls=type(name, (), attrs))
+
+    gpu = {"dask": {"resources": {"GPU": 1}}}
+    tables = [table("Preprocess"), table("Behavior"), table("Sorting", ("Preprocess",), **gpu),
+              table("Summary", ("Sorting", "Behavior")), table("Report", ("Behavior",))]
+    (tmp_path / "dj_orchestrate.toml").write_text("")
+    backend = DaskBackend(load_config(str(tmp_path / "dj_orchestrate.toml")), scheduler="tcp://127.0.0.1:1")
+    assert [[t.name for t in stage] for stage in backend._stages(tables)] == [
+        ["Preprocess", "Behavior", "Report"], ["Sorting"], ["Summary"]]
+
+
 def test_slurm_cluster_job_script_from_config(tmp_path):
     """[dask.slurm] becomes the dask-jobqueue job script: walltime, extra directives, a
     prologue, the workers' resources, and a --lifetime (staggered) before the walltime

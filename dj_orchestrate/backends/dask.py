@@ -16,14 +16,17 @@ crashes or is OOM-killed takes only the child with it. The child is tied to its 
 worker (``PR_SET_PDEATHSIG``): a worker that dies, retires or reaches its ``--lifetime``
 sends it SIGTERM, and it releases its claims within ``--grace``.
 
-Ordering: a pipeline's levels are chained in the Dask graph (each level's tasks take
-every earlier level's tasks as dependencies) and each task enqueues its tables when it
-starts (``--enqueue``), so nothing is written before the scheduler holds the whole graph
-and a run with no driver (no ``--wait``: ``fire_and_forget``) still runs level after
-level. Tables of one level that ask for the same resources share pull slots (one worker
-serves them in turn); a table that asks for ``GPU`` gets tasks of its own that carry
-``resources={"GPU": 1}``, so Dask runs them only on workers that offer a GPU. This is
-the per-table launch plan of ``backends.base``; it does not depend on pipelined workers.
+Ordering (pipelined, as the local pool): the tables that ask for the same resources
+form one group of pull slots, and each slot's worker claims whichever key of its tables is
+ready (``flow``), so a key's downstream work starts as soon as that key is made. Only a
+change of resource class is a barrier: a table whose upstream asks for other resources
+(Session on CPU -> SpikeSorting on GPU -> Units on CPU) starts a new *stage*, whose tasks
+take every earlier stage's tasks as Dask dependencies. So a GPU slot never sits on a GPU
+worker waiting for CPU work, and a run with no driver (no ``--wait``: ``fire_and_forget``)
+still runs stage after stage. Each task enqueues its tables when it starts (``--enqueue``),
+so nothing is written before the scheduler holds the whole graph. A table that asks for
+``GPU`` gets tasks that carry ``resources={"GPU": 1}``, which Dask runs only on workers that
+offer a GPU.
 
 A task's worker dying is Dask's business (it reruns the task elsewhere); the keys the
 dead worker held are reconcile's: ``ended_jobs`` asks the scheduler whether a task key
@@ -58,7 +61,7 @@ from .. import db, ledger
 from ..config import BackendConfig, Settings
 from ..errors import UsageError
 from ..jobs import JobTable, reconcile_all
-from ..pipeline import TableInfo, levels_of
+from ..pipeline import TableInfo
 from .base import SUBMITTED, Backend, RunRequest, TableLaunch, error_count, outcome, plan_launches, rerun_levels
 from .slurm import slurm_minutes
 
@@ -211,7 +214,7 @@ def _die_with_parent() -> None:
 # --------------------------------------------------------------- the backend
 @dataclass
 class Group:
-    """Pull slots that serve some tables of one level (same resources), after ``after``."""
+    """Pull slots that serve some tables of one stage (same resources)."""
 
     tables: list[TableInfo]
     level: int
@@ -353,7 +356,7 @@ class DaskBackend(Backend):
         errors_before = self._db(request, lambda: error_count(request.tables)) if request.wait else 0
         try:
             self._start(request)
-            groups = self._submit(request, levels_of(request.tables))
+            groups = self._submit(request, self._stages(request.tables))
             info = self._info(request)
             self._db(request, lambda: ledger.set_backend_info(request.run_id, info))
         except BaseException:
@@ -406,9 +409,23 @@ class DaskBackend(Backend):
             parts.append(f"cluster={self.kind}")
         return " ".join(parts)
 
+    def _stages(self, tables: list[TableInfo]) -> list[list[TableInfo]]:
+        """Tables (upstream first) in stages: a table joins the latest stage of its upstream
+        tables when it asks for the same resources as each of them there, else the stage
+        after. Within a stage the workers pipeline; between stages Dask orders the tasks."""
+        resources = {t.full_name: repr(sorted(self.config.for_table(t).resources.items())) for t in tables}
+        stage: dict[str, int] = {}
+        for t in tables:
+            stage[t.full_name] = max((stage[u] + (resources[u] != resources[t.full_name])
+                                      for u in t.upstream if u in stage), default=0)
+        out: dict[int, list[TableInfo]] = {}
+        for t in tables:
+            out.setdefault(stage[t.full_name], []).append(t)
+        return [out[k] for k in sorted(out)]
+
     def _groups(self, request: RunRequest, levels: list[list[TableInfo]]) -> list[Group]:
-        """The launch plan (pull slots per table, after every earlier level), with the
-        tables of one level that ask for the same resources sharing their slots."""
+        """The launch plan (pull slots per table, after every earlier stage), with the
+        tables of one stage that ask for the same resources sharing their slots."""
         offers = self._thread_offers(request)
         groups: dict[tuple[int, str], Group] = {}
         launches: list[TableLaunch] = plan_launches(request, lambda info: self._slots(info, offers), fixed_first=False,
@@ -433,7 +450,7 @@ class DaskBackend(Backend):
         return max(1, fitting)
 
     def _submit(self, request: RunRequest, levels: list[list[TableInfo]]) -> list[Group]:
-        """One task per pull slot; each level's tasks after every earlier level's. All
+        """One task per pull slot; each stage's tasks after every earlier stage's. All
         of them go in one ``submit`` per task before any can matter: each task enqueues
         its own tables when it starts."""
         assert self.client is not None
@@ -485,7 +502,7 @@ class DaskBackend(Backend):
             todo = self._db(request, lambda: rerun_levels(request, self._ended))
             if not todo or round_ == request.worker.policy.max_attempts:
                 break
-            groups = self._submit(request, todo)
+            groups = self._submit(request, self._stages([t for level in todo for t in level]))
         return crashed
 
     def _wait_round(self, request: RunRequest, futures: dict[str, distributed.Future]) -> None:
