@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_slurm import PIPELINE, ROOT, TABLES, Bench, log  # noqa: E402
+from bench_slurm import PIPELINE, ROOT, TABLES, Bench, log, print_table  # noqa: E402
 
 from dj_orchestrate.db import is_lost  # noqa: E402
 
@@ -94,29 +94,18 @@ def main() -> None:
             bench.drop()
     n = args.keys * len(TABLES)
     runs = {"airflow": airflow, "local": local, "stock": stock}
-    ok = {k: all(v == args.keys for v in r["made"].values()) and not r["left"] for k, r in runs.items()}
-    t = {k: r["complete"] for k, r in runs.items()}
     limit = len(TABLES) + 1 + len(TABLES) * args.workers  # an enqueue per table, the check, the shards
     import airflow as airflow_pkg
 
     print(f"\n{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"Airflow {airflow_pkg.__version__}\n{args.db}, {len(TABLES)} tables x {args.keys:,} keys = {n:,} makes, "
           f"{args.workers} workers (shards) per table\n")
-    rows = [
+    print_table(runs, args.keys, [
         ("task instances", f"≤ {limit} ({len(TABLES)} enqueue + 1 check + {len(TABLES) * args.workers} shards)", str(airflow["tasks"]), "—", "—", "", "",
          airflow["tasks"] <= limit),
-        ("time to complete (CLI wall time)", "small cost over local", *(f"{t[k]:.1f} s" for k in runs),
-         f"{t['airflow'] / t['local']:.2f}×", f"{t['airflow'] / t['stock']:.2f}×", None),
-        ("throughput", "—", *(f"{n / t[k]:.0f} makes/s" for k in runs), "", "", None),
-        ("every key made, nothing left", "yes", *("yes" if ok[k] else f"no {runs[k]['left']}" for k in runs), "", "",
-         all(ok.values())),
         ("once per deployment: db migrate, render", "—", f"{airflow['migrate']:.1f} s, {airflow['render']:.1f} s", "—", "—",
          "", "", None),
-    ]
-    print("| metric | target | airflow dags test | local | stock populate(reserve_jobs=True) | airflow ÷ local | airflow ÷ stock | met |")
-    print("|---|---|---|---|---|---|---|---|")
-    for *cells, met in rows:
-        print("| " + " | ".join(cells) + f" | {'' if met is None else ('yes' if met else 'NO')} |")
+    ], "small cost over local")
 
 
 if __name__ == "__main__":

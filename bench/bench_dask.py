@@ -32,7 +32,7 @@ import distributed
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_slurm import DATABASES, PIPELINE, TABLES, Bench, log  # noqa: E402
+from bench_slurm import DATABASES, PIPELINE, TABLES, Bench, log, print_table  # noqa: E402
 
 
 class TaskCounter(SchedulerPlugin):
@@ -86,21 +86,15 @@ def main() -> None:
             runs = bench.compare("dask", lambda: bench.dask(cluster.scheduler_address, counter))
         finally:
             cluster.close()
+            bench.drop()
     dask = runs["dask"]
     t = {k: r["complete"] for k, r in runs.items()}
     print(f"\n{machine()}\n{args.db}, {len(TABLES)} tables x {args.keys:,} keys = {args.keys * len(TABLES):,} makes, "
           f"{args.workers} workers\n")
-    n = args.keys * len(TABLES)
-    ok = {k: all(v == args.keys for v in r["made"].values()) and not r["left"] for k, r in runs.items()}
-    print("| metric | target | dask | local | stock populate(reserve_jobs=True) | dask ÷ local | dask ÷ stock | met |")
-    print("|---|---|---|---|---|---|---|---|")
-    print("| time to complete (CLI wall time) | dask ≤ 1.1 × local | " + " | ".join(f"{t[k]:.1f} s" for k in runs)
-          + f" | {t['dask'] / t['local']:.2f}× | {t['dask'] / t['stock']:.2f}× | {'yes' if t['dask'] <= 1.1 * t['local'] else 'NO'} |")
-    print(f"| Dask tasks the scheduler saw | ≤ slots (not keys) | {dask['tasks']} ({dask['slots']} slots) | — | — | | | "
-          f"{'yes' if dask['tasks'] <= dask['slots'] else 'NO'} |")
-    print("| throughput | — | " + " | ".join(f"{n / t[k]:.0f} makes/s" for k in runs) + " | | | |")
-    print("| every key made, nothing left | yes | " + " | ".join("yes" if ok[k] else f"no {runs[k]['left']}" for k in runs)
-          + f" | | | {'yes' if all(ok.values()) else 'NO'} |")
+    print_table(runs, args.keys, [
+        ("Dask tasks the scheduler saw", "≤ slots (not keys)", f"{dask['tasks']} ({dask['slots']} slots)", "—", "—", "", "",
+         dask["tasks"] <= dask["slots"]),
+    ], "dask ≤ 1.1 × local", t["dask"] <= 1.1 * t["local"])
 
 
 if __name__ == "__main__":

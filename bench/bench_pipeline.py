@@ -37,11 +37,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PIPELINE = str(BENCH / "straggler_pipeline.py")
 TABLES = ("A", "B", "C")
-DATABASES = {
-    "mysql": {"DJ_HOST": "127.0.0.1", "DJ_PORT": "3306", "DJ_USER": "root", "DJ_PASS": "", "DJ_BACKEND": "mysql"},
-    "postgresql": {"DJ_HOST": "127.0.0.1", "DJ_PORT": "5432", "DJ_USER": "postgres", "DJ_PASS": "",
-                   "DJ_BACKEND": "postgresql"},
-}
+sys.path.insert(0, str(BENCH))
+from bench import DATABASES  # noqa: E402
 SYSTEMS = ("upstream", "downstream", "levels", "stock")
 STOCK = """
 import sys
