@@ -9,6 +9,14 @@ DIR="${DJO_SLURM_DIR:-/var/tmp/dj-orchestrate-slurm}"
 CONF_DIR="$DIR/etc"
 CONF="$CONF_DIR/slurm.conf"
 RUN_DIR="$DIR/run"
+# munged refuses a pid file in a directory the munge user does not own (RUN_DIR belongs to
+# the private MariaDB's mysql user), so its pid file has a directory of its own.
+MUNGE_RUN_DIR="$DIR/munge"
+
+# pid_file NAME: where our NAME daemon's pid file lives
+pid_file() {
+  if [ "$1" = munged ]; then echo "$MUNGE_RUN_DIR/munged.pid"; else echo "$RUN_DIR/$1.pid"; fi
+}
 
 # running NAME: a live (non-zombie) process with that exact name exists (anyone's)
 running() {
@@ -20,10 +28,10 @@ running() {
   return 1
 }
 
-# ours_pid NAME: the pid of our NAME daemon (from $RUN_DIR/NAME.pid), if it is alive
+# ours_pid NAME: the pid of our NAME daemon (from its pid file), if it is alive
 ours_pid() {
   local pid st
-  pid="$(cat "$RUN_DIR/$1.pid" 2>/dev/null)" || return 1
+  pid="$(cat "$(pid_file "$1")" 2>/dev/null)" || return 1
   [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] || return 1
   st="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)"
   [ -n "$st" ] && [ "$st" != Z ] || return 1

@@ -275,15 +275,15 @@ if ! running munged; then
       dd if=/dev/urandom of="$MUNGE_KEY" bs=1 count=1024 status=none
     fi
   fi
-  mkdir -p /run/munge /var/log/munge /var/lib/munge
-  chown munge:munge /etc/munge "$MUNGE_KEY" /run/munge /var/log/munge /var/lib/munge
-  chmod 0700 /etc/munge /var/log/munge
+  mkdir -p /run/munge /var/log/munge /var/lib/munge "$MUNGE_RUN_DIR"
+  chown munge:munge /etc/munge "$MUNGE_KEY" /run/munge /var/log/munge /var/lib/munge "$MUNGE_RUN_DIR"
+  chmod 0700 /etc/munge /var/log/munge "$MUNGE_RUN_DIR"
   chmod 0600 "$MUNGE_KEY"
   chmod 0755 /run/munge
   rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
   log "starting munged"
   # its pid file in our directory: stop-cluster.sh stops a munged only if this script started it
-  runuser -u munge -- munged --pid-file="$RUN_DIR/munged.pid" || fail "munged failed to start"
+  runuser -u munge -- munged --pid-file="$(pid_file munged)" || fail "munged failed to start"
 fi
 for i in $(seq 1 25); do
   munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def pids_of(name: str) -> set[int]:
 
 def ours() -> set[int]:
     found = set()
-    for pidfile in (SLURM_DIR / "run").glob("*.pid"):
+    for pidfile in [*(SLURM_DIR / "run").glob("*.pid"), *(SLURM_DIR / "munge").glob("*.pid")]:
         try:
             found.add(int(pidfile.read_text().strip()))
         except (OSError, ValueError):
@@ -89,3 +90,25 @@ def test_a_cluster_that_cannot_come_up_says_so_and_fails(tmp_path):
     services = subprocess.run(["bash", str(ROOT / "scripts" / "services.sh")], env=env, capture_output=True,
                               text=True, timeout=300)
     assert services.returncode != 0 and "SLURM did NOT come up" in services.stdout, services.stdout + services.stderr
+
+
+def test_the_cluster_comes_back_after_munged_died():
+    """The state a finished session leaves for the next CI run on the same machine: the
+    cluster's directory is there (its run/ directory owned by the private MariaDB's user),
+    but munged is gone. start-cluster.sh must start munged again and bring the cluster up."""
+    require(os.geteuid() == 0, "root (start-cluster.sh starts daemons)")
+    require(bool(shutil.which("slurmctld") or Path("/usr/sbin/slurmctld").exists()), "SLURM (slurm-wlm)")
+    pidfile = SLURM_DIR / "munge" / "munged.pid"
+    require(pidfile.exists(), "the test cluster's own munged (scripts/services.sh)")
+    pid = int(pidfile.read_text().strip())
+    os.kill(pid, 15)
+    for _ in range(100):
+        if not alive(pid):
+            break
+        time.sleep(0.1)
+    out = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "starting munged" in out.stdout
+    token = subprocess.run(["munge", "-n"], capture_output=True, timeout=30).stdout
+    assert subprocess.run(["unmunge"], input=token, capture_output=True, timeout=30).returncode == 0
+    assert subprocess.run(["sinfo", "-h"], capture_output=True, timeout=60).returncode == 0
