@@ -272,6 +272,7 @@ def reconnect(conn: Any, seconds: float, who: str, give_up: Callable[[], bool] =
         try:
             conn.connect()
             conn._in_transaction = False
+            conn.connection_id = conn.adapter.get_connection_id(conn._conn)  # a new session: a new id
             return then()
         except Exception as err:
             if time.monotonic() > deadline or give_up():

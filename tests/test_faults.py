@@ -316,17 +316,19 @@ def test_stop_signal_while_launching_reaches_every_worker(chain, db, tmp_path, m
     request = RunRequest(pipeline=CHAIN, tables=infos(chain, "Square"), restriction=Restriction(),
                          target=Target(db.backend, cfg["DJ_HOST"], int(cfg["DJ_PORT"]), cfg["DJ_USER"]),
                          worker=Settings(), run_id="launch-race", log_dir=tmp_path, workers=3)
-    backend = LocalBackend()
-    real_popen, started = subprocess.Popen, []
+    from dj_orchestrate.backends import local
 
-    def popen(cmd, **kwargs):
-        proc = real_popen(["sleep", "60"], **kwargs)  # a stand-in worker
+    backend = LocalBackend()
+    started = []
+
+    def fork_worker(argv, env, log_path, connections, reconnect_seconds):
+        proc = subprocess.Popen(["sleep", "60"])  # a stand-in worker
         started.append(proc)
         if len(started) == 1:
             backend._stop(signal.SIGTERM, None)  # the signal handler runs here
         return proc
 
-    monkeypatch.setattr(subprocess, "Popen", popen)
+    monkeypatch.setattr(local, "fork_worker", fork_worker)
     try:
         backend._launch(request, request.tables, range(3))
         monkeypatch.undo()

@@ -1,5 +1,8 @@
 """Local processes: one pool of N ``dj-orchestrate work`` processes over all the selected
-tables for the whole run. Each worker claims whichever key is ready (``flow``: a key's
+tables for the whole run. Workers are forked from the driver, which has imported
+DataJoint and the pipeline already: a worker starts in milliseconds, not the second a
+new Python takes (each child opens its own database connection and runs exactly the
+``work`` command; see ``fork_worker``). Each worker claims whichever key is ready (``flow``: a key's
 downstream work starts as soon as that key is made), so there is no level barrier and
 no pool per level. The driver only launches, watches and reports:
 
@@ -19,11 +22,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
+import sys
 import time
+import traceback
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from ..db import retrying
+from ..db import reconnect, retrying
 from ..jobs import JobTable, reconcile_all
 from ..pipeline import TableInfo
 from .base import Backend, RunRequest, outcome, ready_keys, worker_command
@@ -38,9 +43,9 @@ class LocalBackend(Backend):
     name = "local"
 
     def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
-        self.alive: list[subprocess.Popen] = []
-        self.job_ids: dict[subprocess.Popen, str] = {}  # the backend job id each worker records
+        self.procs: list[Forked] = []
+        self.alive: list[Forked] = []
+        self.job_ids: dict[Forked, str] = {}  # the backend job id each worker records
         self.stopping = False
         self.stop_signal = signal.SIGTERM
 
@@ -99,22 +104,28 @@ class LocalBackend(Backend):
         return range(len(self.procs), len(self.procs) + n)
 
     def _launch(self, request: RunRequest, tables: list[TableInfo], indices: range) -> None:
-        env = {**os.environ, **request.target.worker_env(), "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
         request.log_dir.mkdir(parents=True, exist_ok=True)
-        for i in indices:
-            if self.stopping:  # stopped while launching: start no more
-                break
-            log_path = request.log_dir / f"worker-{i}.log"
-            job_id = f"local-{request.run_id.rsplit('-', 1)[-1]}-{i}"
-            cmd = worker_command(request, tables, shard_index=i) + ["--log-path", str(log_path), "--backend-job-id", job_id]
-            with open(log_path, "ab") as out:
-                proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-            self.procs.append(proc)
-            self.alive.append(proc)
-            self.job_ids[proc] = job_id
-            if self.stopping:  # the signal came before this worker was in self.procs
-                proc.send_signal(self.stop_signal)
+        env = {**request.target.worker_env(),  # what the worker's own subprocesses inherit, as from any backend
+               "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+        connections = _connections(request.tables)
+        for conn in connections:  # no child may share the driver's session: it opens its own
+            conn.close()
+        try:
+            for i in indices:
+                if self.stopping:  # stopped while launching: start no more
+                    break
+                log_path = request.log_dir / f"worker-{i}.log"
+                job_id = f"local-{request.run_id.rsplit('-', 1)[-1]}-{i}"
+                cmd = worker_command(request, tables, shard_index=i) + ["--log-path", str(log_path), "--backend-job-id", job_id]
+                proc = fork_worker(cmd[cmd.index("work"):], env, log_path, connections, request.worker.reconnect_seconds)
+                self.procs.append(proc)
+                self.alive.append(proc)
+                self.job_ids[proc] = job_id
+                if self.stopping:  # the signal came before this worker was in self.procs
+                    proc.send_signal(self.stop_signal)
+        finally:
+            for conn in connections:
+                reconnect(conn, request.worker.reconnect_seconds, "run")
 
     def _follow(self, request: RunRequest, progress: "Progress") -> None:
         """Until every worker has exited: reconcile and replace the ones that die, grow
@@ -140,6 +151,77 @@ class LocalBackend(Backend):
                     self._launch(request, request.tables,
                                  self._indices(min(request.workers, len(self.alive) + ready) - len(self.alive)))
         progress.update()
+
+
+class Forked:
+    """A worker forked from the driver, with the part of ``subprocess.Popen`` the driver uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)  # -N: killed by signal N, as Popen says
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:  # (a reaped pid may belong to another process by now)
+            os.kill(self.pid, signum)
+
+
+def _connections(tables: list[TableInfo]) -> list[Any]:
+    """The driver's database connections: the pipeline's and the ledger's (DataJoint's own)."""
+    import datajoint as dj
+
+    found = {id(c): c for c in [*(t.cls.connection for t in tables), dj.conn()]}
+    return list(found.values())
+
+
+def fork_worker(argv: list[str], env: dict[str, str], log_path: Path, connections: list[Any],
+                reconnect_seconds: float) -> Forked:
+    """Start ``dj-orchestrate ARGV`` (a ``work`` command) as a forked child: its own
+    session (the driver forwards signals itself), ``env`` added to its environment, its
+    output appended to ``log_path``,
+    its own database connections (the driver's are closed while it forks). It never
+    returns into the driver's code: it leaves with ``os._exit``, so that none of the
+    driver's exit handlers (an embedded database's shutdown) run in it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return Forked(pid)
+    code = 1
+    try:
+        os.setsid()
+        os.environ.update(env)
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_DFL)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        sys.stdout.reconfigure(line_buffering=True)
+        for conn in connections:
+            reconnect(conn, reconnect_seconds, "worker")
+        from ..cli import main
+
+        main.main(args=argv, prog_name="dj-orchestrate")
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
 
 
 class Progress:
