@@ -245,7 +245,7 @@ class Bench:
         self.row(f"{n:,} trivial keys end to end, one worker, whole command", "≤ 0.5 × stock",
                  f"{ours:.2f} s{_each(runs['ours'])}", f"{stock:.2f} s{_each(runs['stock'])}",
                  _ratio(ours, stock), _met(ours / stock <= 0.5),
-                 "ours: `dj-orchestrate run --table Trivial --workers 1` (driver + one `work` process); stock: "
+                 "ours: `dj-orchestrate run --table Trivial --workers 1` (driver + one forked `work` process); stock: "
                  "`python -c` importing the pipeline and calling `populate(reserve_jobs=True)`; wall time of each "
                  f"process. The populate() call alone took {call:.2f} s (ours ÷ that: {_ratio(ours, call)}); stock "
                  f"populate() with no jobs table at all, in-process: {direct:.2f} s, DataJoint's own per-key floor")
