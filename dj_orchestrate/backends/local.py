@@ -231,6 +231,7 @@ class Progress:
     def __init__(self, request: RunRequest, db: Callable) -> None:
         from tqdm import tqdm  # only a run that starts workers shows progress
 
+        tqdm.monitor_interval = 0  # no monitor thread: the driver forks its workers, best with no thread running
         self.request, self.db = request, lambda action: db(request, action)
         self.tables = [JobTable(t.instance()) for t in request.tables]
         width = max(len(t.name) for t in request.tables)
