@@ -57,11 +57,12 @@ class Settings:
     max_batch: int = 50
     order: str = "upstream"  # which ready table a claim tries first: see ``flow``
     # Work one claim takes. It bounds the tail: when the queue runs dry, a worker may still
-    # hold this much unstarted work while the others idle (2.0 left 8 workers on 20 ms keys
-    # finishing 1.3 s apart, 0.5 leaves 0.3 s). Keys faster than batch_seconds / max_batch
-    # (10 ms) are claimed max_batch at a time either way; slower keys now cost at most two
-    # claims a second per worker (one claim is a few ms of database time).
-    batch_seconds: float = 0.5
+    # hold this much unstarted work while the others idle, and a slow key at the end of a
+    # batch starts that much late (bench/bench_pipeline.py, straggler last: 0.5 gave 1.35-1.40x
+    # the lower bound, 0.2 gives 1.23-1.25x, what claiming in key order allows). Keys faster
+    # than batch_seconds / max_batch (4 ms) are claimed max_batch at a time either way; slower
+    # keys cost at most five claims a second per worker (one claim is a few ms of database time).
+    batch_seconds: float = 0.2
     flush_seconds: float = 1.0
     grace: float = 5.0
     policy: Policy = field(default_factory=Policy)
