@@ -144,11 +144,17 @@ def set_backend_info(run_id: str, info: str) -> None:
     Run.update1({"run_id": run_id, "backend_info": info[:4000]})
 
 
-def backend_info(run_id: str) -> str | None:
-    """A run's ``backend_info``, read only (None: no ledger, or no such run)."""
+def run_row(run_id: str) -> dict | None:
+    """A run's row, read only (None: no ledger, or no such run)."""
     found = _existing()
     rows = (found[0] & {"run_id": run_id}).to_dicts() if found else []
-    return rows[0]["backend_info"] if rows else None
+    return rows[0] if rows else None
+
+
+def backend_info(run_id: str) -> str | None:
+    """A run's ``backend_info``, read only (None: no ledger, or no such run)."""
+    row = run_row(run_id)
+    return row["backend_info"] if row else None
 
 
 def add_shards(run_id: str, table_name: str, bounds: list[tuple[str, str]], **fields: Any) -> None:

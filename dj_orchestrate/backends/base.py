@@ -87,6 +87,12 @@ class Backend(ABC):
         """What the scheduler says about a run, for ``status`` (a hint, not the truth)."""
         return ""
 
+    def run_ended(self, run: dict) -> bool | None:
+        """Whether every worker of a submitted run (its ledger row) has ended, as the
+        scheduler says: what a waiter asks when keys are left and nobody holds them
+        (then nobody will make them). None: no answer, ask again later."""
+        return None
+
     @classmethod
     def ended_jobs(cls, job_ids: set[str]) -> set[str]:
         return set()

@@ -357,7 +357,7 @@ class DaskBackend(Backend):
         try:
             self._start(request)
             groups = self._submit(request, self._stages(request.tables))
-            info = self._info(request)
+            info = self._info(request, groups)
             self._db(request, lambda: ledger.set_backend_info(request.run_id, info))
         except BaseException:
             with contextlib.suppress(Exception):  # the reason to report is the one above
@@ -398,10 +398,13 @@ class DaskBackend(Backend):
                     thing.close()
         self.client = self.cluster = None
 
-    def _info(self, request: RunRequest) -> str:
-        """What ``status`` and reconcile need later: where the scheduler and dashboard are."""
+    def _info(self, request: RunRequest, groups: list[Group]) -> str:
+        """What ``status``, reconcile and ``run_ended`` need later: where the scheduler
+        and dashboard are, and the run's task keys (per group, its range of slots)."""
         assert self.client is not None
         parts = [f"scheduler={self.client.scheduler.address}"]
+        ranges = [(g.label, [int(str(f.key).rsplit("-", 1)[1]) for f in g.futures]) for g in groups if g.futures]
+        parts.append("tasks=" + (",".join(f"{label}:{min(s)}-{max(s)}" for label, s in ranges) or "none"))
         with contextlib.suppress(Exception):
             if self.client.dashboard_link:
                 parts.append(f"dashboard={self.client.dashboard_link}")
@@ -579,6 +582,21 @@ class DaskBackend(Backend):
                     ended |= _ended_by(client, ids)
         return ended
 
+    def run_ended(self, run: dict) -> bool | None:
+        """No task of the run is waiting, queued or running on its scheduler (with
+        ``fire_and_forget`` a finished task is forgotten). None: the scheduler does not
+        answer, or the run's tasks were not recorded."""
+        info = run.get("backend_info") or ""
+        address, keys = _field(info, "scheduler"), _task_keys(run["run_id"], info)
+        if not address or keys is None:
+            return None
+        try:
+            with _quiet(), distributed.Client(address, timeout=3, set_as_default=False) as client:
+                states = client.sync(client.scheduler.get_task_status, keys=keys)
+        except Exception:
+            return None
+        return not any(state in LIVE_TASK_STATES for state in states.values())
+
     def describe(self, run: dict) -> str:
         """For ``status``: the scheduler, its dashboard and the run's running tasks."""
         info = run.get("backend_info") or ""
@@ -629,6 +647,7 @@ def _ended_by(client: distributed.Client, job_ids: set[str]) -> set[str]:
     return ended
 
 
+LIVE_TASK_STATES = {"released", "waiting", "no-worker", "queued", "processing"}  # (not memory, erred, forgotten)
 RUN_IN_KEY = re.compile(r"dask:.+/djo-(\d{8}-\d{6}-[0-9a-f]+)-")
 
 
@@ -641,6 +660,16 @@ def _scheduler_of(run_id: str) -> str | None:
     """The scheduler a run's tasks went to, from its ledger row (None: not known)."""
     info = ledger.backend_info(run_id)
     return _field(info, "scheduler") if info else None
+
+
+def _task_keys(run_id: str, info: str) -> list[str] | None:
+    """The run's task keys from ``tasks=Square:0-1,Total:2-3`` in its backend info."""
+    ranges = _field(info, "tasks")
+    if ranges is None:
+        return None
+    pairs = (part.rpartition(":")[::2] for part in ranges.split(",") if part != "none")
+    return [f"djo-{run_id}-{label}-{slot}" for label, span in pairs
+            for slot in range(int(span.split("-")[0]), int(span.split("-")[1]) + 1)]
 
 
 def _field(info: str, name: str) -> str | None:

@@ -610,18 +610,35 @@ class KubernetesBackend(Backend):
         retrying(conn, settle, WHO, DB_PATIENCE)
         return outcome(request.run_id)
 
-    def describe(self, run: dict) -> str:
-        """Each Job's pods: active, succeeded, failed (and suspended), for ``status``."""
-        namespace, _, names = (run.get("backend_info") or "").partition("/")
+    def _jobs_of(self, run: dict) -> tuple[list[str], dict[str, dict]] | None:
+        """The names of a run's table Jobs (its ledger row) and the Jobs of the run that
+        still exist; None when none are recorded or the API does not answer."""
+        namespace, recorded, names = (run.get("backend_info") or "").partition("/")
         if not names:
-            return ""
+            return ([], {}) if recorded else None
         try:
             api = Api.connect(self.settings.context, namespace, retries=HINT_RETRIES)
-            jobs, _ = api.jobs(run["run_id"])
+            return names.split(","), api.jobs(run["run_id"])[0]
         except (UsageError, *API_ERRORS):
+            return None
+
+    def run_ended(self, run: dict) -> bool | None:
+        """Every table Job of the run finished or is gone (a suspended one waits for the
+        conductor: not ended)."""
+        found = self._jobs_of(run)
+        if found is None:
+            return None
+        names, jobs = found
+        return all(name not in jobs or finished(jobs[name]) for name in names)
+
+    def describe(self, run: dict) -> str:
+        """Each Job's pods: active, succeeded, failed (and suspended), for ``status``."""
+        found = self._jobs_of(run)
+        if found is None:
             return ""
+        names, jobs = found
         parts = []
-        for name in names.split(","):
+        for name in names:
             s = jobs.get(name, {}).get("status", {})
             state = "suspended" if jobs.get(name, {}).get("spec", {}).get("suspend") else \
                 f"active {s.get('active') or 0}, succeeded {s.get('succeeded') or 0}, failed {s.get('failed') or 0}"

@@ -412,16 +412,23 @@ class SlurmBackend(Backend):
     def describe(self, run: dict) -> str:
         """Per-table task states of a run, for ``status``."""
         parts = []
-        for item in filter(None, (run.get("backend_info") or "").split("; ")):
-            name, _, ids = item.partition(": ")
-            states = self.states(set(ids.split(",")), max_age=0)
+        for name, ids in _arrays(run).items():
+            states = self.states(set(ids), max_age=0)
             counts: dict[str, int] = {}
             for job, task in states.items():
-                if job.split("_")[0] in ids.split(","):
+                if job.split("_")[0] in ids:
                     state = f"{task.state} ({task.reason})" if task.reason in NEVER_STARTS else task.state
                     counts[state] = counts.get(state, 0) + 1
-            parts.append(f"{name} [{ids}]: " + (", ".join(f"{s} {n}" for s, n in sorted(counts.items())) or "ended"))
+            parts.append(f"{name} [{','.join(ids)}]: " + (", ".join(f"{s} {n}" for s, n in sorted(counts.items())) or "ended"))
         return "; ".join(parts)
+
+    def run_ended(self, run: dict) -> bool | None:
+        """No task of the run's arrays is queued or running (None: squeue did not answer)."""
+        ids = {i for ids in _arrays(run).values() for i in ids}
+        states = self._squeue(ids)
+        if states is None:
+            return None
+        return not any(t.state in ACTIVE_STATES for job, t in states.items() if job.split("_")[0] in ids)
 
     # ----------------------------------------------------------------- render
     def render(self, request: RunRequest, out: Path) -> list[Path]:
@@ -471,6 +478,12 @@ class SlurmBackend(Backend):
         script.write_text("\n".join(submit) + "\n")
         script.chmod(0o755)
         return [*written, script]
+
+
+def _arrays(run: dict) -> dict[str, list[str]]:
+    """A run's arrays per table, from its ledger row (``Square: 64; Total: 65,66``)."""
+    items = (item.partition(": ") for item in filter(None, (run.get("backend_info") or "").split("; ")))
+    return {name: ids.split(",") for name, _, ids in items}
 
 
 def _stop_if_never_starts(arrays: dict[str, list[str]], tasks: dict[str, Task]) -> None:
