@@ -6,21 +6,29 @@ command run as a subprocess in the lab's Python (the DAG's ``python``, else this
 worker's own), so that the pipeline's packages never have to live in Airflow's
 environment and a worker that crashes is a failed task, not a crashed Airflow worker.
 
+In a backend mode (slurm, dask, kubernetes) ``submit`` hands the table's keys to that
+backend and ``WaitForTable`` defers to ``TableProgress``, a trigger that asks
+``dj-orchestrate airflow progress`` from the triggerer, so that no worker slot is held
+while the backend's workers make the keys.
+
 The database credentials come from the Airflow connection the DAG names, resolved
-here at run time into ``DJ_*`` variables of the subprocess only; without that
-connection, the worker's own DataJoint configuration applies. Nothing here prints them.
+here at run time (in the worker or the triggerer) into ``DJ_*`` variables of the
+subprocess only; without that connection, the worker's own DataJoint configuration
+applies. Nothing here prints them, and the trigger's serialised arguments hold none.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
-from typing import Any
+from typing import Any, AsyncIterator
 
-from airflow.sdk import Connection, conf, get_current_context
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
+from airflow.sdk import BaseOperator, Connection, conf, get_current_context
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException, AirflowSkipException
+from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 BAD_INPUT = 2  # dj-orchestrate's exit code for bad input: retrying cannot help
 BACKENDS = {"mysql": "mysql", "mariadb": "mysql", "postgres": "postgresql", "postgresql": "postgresql"}
@@ -55,6 +63,87 @@ def work(pipeline: dict[str, Any], table: str, settings: dict[str, Any], slot: d
                    "--log-path", log_path(ti)], python)
 
 
+def submit(pipeline: dict[str, Any], table: str, settings: dict[str, Any], slots: list[dict[str, Any]]) -> str:
+    """A backend mode's launch: ``run --backend MODE --no-wait`` for the table (within
+    the run's ``key`` param), which returns once the backend accepted the workers. The
+    run id, for the wait step. No slots (nothing to make, or a table left out): skipped."""
+    if not slots:
+        raise AirflowSkipException(f"{table}: nothing to make")
+    params = get_current_context()["params"]
+    out = _dj(pipeline, ["run", pipeline["pipeline"], "--table", table, "--backend", settings["mode"], "--no-wait",
+                         "--json", "--shard-size", str(settings["shard_size"]), *_key_args(params),
+                         *_config_args(pipeline)], settings.get("python"))
+    return json.loads(out)["run_id"]
+
+
+class WaitForTable(BaseOperator):
+    """A backend mode's wait: defers at once to ``TableProgress`` (the Airflow worker is
+    free while the backend makes the keys) and fails when the run's workers ended with
+    keys of the table not made. Failed keys do not fail it: ``check`` names them."""
+
+    template_fields = ("run",)
+
+    def __init__(self, *, pipeline: dict[str, Any], table: str, settings: dict[str, Any], run: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pipeline, self.table, self.settings, self.run = pipeline, table, settings, run
+
+    def execute(self, context: Any) -> None:
+        key = context["params"].get("key")
+        self.defer(trigger=TableProgress(self.pipeline, self.table, self.run, json.dumps(key) if key else None,
+                                         self.settings["poll_s"], self.settings.get("python")),
+                   method_name="finish")
+
+    def finish(self, context: Any, event: dict[str, Any]) -> None:
+        if "refused" in event:
+            raise AirflowFailException(event["refused"])
+        print(f"{self.table} (run {self.run}): {event['done']} made, {event['error']} failed, {event['ignore']} ignored, "
+              f"{event['left']} left")
+        if event["left"]:
+            raise AirflowFailException(f"{self.table}: {event['left']} keys not made: the workers of run {self.run} ended "
+                                       "(`dj-orchestrate status` shows the run, `dj-orchestrate errors` the failed keys)")
+
+
+class TableProgress(BaseTrigger):
+    """Runs in the triggerer: ``dj-orchestrate airflow progress`` every ``poll_s``
+    seconds until the table is finished (see ``backends.airflow.progress``). Its
+    arguments, which Airflow stores, are the DAG's own values and the run id: the
+    credentials are resolved from the connection each time it starts."""
+
+    def __init__(self, pipeline: dict[str, Any], table: str, run: str, key: str | None = None, poll_s: float = 30,
+                 python: str | None = None) -> None:
+        super().__init__()
+        self.pipeline, self.table, self.run_id, self.key, self.poll_s, self.python = pipeline, table, run, key, poll_s, python
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{__name__}.{type(self).__name__}",
+                {"pipeline": self.pipeline, "table": self.table, "run": self.run_id, "key": self.key,
+                 "poll_s": self.poll_s, "python": self.python})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        command = _command(self.pipeline, ["airflow", "progress", self.pipeline["pipeline"], "--table", self.table,
+                                           "--run", self.run_id, *(["--key", self.key] if self.key else []),
+                                           *_config_args(self.pipeline)], self.python)
+        env = {**os.environ, **_connection_env(self.pipeline["conn_id"], await _aconnection(self.pipeline["conn_id"]))}
+        while True:
+            proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.PIPE, env=env)
+            out, err = await proc.communicate()
+            if proc.returncode == 0:
+                state = json.loads(out)
+                if state["finished"]:
+                    yield TriggerEvent(state)
+                    return
+                self.log.info("%s: %d made, %d left; the run's workers %s", self.table, state["done"], state["left"],
+                              {True: "ended", False: "run", None: "did not answer"}[state["workers_ended"]])
+            elif proc.returncode == BAD_INPUT:  # asking again cannot help
+                yield TriggerEvent({"refused": err.decode(errors="replace").strip()})
+                return
+            else:  # a database or scheduler that does not answer now may later
+                self.log.warning("dj-orchestrate airflow progress exited with status %d: %s", proc.returncode,
+                                 err.decode(errors="replace").strip()[-1000:])
+            await asyncio.sleep(self.poll_s)
+
+
 def check(pipeline: dict[str, Any], tables: list[str]) -> None:
     """Fail the run when keys of its tables ended in error (naming them) or were not
     made; the keys stay recorded in the jobs tables."""
@@ -82,6 +171,21 @@ def database_env(conn_id: str) -> dict[str, str]:
     try:
         conn = Connection.get(conn_id)
     except AirflowNotFoundException:
+        conn = None
+    return _connection_env(conn_id, conn)
+
+
+async def _aconnection(conn_id: str) -> Connection | None:
+    """The connection, as the triggerer's event loop may ask for it (None: no such one)."""
+    try:
+        return await Connection.async_get(conn_id)
+    except AirflowNotFoundException:
+        return None
+
+
+def _connection_env(conn_id: str, conn: Connection | None) -> dict[str, str]:
+    """``DJ_*`` from a connection (found in the worker or the triggerer alike)."""
+    if conn is None:
         print(f"no Airflow connection {conn_id!r}: using this worker's DataJoint configuration (DJ_*, datajoint.json)")
         return {}
     backend = BACKENDS.get(conn.conn_type or "")
@@ -92,8 +196,9 @@ def database_env(conn_id: str) -> dict[str, str]:
            "DJ_PASS": conn.password or "", "DJO_EMBEDDED_DIR": ""}
     if conn.port:
         env["DJ_PORT"] = str(conn.port)
-    if "use_tls" in conn.extra_dejson:
-        env["DJ_USE_TLS"] = str(conn.extra_dejson["use_tls"]).lower()
+    extra = json.loads(conn.extra or "{}")  # (not extra_dejson: its masking call blocks in the triggerer's loop)
+    if "use_tls" in extra:
+        env["DJ_USE_TLS"] = str(extra["use_tls"]).lower()
     return env
 
 
@@ -102,14 +207,23 @@ def _key_args(params: dict[str, Any]) -> list[str]:
     return ["--key", json.dumps(key)] if key else []
 
 
+def _config_args(pipeline: dict[str, Any]) -> list[str]:
+    """The config file the DAG was rendered with (the backends' settings), if any."""
+    return ["--config", pipeline["config"]] if pipeline.get("config") else []
+
+
+def _command(pipeline: dict[str, Any], args: list[str], python: str | None = None) -> list[str]:
+    """``dj-orchestrate ARGS`` in the lab's Python (the table's, the DAG's, else this one)."""
+    return [python or pipeline.get("python") or sys.executable, "-m", "dj_orchestrate", *args]
+
+
 def _dj(pipeline: dict[str, Any], args: list[str], python: str | None = None, fail_on: tuple[int, ...] = (BAD_INPUT,)) -> str:
     """Run ``dj-orchestrate ARGS`` in the lab's Python; its stdout is echoed to the task
     log and returned, its stderr goes to the task log directly. An exit code in
     ``fail_on`` fails the task for good; any other failure is Airflow's to retry. The
     subprocess is stopped (it then releases its keys) when the task is."""
-    command = [python or pipeline.get("python") or sys.executable, "-m", "dj_orchestrate", *args]
     env = {**os.environ, **database_env(pipeline["conn_id"])}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(_command(pipeline, args, python), stdout=subprocess.PIPE, text=True, env=env)
     lines = []
     try:
         for line in proc.stdout:

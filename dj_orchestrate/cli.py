@@ -43,6 +43,7 @@ except UsageError as _err:
 from datajoint.errors import AccessError  # noqa: E402
 
 from . import __version__, ledger, pipeline  # noqa: E402
+from .config import BackendConfig  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .flow import ORDERS  # noqa: E402
 from .jobs import JobTable, Policy, Restriction, reconcile_all  # noqa: E402
@@ -114,6 +115,15 @@ def open_pipeline(spec: str, tables: tuple[str, ...], key_json: str | None,
     if warn:
         warn_hidden(infos)
     return target, infos, Restriction(pipeline.check_key_attributes(keys, infos))
+
+
+def warn_unknown_tables(config: BackendConfig, spec: str) -> None:
+    """One line on stderr for each ``[<section>.tables.X]`` that names no table of the
+    pipeline (a typo: its settings would silently apply to nothing)."""
+    names = [t.name for t in pipeline.discover(pipeline.load(spec))]
+    for name in config.unknown_tables(set(names)):
+        click.echo(f"dj-orchestrate: warning: [{config.section}.tables.{name}] in {config.source} names no table of "
+                   f"{spec}; its tables: {', '.join(names)}", err=True)
 
 
 def warn_hidden(infos: list[pipeline.TableInfo]) -> None:
@@ -647,7 +657,10 @@ def airflow() -> None:
 @click.option("--schedule", help='Cron expression or preset, e.g. "0 2 * * *" or @daily (default: triggered only).')
 @click.option("--conn-id", default="datajoint_default", show_default=True,
               help="The Airflow connection (mysql or postgres) the tasks take the database credentials from.")
-@click.option("--mode", type=click.Choice(["worker", "slurm", "dask", "kubernetes"]), help="Where work runs (default: [airflow] mode, worker).")
+@click.option("--mode", type=click.Choice(["worker", "slurm", "dask", "kubernetes"]),
+              help="Where work runs (default: [airflow] mode, else worker): worker runs `dj-orchestrate work` in the "
+                   "Airflow worker; slurm, dask and kubernetes submit each table to that backend (its settings from "
+                   "--config) and wait in the triggerer, holding no worker slot.")
 @click.option("--python", help="The lab's Python on the Airflow workers (default: [airflow] python, else the worker's own).")
 @click.option("--check", "check_only", is_flag=True, help="Write nothing; exit 1 when the file on disk is not what render writes.")
 @friendly
@@ -665,6 +678,7 @@ def airflow_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | 
     config.defaults = dataclasses.replace(config.defaults, **{k: v for k, v in (("mode", mode), ("python", python)) if v})
     af.check_mode(config.defaults.mode)
     request = render_request(pipeline_spec, tables, key_json, out_dir)
+    warn_unknown_tables(config, pipeline_spec)
     request.tables = claimable(request.tables, "leaving out")
     if not request.tables:
         raise UsageError("none of the selected tables can have a jobs table", "select tables whose keys can be claimed")
@@ -698,6 +712,28 @@ def airflow_enqueue(pipeline_spec: str, table: str, key_json: str | None, shard_
 
     _, infos, restriction = open_pipeline(pipeline_spec, (table,), key_json)
     emit_json({"table": table, **af.enqueue(infos[0], restriction, shard_size, max_shards)})
+
+
+@airflow.command("progress")
+@pipeline_arg
+@click.option("--table", required=True, metavar="NAME", help="The table to look at.")
+@click.option("--run", "run_id", required=True, help="The run that submit started.")
+@key_opt
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Backend config (dj_orchestrate.toml).")
+@friendly
+def airflow_progress(pipeline_spec: str, table: str, run_id: str, key_json: str | None, config_path: str | None) -> None:
+    """(Run by the DAG's wait triggers.) Reconcile the table, then print as JSON its keys'
+    counts and whether it is finished: no key left, or the run's workers are gone."""
+    from . import backends
+    from .backends import airflow as af
+
+    _, infos, restriction = open_pipeline(pipeline_spec, (table,), key_json)
+    run = ledger.run_row(run_id)
+    if run is None:
+        raise UsageError(f"no run {run_id} in the ledger", "pass the run id that `run --no-wait --json` printed")
+    ended = backends.get(run["backend"]).from_config(config_path).run_ended(run)  # before the keys are counted
+    reconcile_all([t.instance() for t in infos], Policy(), ended_jobs(infos))
+    emit_json(af.progress(infos[0], restriction, run_id, ended))
 
 
 @airflow.command("check")

@@ -2,18 +2,23 @@
 
 ``dj-orchestrate airflow render`` writes one DAG per pipeline: a task group per
 auto-populated table, upstream first, each an ``enqueue`` task (the table's missing
-keys into its jobs table; returns the shard slots) and a ``work`` task mapped over the
-slots (one ``dj-orchestrate work`` each), then a ``check`` task that fails the run when
-keys ended in error. The tasks run ``dj_orchestrate.airflow_tasks`` in the Airflow
-worker, which runs ``dj-orchestrate`` in the lab's Python.
+keys into its jobs table; returns the shard slots), then a ``check`` task that fails
+the run when keys ended in error. Where a table's work runs is its mode: ``worker``
+maps a ``work`` task over the slots (one ``dj-orchestrate work`` each, in the Airflow
+worker); ``slurm``, ``dask`` and ``kubernetes`` have a ``submit`` task (``run --backend
+B --no-wait``) and a ``wait`` task that defers to a trigger, which asks ``airflow
+progress`` until the table's keys are made or the run's workers are gone, holding no
+worker slot meanwhile. The tasks run ``dj_orchestrate.airflow_tasks`` in the Airflow
+worker (and triggerer), which runs ``dj-orchestrate`` in the lab's Python.
 
 The file is data and wiring only: it imports ``airflow.sdk`` and that small runtime,
 never DataJoint or the pipeline, makes no database call at parse time, and holds no
 credential (it names an Airflow connection, resolved on the worker at run time). The
 jobs tables stay the truth; Airflow retries only relaunch workers.
 
-Here: the ``[airflow]`` settings, the rendering, and the ``enqueue``/``check`` steps
-that the DAG's tasks run through the CLI (in the lab's Python, without Airflow).
+Here: the ``[airflow]`` settings, the rendering, and the ``enqueue``/``progress``/
+``check`` steps that the DAG's tasks run through the CLI (in the lab's Python, without
+Airflow).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from .. import __version__
@@ -54,12 +60,14 @@ class AirflowSettings(Settings):
     shard_size: int = 1000  # keys per mapped work task
     max_shards: int = MAX_MAP_LENGTH  # most mapped work tasks per table: beyond it, shards grow
     python: str | None = None  # the lab's Python on the workers (default: the Airflow worker's own)
-    mode: str = "worker"  # where work runs: worker (the Airflow worker itself)
+    mode: str = "worker"  # where work runs: worker (the Airflow worker itself), slurm, dask or kubernetes
+    poll_s: int = 30  # seconds between the wait task's looks at the jobs table (modes other than worker)
 
     def parsed(self, where: str) -> "AirflowSettings":
         if self.mode not in MODES:
             raise UsageError(f"mode {self.mode!r} in {where} is not a mode", f"valid modes: {', '.join(MODES)}")
-        for name, low in (("pool_slots", 1), ("retries", 0), ("retry_delay_s", 0), ("shard_size", 1), ("max_shards", 1)):
+        for name, low in (("pool_slots", 1), ("retries", 0), ("retry_delay_s", 0), ("shard_size", 1), ("max_shards", 1),
+                          ("poll_s", 1)):
             if getattr(self, name) < low:
                 raise UsageError(f"{name} in {where} must be at least {low}, got {getattr(self, name)}", f"e.g. {name} = {max(low, 2)}")
         if self.max_shards > MAX_MAP_LENGTH:
@@ -99,16 +107,11 @@ def check_schedule(schedule: str | None) -> None:
 
 def check_mode(mode: str) -> None:
     """``worker`` runs in the Airflow worker; the other modes hand work to a backend,
-    which must be installed (its extra named), and are not rendered yet."""
-    if mode not in MODES:
-        raise UsageError(f"unknown --mode {mode!r}", f"valid modes: {', '.join(MODES)}")
-    if mode == "worker":
-        return
-    from . import get
+    which must be installed here: the error names its extra."""
+    if mode != "worker":
+        from . import get
 
-    get(mode)  # names the extra to install, or says the backend does not exist yet
-    raise UsageError(f"--mode {mode} is not available in Airflow DAGs yet",
-                     "use --mode worker (the default): dj-orchestrate work runs in the Airflow worker")
+        get(mode)
 
 
 def default_dag_id(pipeline: str) -> str:
@@ -147,12 +150,14 @@ def direct_upstream(infos: list[TableInfo]) -> dict[str, list[str]]:
 
 
 def table_spec(settings: AirflowSettings, after: list[str]) -> dict[str, Any]:
-    """One table's entry in the DAG file: its upstream groups, sharding, the Python its
-    workers run in, and the work task's Airflow arguments (only those set)."""
+    """One table's entry in the DAG file: its upstream groups, where its work runs (and
+    how often a backend mode's wait looks), sharding, the Python its workers run in, and
+    the work task's Airflow arguments (only those set)."""
     task = {"retries": settings.retries, "retry_delay": float(settings.retry_delay_s), "pool": settings.pool,
             "pool_slots": settings.pool_slots if settings.pool else None,
             "max_active_tis_per_dag": settings.max_active_tis_per_dag}
-    spec = {"after": after, "shard_size": settings.shard_size, "max_shards": settings.max_shards,
+    spec = {"after": after, "mode": settings.mode, "poll_s": None if settings.mode == "worker" else settings.poll_s,
+            "shard_size": settings.shard_size, "max_shards": settings.max_shards,
             "python": settings.python, "task": {k: v for k, v in task.items() if v is not None}}
     return {k: v for k, v in spec.items() if v is not None}
 
@@ -163,6 +168,8 @@ def render(request: RunRequest, config: BackendConfig[AirflowSettings], options:
     tables = {t.name: table_spec(config.for_table(t), after[t.name]) for t in request.tables}
     pools = sorted({spec["task"]["pool"] for spec in tables.values() if "pool" in spec["task"]})
     pipeline = {"pipeline": request.pipeline, "conn_id": options.conn_id, "python": config.defaults.python}
+    if any(spec["mode"] != "worker" for spec in tables.values()) and config.source != "defaults":
+        pipeline["config"] = str(Path(config.source).resolve())  # the backend's settings, for submit and progress
     key = request.restriction.keys or None
     return TEMPLATE.format(
         dag_id=options.dag_id, dag_id_literal=_literal(options.dag_id), pipeline=request.pipeline, version=__version__, command=options.command,
@@ -192,11 +199,14 @@ Generated by dj-orchestrate {version}:
 Do not edit: render again (add --check to find out whether this file is stale).
 
 One task group per auto-populated table, upstream first. In each, ``enqueue`` puts the
-table's missing keys into its jobs table and returns the shard slots, and ``work`` runs
-one ``dj-orchestrate work`` per slot. ``check`` fails the run when keys ended in error,
-naming them. The jobs tables are the truth: a colleague's populate() and the other
-backends never make a key twice, and Airflow retries only relaunch workers (per-key
-attempts and errors stay in the jobs tables: ``dj-orchestrate errors``, ``retry``).
+table's missing keys into its jobs table and returns the shard slots; then, by the
+table's mode, ``work`` runs one ``dj-orchestrate work`` per slot in the Airflow worker
+(worker), or ``submit`` hands the keys to that backend (slurm, dask, kubernetes) and
+``wait`` defers until they are made or its workers are gone, holding no worker slot.
+``check`` fails the run when keys ended in error, naming them. The jobs tables are the
+truth: a colleague's populate() and the other backends never make a key twice, and
+Airflow retries only relaunch workers (per-key attempts and errors stay in the jobs
+tables: ``dj-orchestrate errors``, ``retry``).
 
 Database: the Airflow connection {conn_id!r} (mysql or postgres), resolved on the worker
 at run time; without it, the worker's own DataJoint configuration (DJ_*, datajoint.json).
@@ -210,7 +220,7 @@ import datetime
 
 from airflow.sdk import DAG, Param, TaskGroup, task
 
-from dj_orchestrate.airflow_tasks import check, enqueue, work
+from dj_orchestrate.airflow_tasks import WaitForTable, check, enqueue, submit, work
 
 PIPELINE = {pipeline_spec}
 
@@ -247,9 +257,13 @@ with DAG(
             slots = task(task_id="enqueue", trigger_rule="none_failed", retries=table["task"]["retries"])(enqueue)(
                 PIPELINE, name, table
             )
-            task(task_id="work", map_index_template="{{{{ task.op_kwargs['slot']['label'] }}}}", **table["task"])(
-                work
-            ).partial(pipeline=PIPELINE, table=name, settings=table).expand(slot=slots)
+            if table["mode"] == "worker":
+                task(task_id="work", map_index_template="{{{{ task.op_kwargs['slot']['label'] }}}}", **table["task"])(
+                    work
+                ).partial(pipeline=PIPELINE, table=name, settings=table).expand(slot=slots)
+            else:
+                run = task(task_id="submit", retries=table["task"]["retries"])(submit)(PIPELINE, name, table, slots)
+                WaitForTable(task_id="wait", pipeline=PIPELINE, table=name, settings=table, run=run, retries=0)
         for upstream in table["after"]:
             groups[upstream] >> group
         groups[name] = group
@@ -271,6 +285,18 @@ def enqueue(info: TableInfo, restriction: Restriction, shard_size: int, max_shar
     added = jt.enqueue(restriction)
     pending = jt.status_counts()["pending"]
     return {"enqueued": added, "pending": pending, "shards": shard_count(pending, shard_size, max_shards)}
+
+
+def progress(info: TableInfo, restriction: Restriction, run_id: str, workers_ended: bool | None) -> dict[str, Any]:
+    """Where a table stands in a backend mode's run, for the DAG's wait step: finished
+    when no key within the restriction is left to make (made, failed or ignored), or
+    when keys are left and the run's workers have ended (nobody will make them).
+    ``workers_ended`` is the backend's answer, asked before the keys were counted: a
+    worker that makes the last key and exits in between is no key left behind."""
+    counts = JobTable(info.instance()).counts(restriction)
+    left = counts["missing"] + counts["reserved"]
+    return {"table": info.name, "run_id": run_id, **counts, "left": left, "workers_ended": workers_ended,
+            "finished": left == 0 or workers_ended is True}
 
 
 def unfinished(infos: list[TableInfo], restriction: Restriction) -> list[str]:
