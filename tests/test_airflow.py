@@ -2,9 +2,11 @@
 ``airflow db migrate`` into a temporary AIRFLOW_HOME once per session, then
 ``airflow dags test`` as a user runs it. Every Airflow command is its own process.
 
-``dags test`` runs a DAG's tasks one after the other in one process: a run of the demo
-pipeline costs a Python start per task, so there are only three (MariaDB, PostgreSQL,
-and a run restricted by the DAG's params, on MariaDB).
+``dags test`` runs a DAG's tasks one after the other in one process, and a deferred
+task's trigger inline: a run of the demo pipeline costs a Python start per task, so
+there are only three (MariaDB, PostgreSQL, and a run restricted by the DAG's params, on
+MariaDB); the backend modes run the two-table chain pipeline, once per mode and database
+(slurm on both, dask on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import DATABASES, PIPELINES, ROOT, jobs_rows, require
+from conftest import DATABASES, PIPELINES, ROOT, jobs_rows, makes, require, seed, wait_for
+from test_dask import dask_cluster  # noqa: F401  (a real scheduler and workers, for --mode dask)
+from test_slurm import cluster  # noqa: F401  (the SLURM cluster fixture, for --mode slurm)
 
 DEMO = "dj_orchestrate.examples.demo"
+CHAIN = str(PIPELINES / "chain.py")
 DAG_ID = "dj_orchestrate_examples_demo"
 DEMO_TABLES = ("Preprocess", "Behavior", "SpikeSorting", "QualityMetrics", "SessionSummary")
 AIRFLOW = importlib.util.find_spec("airflow") is not None
@@ -157,7 +162,6 @@ def test_dag_structure_pools_and_params_from_the_config(db, airflow, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--schedule", "0 25 * * *"], "is not a cron expression"),
     (["--table", "Nope"], "unknown table 'Nope'"),
-    (["--mode", "slurm"], "--mode slurm"),
     (["--dag-id", "no spaces"], "is not an Airflow DAG id"),
 ])
 def test_render_bad_input_one_line_exit_2_nothing_written(db, tmp_path, args, message):
@@ -165,6 +169,21 @@ def test_render_bad_input_one_line_exit_2_nothing_written(db, tmp_path, args, me
     assert out.returncode == 2, out.stdout + out.stderr
     assert message in out.stderr and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 2
     assert not (tmp_path / "dags").exists()
+
+
+def test_mode_without_its_backend_names_the_extra(tmp_path, monkeypatch):
+    """``--mode dask`` where distributed is missing (hidden here: this environment has
+    it): one line naming the extra, exit 2, nothing written, before any database call."""
+    from click.testing import CliRunner
+
+    from dj_orchestrate.cli import main
+
+    monkeypatch.delitem(sys.modules, "dj_orchestrate.backends.dask", raising=False)
+    monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` now fails as if absent
+    out = CliRunner().invoke(main, ["airflow", "render", DEMO, "--out", str(tmp_path / "d"), "--mode", "dask"])
+    assert out.exit_code == 2, out.output
+    assert "the dask backend needs 'distributed'" in out.output and "pip install 'dj-orchestrate[dask]'" in out.output
+    assert len(out.output.strip().splitlines()) <= 2 and not (tmp_path / "d").exists()
 
 
 def test_render_unknown_pipeline(tmp_path):
@@ -385,3 +404,165 @@ def test_dags_test_runs_the_demo_pipeline_end_to_end(db, airflow, database_acces
                    "QualityMetrics": [], "SessionSummary": []}
 
     assert sentinel not in again.stdout + again.stderr + airflow.logs()
+
+
+# ------------------------------------------------------------ backend modes
+def load_chain():
+    from dj_orchestrate import pipeline
+
+    sys.modules.pop("chain", None)
+    return pipeline.load(CHAIN)
+
+
+@pytest.mark.parametrize("db", ["mysql"], indirect=True)  # (rendering reads the database; one is enough)
+def test_kubernetes_mode_dag_and_the_command_its_submit_runs(db, airflow, tmp_path, monkeypatch):
+    """A table in kubernetes mode (no API server here: the rest of the path is the same
+    trigger as slurm's and dask's, and ``run --backend kubernetes --no-wait`` is
+    test_kubernetes.py's), another in worker mode: the DAG Airflow loads, and the exact
+    command the submit task runs. A ``[airflow.tables.X]`` naming no table warns."""
+    config = tmp_path / "dj_orchestrate.toml"
+    config.write_text('[airflow]\nmode = "kubernetes"\npoll_s = 5\n\n[airflow.tables.Total]\nmode = "worker"\n\n'
+                      '[airflow.tables.Sqare]\nretries = 1\n')
+    out = render(db, CHAIN, "--out", str(tmp_path / "dags"), "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip() == (f"dj-orchestrate: warning: [airflow.tables.Sqare] in {config} names no table of "
+                                  f"{CHAIN}; its tables: Square, Total")
+    dag_file = tmp_path / "dags" / "chain.py"
+    parsed = parse(airflow, dag_file)
+    assert parsed["errors"] == {}
+    tasks = parsed["tasks"]["chain"]
+    assert {name: (t["type"], t["upstream"]) for name, t in tasks.items()} == {
+        "Square.enqueue": ("_PythonDecoratedOperator", []),
+        "Square.submit": ("_PythonDecoratedOperator", ["Square.enqueue"]),
+        "Square.wait": ("WaitForTable", ["Square.submit"]),
+        "Total.enqueue": ("_PythonDecoratedOperator", ["Square.wait"]),
+        "Total.work": ("DecoratedMappedOperator", ["Total.enqueue"]),
+        "check": ("_PythonDecoratedOperator", ["Total.work"])}
+    assert tasks["Square.wait"]["retries"] == "0"
+
+    from dj_orchestrate import airflow_tasks
+
+    spec = importlib.util.spec_from_file_location("chain_dag", dag_file)
+    dag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dag)
+    assert dag.PIPELINE["config"] == str(config) and dag.TABLES["Square"]["mode"] == "kubernetes"
+    calls = []
+    monkeypatch.setattr(airflow_tasks, "get_current_context", lambda: {"params": {"key": {"item_id": 1}}})
+    monkeypatch.setattr(airflow_tasks, "_dj", lambda pipeline, args, python=None: calls.append(args) or '{"run_id": "r1"}')
+    assert airflow_tasks.submit(dag.PIPELINE, "Square", dag.TABLES["Square"], [{"index": 0}]) == "r1"
+    assert calls == [["run", CHAIN, "--table", "Square", "--backend", "kubernetes", "--no-wait", "--json",
+                      "--shard-size", "1000", "--key", '{"item_id": 1}', "--config", str(config)]]
+    with pytest.raises(airflow_tasks.AirflowSkipException):  # nothing to make, or a table left out by the params
+        airflow_tasks.submit(dag.PIPELINE, "Square", dag.TABLES["Square"], [])
+
+
+def mode_dags_test(db, airflow, tmp_path, config: str, access: dict) -> tuple[subprocess.CompletedProcess, object]:
+    """The chain pipeline (6 items, item 3's Square fails) through `airflow dags test`
+    with ``config``; returns the run and the pipeline module."""
+    chain = load_chain()
+    seed(chain, 6)
+    (tmp_path / "dj_orchestrate.toml").write_text(config)
+    out = render(db, CHAIN, "--out", str(airflow.dags), "--config", str(tmp_path / "dj_orchestrate.toml"))
+    assert out.returncode == 0, out.stderr
+    env = {"DJO_TEST_SCHEMA": db.schema, "DJO_LEDGER_SCHEMA": db.ledger, "DJO_TEST_FAIL": "3",
+           "DJO_LOG_DIR": str(tmp_path / "logs"), **access}
+    run = airflow.run("dags", "test", "chain", env=env)
+    reconnect_if_lost()
+    return run, chain
+
+
+def check_mode_run(run: subprocess.CompletedProcess, chain, airflow: Airflow, sentinel: str) -> list[str]:
+    """What every backend mode's run must show: the check task fails the run naming the
+    failed key; the rows and makes of a plain populate (each key once, item 3 recorded as
+    failed, nothing reserved); each wait task deferred to the trigger, whose arguments as
+    Airflow stored them hold no credential. Returns the run ids the submit tasks started."""
+    import sqlite3
+
+    output = run.stdout + run.stderr
+    assert run.returncode == 1, output[-3000:]
+    assert 'Square {"item_id": 3} failed: ValueError: item 3 is bad' in output
+    made = [i for i in range(6) if i != 3]
+    assert {r["item_id"]: r["square"] for r in chain.Square.to_dicts()} == {i: float(i * i) for i in made}
+    assert {r["item_id"]: r["total"] for r in chain.Total.to_dicts()} == {i: float(i * i + 1) for i in made}
+    assert makes(chain) == {(t, i): 1 for t in ("Square", "Total") for i in made}
+    jobs = jobs_rows(chain.Square) + jobs_rows(chain.Total)
+    assert not [r for r in jobs if r["status"] == "reserved"]
+    assert [(r["item_id"], r["status"]) for r in jobs if r["status"] == "error"] == [(3, "error")]
+
+    runs = re.findall(r"Returned value was: (\d{8}-\d{6}-[0-9a-f]+)", output)
+    assert len(runs) == 2, output[-3000:]  # one submit per table
+    with sqlite3.connect(airflow.home / "airflow.db") as meta:
+        triggers = {json.loads(kwargs)["run"]: (classpath, kwargs) for classpath, kwargs in
+                    meta.execute("SELECT classpath, kwargs FROM trigger")}
+        deferred = meta.execute("SELECT task_id FROM task_instance WHERE dag_id = 'chain' AND trigger_id IS NOT NULL "
+                                "AND run_id = (SELECT max(run_id) FROM dag_run WHERE dag_id = 'chain')").fetchall()
+    assert sorted(t for t, in deferred) == ["Square.wait", "Total.wait"]
+    assert output.count("[DAG TEST] running trigger in line") == 2
+    for run_id in runs:
+        classpath, kwargs = triggers[run_id]
+        assert classpath == "dj_orchestrate.airflow_tasks.TableProgress" and sentinel not in kwargs
+        assert set(json.loads(kwargs)) == {"pipeline", "table", "run", "key", "poll_s", "python"}
+    for text in (output, airflow.logs(), (airflow.dags / "chain.py").read_text()):
+        assert sentinel not in text
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_slurm_mode_dags_test(db, airflow, cluster, database_access, tmp_path):  # noqa: F811
+    """`--mode slurm` on the real SLURM cluster: each table is one `run --backend slurm
+    --no-wait` (array jobs), and its wait task defers while the arrays make the keys."""
+    sentinel, access = database_access
+    run, chain = mode_dags_test(db, airflow, tmp_path, '[airflow]\nmode = "slurm"\npoll_s = 2\n', access)
+    runs = check_mode_run(run, chain, airflow, sentinel)
+    output = run.stdout + run.stderr
+    assert re.search(r"submitted 1 array job\(s\): Square: \d+", output) and "array job(s): Total: " in output
+    from dj_orchestrate import ledger
+
+    assert [ledger.run_row(r)["backend"] for r in runs] == ["slurm", "slurm"]
+    failed = [r for r in jobs_rows(chain.Square) if r["status"] == "error"][0]
+    assert re.fullmatch(r"\d+(_\d+)?", failed["backend_job_id"]), failed["backend_job_id"]  # made by a SLURM task
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_dask_mode_dags_test(db, airflow, dask_cluster, database_access, tmp_path):  # noqa: F811
+    """`--mode dask` against a real `dask scheduler` and workers, the scheduler from
+    ``[dask] scheduler`` of the config the DAG was rendered with."""
+    sentinel, access = database_access
+    config = f'[airflow]\nmode = "dask"\npoll_s = 2\n\n[dask]\nscheduler = "{dask_cluster.address}"\n'
+    run, chain = mode_dags_test(db, airflow, tmp_path, config, access)
+    check_mode_run(run, chain, airflow, sentinel)
+    assert f"to scheduler={dask_cluster.address} tasks=Square:" in run.stdout + run.stderr
+    failed = [r for r in jobs_rows(chain.Square) if r["status"] == "error"][0]
+    assert failed["backend_job_id"].startswith("dask:"), failed["backend_job_id"]
+
+
+@pytest.mark.slurm
+def test_progress_finishes_when_the_runs_workers_are_gone(db, cluster, tmp_path):  # noqa: F811
+    """What a wait task asks: while the SLURM array runs, not finished; once its only
+    task died (SIGKILL in a make) with keys left, finished with those keys left (the
+    dead worker's reservations released first), so the wait fails instead of waiting
+    forever. The scheduler's view is the hint; the counts come from the jobs table."""
+    chain = load_chain()
+    seed(chain, 4)
+    env = {"DJO_TEST_CRASH": "2", "DJO_TEST_SLEEP": "2", "DJO_LOG_DIR": str(tmp_path / "logs")}
+    out = db.cli("run", CHAIN, "--table", "Square", "--backend", "slurm", "--no-wait", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    run_id = json.loads(out.stdout)["run_id"]
+    answers = []
+
+    def progress() -> dict:
+        step = db.cli("airflow", "progress", CHAIN, "--table", "Square", "--run", run_id)
+        assert step.returncode == 0, step.stderr
+        answers.append(json.loads(step.stdout))
+        return answers[-1]["finished"]
+
+    wait_for(progress, 120, "the run's end", interval=1, detail=lambda: answers[-1:])
+    assert answers[0]["workers_ended"] is False and not answers[0]["finished"]
+    last = answers[-1]
+    assert last["workers_ended"] is True and last["left"] >= 1 and last["reserved"] == 0
+    assert last["left"] == last["missing"] == 4 - last["done"] and not (chain.Square & {"item_id": 2})
+
+    missing = db.cli("airflow", "progress", CHAIN, "--table", "Square", "--run", "20000101-000000-00000000")
+    assert missing.returncode == 2 and "no run 20000101-000000-00000000" in missing.stderr
