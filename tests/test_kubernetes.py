@@ -469,6 +469,31 @@ async def test_conductor_releases_downstream_and_relists_after_410(kmock, tmp_pa
     assert asked <= {(verb, "jobs") for verb in CONDUCTOR_VERBS}, asked  # (the test's own status patches: patch, jobs)
 
 
+@pytest.mark.asyncio
+async def test_run_ended_when_every_table_job_finished(kmock, tmp_path, monkeypatch):
+    """Against the API emulator: what an Airflow wait task in kubernetes mode asks of a
+    run (its ledger row): not ended while a table Job runs or is suspended (waiting for
+    the conductor), ended once each finished (a failed one too) or is gone; no answer
+    from the API is no answer (None), not an end."""
+    from dj_orchestrate.backends.kubernetes import KubernetesBackend
+
+    cluster(kmock)
+    api = api_for(kmock)
+    for manifest in (job("djo-r1-a"), job("djo-r1-b", after="djo-r1-a", suspend=True)):
+        await asyncio.to_thread(api.create, manifest)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path, kmock)))
+    backend = KubernetesBackend()
+    run = {"run_id": "r1", "backend_info": f"{NS}/djo-r1-a,djo-r1-b,djo-r1-gone"}
+    assert await asyncio.to_thread(backend.run_ended, run) is False
+    await finish(kmock, "djo-r1-a")
+    assert await asyncio.to_thread(backend.run_ended, run) is False  # b is still suspended
+    await finish(kmock, "djo-r1-b", failed=True)
+    assert await asyncio.to_thread(backend.run_ended, run) is True
+    assert await asyncio.to_thread(backend.run_ended, {"run_id": "r2", "backend_info": f"{NS}/"}) is True  # no Job
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    assert await asyncio.to_thread(backend.run_ended, run) is None
+
+
 def rbac_verb(request) -> str:
     """The RBAC verb the API server would check for an HTTP request."""
     if request.method == "GET":
