@@ -494,6 +494,38 @@ async def test_run_ended_when_every_table_job_finished(kmock, tmp_path, monkeypa
     assert await asyncio.to_thread(backend.run_ended, run) is None
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("db", ["mysql"], indirect=True)  # (the database's part is airflow's tests')
+async def test_airflow_kubernetes_mode_submit_then_progress(chain, db, kmock, tmp_path):
+    """The two commands an Airflow DAG in kubernetes mode runs, against the API emulator:
+    its submit task's ``run --table Square --backend kubernetes --no-wait --json`` creates
+    the table's Job and returns; the wait trigger's ``airflow progress`` says not
+    finished while that Job runs, and once it ended with keys left (the test as the Job
+    controller: it failed, no pod made a key) finished with those keys left, so the wait
+    fails instead of waiting forever."""
+    seed(chain, 3)
+    cluster(kmock)
+    env = {**db.env, "KUBECONFIG": str(kubeconfig(tmp_path, kmock))}
+
+    async def cli(*args: str) -> dict:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dj_orchestrate", *args, env=env, cwd=str(ROOT),
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err.decode()
+        return json.loads(out.decode())
+
+    submitted = await cli("run", "chain", "--table", "Square", "--backend", "kubernetes", "--image", IMAGE, "--secret",
+                          SECRET, "--no-wait", "--json")
+    run_id = submitted["run_id"]
+    assert submitted["state"] == "submitted" and f"djo-{run_id}-square" in stored_jobs(kmock)
+    progress = ("airflow", "progress", "chain", "--table", "Square", "--run", run_id)
+    assert {k: v for k, v in (await cli(*progress)).items() if k in ("finished", "workers_ended", "left")} == {
+        "finished": False, "workers_ended": False, "left": 3}
+    await finish(kmock, f"djo-{run_id}-square", failed=True, succeeded=0)
+    assert {k: v for k, v in (await cli(*progress)).items() if k in ("finished", "workers_ended", "left")} == {
+        "finished": True, "workers_ended": True, "left": 3}
+
+
 def rbac_verb(request) -> str:
     """The RBAC verb the API server would check for an HTTP request."""
     if request.method == "GET":
