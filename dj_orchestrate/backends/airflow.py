@@ -209,7 +209,8 @@ Airflow retries only relaunch workers (per-key attempts and errors stay in the j
 tables: ``dj-orchestrate errors``, ``retry``).
 
 Database: the Airflow connection {conn_id!r} (mysql or postgres), resolved on the worker
-at run time; without it, the worker's own DataJoint configuration (DJ_*, datajoint.json).
+(and triggerer) at run time; without it, their own DataJoint configuration (DJ_*,
+datajoint.json).
 This file holds no credential, makes no database call, and imports neither DataJoint
 nor the pipeline. Pools the tasks use:{pools}
 """
