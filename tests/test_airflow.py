@@ -456,19 +456,19 @@ def test_kubernetes_mode_dag_and_the_command_its_submit_runs(db, airflow, tmp_pa
         airflow_tasks.submit(dag.PIPELINE, "Square", dag.TABLES["Square"], [])
 
 
-def mode_dags_test(db, airflow, tmp_path, config: str, access: dict) -> tuple[subprocess.CompletedProcess, object]:
-    """The chain pipeline (6 items, item 3's Square fails) through `airflow dags test`
-    with ``config``; returns the run and the pipeline module."""
-    chain = load_chain()
-    seed(chain, 6)
-    (tmp_path / "dj_orchestrate.toml").write_text(config)
-    out = render(db, CHAIN, "--out", str(airflow.dags), "--config", str(tmp_path / "dj_orchestrate.toml"))
-    assert out.returncode == 0, out.stderr
-    env = {"DJO_TEST_SCHEMA": db.schema, "DJO_LEDGER_SCHEMA": db.ledger, "DJO_TEST_FAIL": "3",
-           "DJO_LOG_DIR": str(tmp_path / "logs"), **access}
-    run = airflow.run("dags", "test", "chain", env=env)
+def mode_dags_test(db, airflow, tmp_path, access: dict, *args: str, config: str | None = None,
+                   env: dict | None = None) -> subprocess.CompletedProcess:
+    """`airflow dags test` of the chain pipeline (item 3's Square fails), rendered first
+    with ``config`` when one is given."""
+    if config is not None:
+        (tmp_path / "dj_orchestrate.toml").write_text(config)
+        out = render(db, CHAIN, "--out", str(airflow.dags), "--config", str(tmp_path / "dj_orchestrate.toml"))
+        assert out.returncode == 0, out.stderr
+    run = airflow.run("dags", "test", "chain", *args, env={
+        "DJO_TEST_SCHEMA": db.schema, "DJO_LEDGER_SCHEMA": db.ledger, "DJO_TEST_FAIL": "3",
+        "DJO_LOG_DIR": str(tmp_path / "logs"), **access, **(env or {})})
     reconnect_if_lost()
-    return run, chain
+    return run
 
 
 def check_mode_run(run: subprocess.CompletedProcess, chain, airflow: Airflow, sentinel: str) -> list[str]:
@@ -511,9 +511,14 @@ def check_mode_run(run: subprocess.CompletedProcess, chain, airflow: Airflow, se
 @pytest.mark.slurm
 def test_slurm_mode_dags_test(db, airflow, cluster, database_access, tmp_path):  # noqa: F811
     """`--mode slurm` on the real SLURM cluster: each table is one `run --backend slurm
-    --no-wait` (array jobs), and its wait task defers while the arrays make the keys."""
+    --no-wait` (array jobs), and its wait task defers while the arrays make the keys.
+    Then (MariaDB) a run restricted by the DAG's params whose only array task dies in a
+    make: Square's wait fails naming the keys not made (it does not wait forever),
+    Total's group does not run, and nothing stays reserved."""
     sentinel, access = database_access
-    run, chain = mode_dags_test(db, airflow, tmp_path, '[airflow]\nmode = "slurm"\npoll_s = 2\n', access)
+    chain = load_chain()
+    seed(chain, 6)
+    run = mode_dags_test(db, airflow, tmp_path, access, config='[airflow]\nmode = "slurm"\npoll_s = 2\n')
     runs = check_mode_run(run, chain, airflow, sentinel)
     output = run.stdout + run.stderr
     assert re.search(r"submitted 1 array job\(s\): Square: \d+", output) and "array job(s): Total: " in output
@@ -522,6 +527,21 @@ def test_slurm_mode_dags_test(db, airflow, cluster, database_access, tmp_path): 
     assert [ledger.run_row(r)["backend"] for r in runs] == ["slurm", "slurm"]
     failed = [r for r in jobs_rows(chain.Square) if r["status"] == "error"][0]
     assert re.fullmatch(r"\d+(_\d+)?", failed["backend_job_id"]), failed["backend_job_id"]  # made by a SLURM task
+    if db.backend != "mysql":  # (the restricted run once: the params' path is the same on both)
+        return
+
+    seed(chain, 8)
+    conf = {"key": [{"item_id": 6}, {"item_id": 7}], "tables": ["Square"]}
+    again = mode_dags_test(db, airflow, tmp_path, access, "-c", json.dumps(conf), env={"DJO_TEST_CRASH": "6"})
+    output = again.stdout + again.stderr
+    assert again.returncode == 1, output[-3000:]
+    left = 2 - len(chain.Square & [{"item_id": 6}, {"item_id": 7}])
+    assert left >= 1 and f"Square: {left} keys not made: the workers of run " in output  # the wait task
+    assert f"Square: {left} keys not made (a worker failed" in output  # and the check task
+    assert "starting task_id=Total.submit" not in output  # (upstream failed; and not among the run's tables)
+    assert not (chain.Total & [{"item_id": 6}, {"item_id": 7}])
+    assert not [r for r in jobs_rows(chain.Square) + jobs_rows(chain.Total) if r["status"] == "reserved"]
+    assert sentinel not in output + airflow.logs()
 
 
 @pytest.mark.slow
@@ -530,8 +550,10 @@ def test_dask_mode_dags_test(db, airflow, dask_cluster, database_access, tmp_pat
     """`--mode dask` against a real `dask scheduler` and workers, the scheduler from
     ``[dask] scheduler`` of the config the DAG was rendered with."""
     sentinel, access = database_access
+    chain = load_chain()
+    seed(chain, 6)
     config = f'[airflow]\nmode = "dask"\npoll_s = 2\n\n[dask]\nscheduler = "{dask_cluster.address}"\n'
-    run, chain = mode_dags_test(db, airflow, tmp_path, config, access)
+    run = mode_dags_test(db, airflow, tmp_path, access, config=config)
     check_mode_run(run, chain, airflow, sentinel)
     assert f"to scheduler={dask_cluster.address} tasks=Square:" in run.stdout + run.stderr
     failed = [r for r in jobs_rows(chain.Square) if r["status"] == "error"][0]

@@ -311,7 +311,7 @@ def unfinished(infos: list[TableInfo], restriction: Restriction) -> list[str]:
             lines.append(f"{t.name} {_key(e['key'])} failed: {e['error_message']}")
         left = jt.counts(restriction)["missing"]
         if left:
-            lines.append(f"{t.name}: {left} keys not made (a worker failed; see the work tasks' logs)")
+            lines.append(f"{t.name}: {left} keys not made (a worker failed; see the work or wait task's log)")
     return lines
 
 
