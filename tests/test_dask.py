@@ -220,7 +220,10 @@ def test_wait_pipeline_same_rows_as_populate_gpu_table_on_gpu_worker(lab, db, da
 def test_submit_without_wait_completes_after_the_client_exits(lab, db, dask_run):
     """Without --wait the command returns at once (the tasks are fire-and-forget) and
     the pipeline completes with no client; ``status`` shows the scheduler, the
-    dashboard and the running tasks; reconcile's hint comes from the scheduler."""
+    dashboard and the running tasks; reconcile's hint comes from the scheduler, and so
+    does ``run_ended`` (an Airflow wait's question): not while the run's tasks are
+    there, then yes; no answer from a scheduler is None."""
+    from dj_orchestrate import ledger
     from dj_orchestrate.backends import dask as dask_backend
 
     lab.seed(4)
@@ -232,10 +235,14 @@ def test_submit_without_wait_completes_after_the_client_exits(lab, db, dask_run)
     line = next(line for line in status.stdout.splitlines() if "submitted" in line)
     assert f"scheduler={dask_run.cluster.address}" in line and "dashboard=http://" in line
     assert re.search(r"running=\d+ worker task\(s\)", line), line
+    rid = run_id(out)
+    row = ledger.run_row(rid)
+    assert dask_backend.DaskBackend().run_ended(row) is False
 
     wait_for(lambda: len(lab.Summary()) == 4, 180, "Summary to fill", interval=1, detail=lambda: reserved(lab))
     assert makes(lab) == once(set(range(4)))
-    rid = run_id(out)
+    wait_for(lambda: dask_backend.DaskBackend().run_ended(row), 60, "the run's tasks to be forgotten")
+    assert dask_backend.DaskBackend().run_ended({**row, "backend_info": "scheduler=tcp://127.0.0.1:1 tasks=X:0-1"}) is None
     gone = f"dask:tcp://127.0.0.1:1/djo-{rid}-Sorting-0"
     assert dask_backend.DaskBackend.ended_jobs({gone}) == {gone}  # the scheduler answered: not running
     assert dask_backend.DaskBackend.ended_jobs({"dask:tcp://127.0.0.1:1/djo-20990101-000000-00000000-X-0"}) == set()
