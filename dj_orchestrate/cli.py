@@ -531,7 +531,9 @@ def slurm_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | No
     from .backends.slurm import SlurmBackend
 
     backend = SlurmBackend.from_config(config_path)
-    for path in backend.render(render_request(pipeline_spec, tables, key_json, out_dir), Path(out_dir)):
+    request = render_request(pipeline_spec, tables, key_json, out_dir)
+    warn_unknown_tables(backend.config, pipeline_spec)
+    for path in backend.render(request, Path(out_dir)):
         click.echo(str(path))
 
 
@@ -559,7 +561,9 @@ def k8s_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None
     """Write the manifests that run the pipeline with `kubectl apply -f OUT`: the
     conductor and its RBAC, and one Indexed Job per table. Writes nothing to the database."""
     backend = _kubernetes().KubernetesBackend.from_config(config_path, image=image, namespace=namespace, secret=secret)
-    for path in backend.render(render_request(pipeline_spec, tables, key_json, out_dir), Path(out_dir)):
+    request = render_request(pipeline_spec, tables, key_json, out_dir)
+    warn_unknown_tables(backend.config, pipeline_spec)
+    for path in backend.render(request, Path(out_dir)):
         click.echo(str(path))
 
 

@@ -190,12 +190,16 @@ def test_render_golden_every_key(db, tmp_path):
     first version the per-index fields are written for, and 1.37; no API server),
     with backoffLimitPerIndex, maxFailedIndexes, FailIndex on exit code 2, the Secret
     mounted at /run/secrets/datajoint/, the GPU limit, node selector and tolerations.
-    A sentinel DJ_PASS in the rendering environment appears in no file.
+    A sentinel DJ_PASS in the rendering environment appears in no file. A section for a
+    table the pipeline does not have (a typo) changes nothing and warns.
     (PostgreSQL only: its test server trusts any password, so the sentinel can be set.)
     DJO_UPDATE_GOLDEN=1 rewrites the golden files."""
     sentinel = "pw-" + uuid.uuid4().hex
     out = tmp_path / "jobs"
-    render(db, out, "--config", str(GOLDEN / "dj_orchestrate.toml"), env={"DJ_PASS": sentinel}, image=False)
+    config = tmp_path / "dj_orchestrate.toml"
+    config.write_text((GOLDEN / "dj_orchestrate.toml").read_text() + '\n[kubernetes.tables.SpikeSortin]\ngpus = 2\n')
+    result = render(db, out, "--config", str(config), env={"DJ_PASS": sentinel}, image=False)
+    assert f"warning: [kubernetes.tables.SpikeSortin] in {config} names no table of {DEMO}" in result.stderr
     written = sorted(p.name for p in out.iterdir())
     for name in written:
         text = (out / name).read_text()

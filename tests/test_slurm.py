@@ -284,7 +284,8 @@ def test_time_limit_notice_retries_then_error(chain, db, slurm):
 def test_render_golden(chain, db, tmp_path):
     """``slurm render`` with every resource key and a per-table override: the scripts
     are byte-for-byte the golden files (no path of this machine in them), and the
-    database password of the rendering environment appears nowhere.
+    database password of the rendering environment appears nowhere. A section for a
+    table the pipeline does not have (a typo) changes nothing and warns.
     DJO_UPDATE_GOLDEN=1 rewrites the golden files."""
     secret = "pw-" + uuid.uuid4().hex
     env = {"DJ_PASS": secret}
@@ -298,12 +299,15 @@ def test_render_golden(chain, db, tmp_path):
         conn.query(f"GRANT ALL PRIVILEGES ON `{db.schema}`.* TO '{user}'@'%%'")
         env["DJ_USER"] = user
     try:
-        out = db.cli("slurm", "render", "chain", "--config", str(GOLDEN / "dj_orchestrate.toml"),
-                     "--out", str(tmp_path / "jobs"), env=env, cwd=tmp_path)
+        config = tmp_path / "dj_orchestrate.toml"
+        config.write_text((GOLDEN / "dj_orchestrate.toml").read_text() + '\n[slurm.tables.Totl]\nmem = "8G"\n')
+        out = db.cli("slurm", "render", "chain", "--config", str(config), "--out", str(tmp_path / "jobs"), env=env,
+                     cwd=tmp_path)
     finally:
         if user:
             conn.query(f"DROP USER '{user}'@'%%'")
     assert out.returncode == 0, out.stderr
+    assert f"warning: [slurm.tables.Totl] in {config} names no table of chain; its tables: Square, Total" in out.stderr
     written = sorted(p.name for p in (tmp_path / "jobs").iterdir())
     assert written == ["00-Square.sbatch", "01-Total.sbatch", "submit.sh"]
     for name in written:
