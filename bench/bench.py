@@ -35,7 +35,7 @@ DATABASES = {
 
 SIZES = {
     "full": dict(enqueue=100_000, stock_enqueue=5_000, claim=20_000, stock_claim=2_000, batch=50,
-                 e2e=5_000, reps=3, fixed_reps=7, scale=800, sleep=0.02, plan=1_000_000, race=20_000, race_batch=10),
+                 e2e=5_000, reps=5, fixed_reps=7, scale=800, sleep=0.02, plan=1_000_000, race=20_000, race_batch=10),
     "quick": dict(enqueue=100_000, stock_enqueue=1_000, claim=5_000, stock_claim=500, batch=50,
                   e2e=1_000, reps=3, fixed_reps=5, scale=200, sleep=0.02, plan=200_000, race=4_000, race_batch=10),
 }
