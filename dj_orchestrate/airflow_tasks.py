@@ -20,6 +20,7 @@ applies. Nothing here prints them, and the trigger's serialised arguments hold n
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import subprocess
@@ -89,9 +90,10 @@ class WaitForTable(BaseOperator):
 
     def execute(self, context: Any) -> None:
         key = context["params"].get("key")
+        timeout = self.settings.get("wait_timeout_s")  # else it waits as long as the scheduler may take
         self.defer(trigger=TableProgress(self.pipeline, self.table, self.run, json.dumps(key) if key else None,
                                          self.settings["poll_s"], self.settings.get("python")),
-                   method_name="finish")
+                   method_name="finish", timeout=datetime.timedelta(seconds=timeout) if timeout else None)
 
     def finish(self, context: Any, event: dict[str, Any]) -> None:
         if "refused" in event:

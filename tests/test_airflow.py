@@ -11,6 +11,7 @@ MariaDB); the backend modes run the two-table chain pipeline, once per mode and 
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import json
 import os
@@ -421,7 +422,7 @@ def test_kubernetes_mode_dag_and_the_command_its_submit_runs(db, airflow, tmp_pa
     test_kubernetes.py's), another in worker mode: the DAG Airflow loads, and the exact
     command the submit task runs. A ``[airflow.tables.X]`` naming no table warns."""
     config = tmp_path / "dj_orchestrate.toml"
-    config.write_text('[airflow]\nmode = "kubernetes"\npoll_s = 5\n\n[airflow.tables.Total]\nmode = "worker"\n\n'
+    config.write_text('[airflow]\nmode = "kubernetes"\npoll_s = 5\nwait_timeout_s = 3600\n\n[airflow.tables.Total]\nmode = "worker"\n\n'
                       '[airflow.tables.Sqare]\nretries = 1\n')
     out = render(db, CHAIN, "--out", str(tmp_path / "dags"), "--config", str(config))
     assert out.returncode == 0, out.stderr
@@ -440,6 +441,8 @@ def test_kubernetes_mode_dag_and_the_command_its_submit_runs(db, airflow, tmp_pa
         "check": ("_PythonDecoratedOperator", ["Total.work"])}
     assert tasks["Square.wait"]["retries"] == "0"
 
+    from airflow.sdk.exceptions import TaskDeferred
+
     from dj_orchestrate import airflow_tasks
 
     spec = importlib.util.spec_from_file_location("chain_dag", dag_file)
@@ -454,6 +457,11 @@ def test_kubernetes_mode_dag_and_the_command_its_submit_runs(db, airflow, tmp_pa
                       "--shard-size", "1000", "--key", '{"item_id": 1}', "--config", str(config)]]
     with pytest.raises(airflow_tasks.AirflowSkipException):  # nothing to make, or a table left out by the params
         airflow_tasks.submit(dag.PIPELINE, "Square", dag.TABLES["Square"], [])
+    wait = dag.dag.get_task("Square.wait")  # defers at once, for at most wait_timeout_s
+    with pytest.raises(TaskDeferred) as deferred:
+        wait.execute({"params": {}})
+    assert deferred.value.timeout == datetime.timedelta(hours=1) and deferred.value.method_name == "finish"
+    assert "wait_timeout_s" not in dag.TABLES["Total"]  # (worker mode has no wait)
 
 
 def mode_dags_test(db, airflow, tmp_path, access: dict, *args: str, config: str | None = None,

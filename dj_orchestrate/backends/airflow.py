@@ -62,6 +62,7 @@ class AirflowSettings(Settings):
     python: str | None = None  # the lab's Python on the workers (default: the Airflow worker's own)
     mode: str = "worker"  # where work runs: worker (the Airflow worker itself), slurm, dask or kubernetes
     poll_s: int = 30  # seconds between the wait task's looks at the jobs table (modes other than worker)
+    wait_timeout_s: int | None = None  # backend modes: fail the wait after this long (a scheduler that never answers)
 
     def parsed(self, where: str) -> "AirflowSettings":
         if self.mode not in MODES:
@@ -73,6 +74,8 @@ class AirflowSettings(Settings):
         if self.max_shards > MAX_MAP_LENGTH:
             raise UsageError(f"max_shards = {self.max_shards} in {where} exceeds Airflow's max_map_length ({MAX_MAP_LENGTH})",
                              f"use at most {MAX_MAP_LENGTH}: shards grow instead")
+        if self.wait_timeout_s is not None and self.wait_timeout_s < 1:
+            raise UsageError(f"wait_timeout_s in {where} must be at least 1", "e.g. wait_timeout_s = 86400 (a day)")
         if self.max_active_tis_per_dag is not None and self.max_active_tis_per_dag < 1:
             raise UsageError(f"max_active_tis_per_dag in {where} must be at least 1", "e.g. max_active_tis_per_dag = 4")
         return self
@@ -156,7 +159,9 @@ def table_spec(settings: AirflowSettings, after: list[str]) -> dict[str, Any]:
     task = {"retries": settings.retries, "retry_delay": float(settings.retry_delay_s), "pool": settings.pool,
             "pool_slots": settings.pool_slots if settings.pool else None,
             "max_active_tis_per_dag": settings.max_active_tis_per_dag}
-    spec = {"after": after, "mode": settings.mode, "poll_s": None if settings.mode == "worker" else settings.poll_s,
+    waits = settings.mode != "worker"
+    spec = {"after": after, "mode": settings.mode, "poll_s": settings.poll_s if waits else None,
+            "wait_timeout_s": settings.wait_timeout_s if waits else None,
             "shard_size": settings.shard_size, "max_shards": settings.max_shards,
             "python": settings.python, "task": {k: v for k, v in task.items() if v is not None}}
     return {k: v for k, v in spec.items() if v is not None}
