@@ -119,8 +119,9 @@ def open_pipeline(spec: str, tables: tuple[str, ...], key_json: str | None,
 
 def warn_unknown_tables(config: BackendConfig, spec: str) -> None:
     """One line on stderr for each ``[<section>.tables.X]`` that names no table of the
-    pipeline (a typo: its settings would silently apply to nothing)."""
-    names = [t.name for t in pipeline.discover(pipeline.load(spec))]
+    pipeline (a typo: its settings would silently apply to nothing). The pipeline is
+    imported already (render read it): only its class names are needed, not its order."""
+    names = [cls.__name__ for cls in pipeline.auto_populated(pipeline.load(spec)).values()]
     for name in config.unknown_tables(set(names)):
         click.echo(f"dj-orchestrate: warning: [{config.section}.tables.{name}] in {config.source} names no table of "
                    f"{spec}; its tables: {', '.join(names)}", err=True)

@@ -139,24 +139,28 @@ class TableInfo:
         return self.cls()
 
 
-def discover(module: ModuleType) -> list[TableInfo]:
-    """All auto-populated tables of the pipeline, upstream first. Part tables are made
+def auto_populated(module: ModuleType) -> dict[str, type]:
+    """The pipeline's auto-populated table classes by full name, in the order the module
+    defines them; no database call beyond DataJoint's own on import. Part tables are made
     by their master's ``make`` and are not listed on their own."""
     import datajoint as dj
 
-    classes: dict[str, type] = {}
-    declared: dict[str, int] = {}
-    for value in vars(module).values():
-        if (
-            isinstance(value, type)
-            and issubclass(value, (dj.Computed, dj.Imported))
-            and value not in (dj.Computed, dj.Imported)
-            and getattr(value, "database", None)
-        ):
-            classes[value.full_table_name] = value
-            declared.setdefault(value.full_table_name, len(declared))
+    return {
+        value.full_table_name: value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, (dj.Computed, dj.Imported))
+        and value not in (dj.Computed, dj.Imported)
+        and getattr(value, "database", None)
+    }
+
+
+def discover(module: ModuleType) -> list[TableInfo]:
+    """All auto-populated tables of the pipeline (``auto_populated``), upstream first."""
+    classes = auto_populated(module)
     if not classes:
         return []
+    declared = {name: i for i, name in enumerate(classes)}
     conn = next(iter(classes.values())).connection
     conn.dependencies.load()
     topo = {name: i for i, name in enumerate(conn.dependencies.topo_sort())}
