@@ -8,7 +8,6 @@ loading and per-table settings live in ``dj_orchestrate.config``."""
 from __future__ import annotations
 
 import shlex
-import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,13 +97,14 @@ class Backend(ABC):
         return set()
 
 
-def worker_command(request: RunRequest, tables: list[TableInfo], shard_index: int | None = None,
-                   fixed_shard: bool = False, enqueue: bool = False) -> list[str]:
-    """The ``dj-orchestrate work`` command line every backend runs, one per worker.
-    ``enqueue``: a pull worker started after its upstream, which enqueues its tables'
-    missing keys (within ``--key``) first."""
+def worker_argv(request: RunRequest, tables: list[TableInfo], shard_index: int | None = None,
+                fixed_shard: bool = False, enqueue: bool = False) -> list[str]:
+    """The ``dj-orchestrate work ...`` arguments every backend runs, one per worker, each
+    behind its own ``dj-orchestrate``: this Python's module (local, SLURM, Dask) or the
+    image's entry point (Kubernetes). ``enqueue``: a pull worker started after its
+    upstream, which enqueues its tables' missing keys (within ``--key``) first."""
     s = request.worker
-    cmd = [sys.executable, "-m", "dj_orchestrate", "work", request.pipeline]
+    cmd = ["work", request.pipeline]
     for t in tables:
         cmd += ["--table", t.name]
     if request.run_id:  # (none in rendered manifests)
@@ -153,13 +153,18 @@ def has_work(level: list[TableInfo], restriction: Restriction) -> bool:
     return any((c := JobTable(t.instance()).counts(restriction))["missing"] > c["pending"] for t in level)
 
 
-def rerun_levels(request: RunRequest, ended_jobs: Callable[[set[str]], set[str]]) -> list[list[TableInfo]]:
-    """After a round of workers ended: reconcile (``ended_jobs`` is the backend's hint,
-    asked about the jobs still holding keys); then the levels to run again: the first
-    that has work left and every level after it (its new rows are the downstream's new keys)."""
-    tables = [JobTable(t.instance()) for t in request.tables]
-    reserved = {j for jt in tables for j in jt.reserved_backend_ids()}
+def reconcile_run(request: RunRequest, ended_jobs: Callable[[set[str]], set[str]]) -> None:
+    """Reconcile the run's tables; ``ended_jobs`` is the backend's hint, asked only about
+    the jobs that still hold keys."""
+    reserved = {j for t in request.tables for j in JobTable(t.instance()).reserved_backend_ids()}
     reconcile_all([t.instance() for t in request.tables], request.worker.policy, ended_jobs(reserved) if reserved else set())
+
+
+def rerun_levels(request: RunRequest, ended_jobs: Callable[[set[str]], set[str]]) -> list[list[TableInfo]]:
+    """After a round of workers ended: reconcile (``reconcile_run``); then the levels to
+    run again: the first that has work left and every level after it (its new rows are
+    the downstream's new keys)."""
+    reconcile_run(request, ended_jobs)
     levels = levels_of(request.tables)
     first = next((i for i, level in enumerate(levels) if has_work(level, request.restriction)), None)
     return [] if first is None else levels[first:]
@@ -182,10 +187,10 @@ class TableLaunch:
     def fixed(self) -> bool:
         return self.plan is not None
 
-    def command(self, request: RunRequest, shard_index: int | None = None) -> list[str]:
-        """The worker command line for one slot (``shard_index`` None: the scheduler
-        appends it, e.g. from its array or completion index)."""
-        return worker_command(request, [self.info], shard_index, fixed_shard=self.fixed, enqueue=not self.fixed)
+    def argv(self, request: RunRequest, shard_index: int | None = None) -> list[str]:
+        """The worker's ``work`` arguments for one slot (``shard_index`` None: the
+        scheduler appends it, e.g. from its array or completion index)."""
+        return worker_argv(request, [self.info], shard_index, fixed_shard=self.fixed, enqueue=not self.fixed)
 
 
 def plan_launches(request: RunRequest, pull_slots: Callable[[TableInfo], int], fixed_first: bool = True,

@@ -47,9 +47,9 @@ from .. import ledger
 from ..db import retrying
 from ..config import BackendConfig, Settings
 from ..errors import UsageError
-from ..jobs import JobTable, reconcile_all
+from ..jobs import JobTable
 from ..pipeline import TableInfo
-from .base import SUBMITTED, Backend, RunRequest, TableLaunch, outcome, plan_launches, record_fixed
+from .base import SUBMITTED, Backend, RunRequest, TableLaunch, outcome, plan_launches, reconcile_run, record_fixed
 
 MIN_VERSION = (1, 28)
 PER_INDEX_SINCE = (1, 33)  # backoffLimitPerIndex, maxFailedIndexes, FailIndex: GA
@@ -419,10 +419,9 @@ def table_job(launch: TableLaunch, command: list[str], settings: KubernetesSetti
             "spec": spec}
 
 
-def pod_command(cmd: list[str]) -> list[str]:
-    """The worker command as the image runs it: its ``dj-orchestrate`` entry point in
-    place of this machine's Python."""
-    return ["dj-orchestrate", *cmd[3:]]
+def pod_command(argv: list[str]) -> list[str]:
+    """The worker command as the image runs it: its ``dj-orchestrate`` entry point."""
+    return ["dj-orchestrate", *argv]
 
 
 def pod_here(job: dict, index: int, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
@@ -547,7 +546,7 @@ class KubernetesBackend(Backend):
         for launch in launches:
             settings = self.config.for_table(launch.info)
             after = [names[a] for a in launch.after if a in names]
-            result.jobs.append(table_job(launch, pod_command(launch.command(request)), settings, settings.image or self.settings.image or "",
+            result.jobs.append(table_job(launch, pod_command(launch.argv(request)), settings, settings.image or self.settings.image or "",
                                          namespace, run, after, version, request.worker.grace, suspend_all or bool(after)))
         return result
 
@@ -603,11 +602,7 @@ class KubernetesBackend(Backend):
             except KeyboardInterrupt:
                 cancel(api, run)
                 return 130
-        def settle() -> None:
-            reserved = {j for jt in tables for j in jt.reserved_backend_ids()}
-            reconcile_all([t.instance() for t in request.tables], request.worker.policy, self.ended_jobs(reserved))
-
-        retrying(conn, settle, WHO, DB_PATIENCE)
+        retrying(conn, lambda: reconcile_run(request, self.ended_jobs), WHO, DB_PATIENCE)
         return outcome(request.run_id)
 
     def _jobs_of(self, run: dict) -> tuple[list[str], dict[str, dict]] | None:

@@ -2,9 +2,9 @@
 tables for the whole run. Workers are forked from the driver, which has imported
 DataJoint and the pipeline already: a worker starts in milliseconds, not the second a
 new Python takes (each child opens its own database connection and runs exactly the
-``work`` command; see ``fork_worker``). Each worker claims whichever key is ready (``flow``: a key's
-downstream work starts as soon as that key is made), so there is no level barrier and
-no pool per level. The driver only launches, watches and reports:
+``work`` command; see ``fork_worker``). Each worker claims whichever key is ready
+(``flow``: a key's downstream work starts as soon as that key is made), so there is no
+level barrier and no pool per level. The driver only launches, watches and reports:
 
 * it enqueues every selected table once at the start (later keys are enqueued by the
   workers, key by key), and starts no worker when nothing is ready;
@@ -31,7 +31,7 @@ from typing import Any, Callable, TypeVar
 from ..db import reconnect, retrying
 from ..jobs import JobTable, reconcile_all
 from ..pipeline import TableInfo
-from .base import Backend, RunRequest, outcome, ready_keys, worker_command
+from .base import Backend, RunRequest, outcome, ready_keys, worker_argv
 
 T = TypeVar("T")
 TICK = 0.05  # seconds between looks at the worker processes
@@ -116,8 +116,8 @@ class LocalBackend(Backend):
                     break
                 log_path = request.log_dir / f"worker-{i}.log"
                 job_id = f"local-{request.run_id.rsplit('-', 1)[-1]}-{i}"
-                cmd = worker_command(request, tables, shard_index=i) + ["--log-path", str(log_path), "--backend-job-id", job_id]
-                proc = fork_worker(cmd[cmd.index("work"):], env, log_path, connections, request.worker.reconnect_seconds)
+                argv = worker_argv(request, tables, shard_index=i) + ["--log-path", str(log_path), "--backend-job-id", job_id]
+                proc = fork_worker(argv, env, log_path, connections, request.worker.reconnect_seconds)
                 self.procs.append(proc)
                 self.alive.append(proc)
                 self.job_ids[proc] = job_id
@@ -184,10 +184,10 @@ def fork_worker(argv: list[str], env: dict[str, str], log_path: Path, connection
                 reconnect_seconds: float) -> Forked:
     """Start ``dj-orchestrate ARGV`` (a ``work`` command) as a forked child: its own
     session (the driver forwards signals itself), ``env`` added to its environment, its
-    output appended to ``log_path``,
-    its own database connections (the driver's are closed while it forks). It never
-    returns into the driver's code: it leaves with ``os._exit``, so that none of the
-    driver's exit handlers (an embedded database's shutdown) run in it."""
+    output appended to ``log_path``, its own database connections (the driver's are
+    closed while it forks). It never returns into the driver's code: it leaves with
+    ``os._exit``, so that none of the driver's exit handlers (an embedded database's
+    shutdown) run in it."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()

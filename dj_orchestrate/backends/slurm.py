@@ -361,7 +361,7 @@ class SlurmBackend(Backend):
                     indices = range(self._next_pull, self._next_pull + launch.slots)
                     self._next_pull += launch.slots
                 ids = self._submit(request, launch.info, self.config.for_table(launch.info),
-                                   launch.command(request)[3:], indices, dependency)
+                                   launch.argv(request), indices, dependency)
                 arrays.setdefault(launch.info.name, []).extend(ids)
             record_fixed(request, launches)
             if self._gated:
