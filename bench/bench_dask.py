@@ -25,7 +25,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import distributed
@@ -55,7 +54,6 @@ class DaskBench(Bench):
             sys.exit(f"bench_dask: dask run failed ({out.returncode}):\n{out.stderr}")
         from dj_orchestrate import ledger
 
-        ledger.tables.cache_clear()
         run = self.db(lambda: ledger.recent_runs(limit=1)[0])
         made = {t: self.made(t) for t in TABLES}
         tasks = {k for k in counter.started if k.startswith(f"djo-{run['run_id']}-")}

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import fnmatch
 import os
 import re
@@ -62,7 +61,8 @@ from ..config import BackendConfig, Settings
 from ..errors import UsageError
 from ..jobs import JobTable, reconcile_all
 from ..pipeline import TableInfo
-from .base import SUBMITTED, Backend, RunRequest, TableLaunch, error_count, outcome, plan_launches, rerun_levels
+from .base import (SUBMITTED, Backend, RunRequest, TableLaunch, error_count, outcome, plan_launches, rerun_levels,
+                   worker_argv)
 from .slurm import slurm_minutes
 
 T = TypeVar("T")
@@ -465,7 +465,7 @@ class DaskBackend(Backend):
             for group in (g for g in groups if g.level == level):
                 for _ in range(group.slots):
                     slot = self._next_slot()
-                    argv = _work_argv(request, group.tables, slot)
+                    argv = worker_argv(request, group.tables, shard_index=slot, enqueue=True)
                     group.futures.append(self.client.submit(
                         work_task, argv, env, str(request.log_dir), *before,
                         key=f"djo-{request.run_id}-{group.label}-{slot}", pure=False,
@@ -569,12 +569,14 @@ class DaskBackend(Backend):
         """Which ``dask:<worker>/<task key>`` ids no longer run: their task key is not
         processing on that worker, as the run's scheduler (from the ledger) says. A
         scheduler that does not answer gives no hint."""
-        by_scheduler: dict[str, set[str]] = {}
+        by_run: dict[str, set[str]] = {}
         for job_id in job_ids:
-            run_id = _run_of(job_id)
-            address = _scheduler_of(run_id) if run_id else None
-            if address:
-                by_scheduler.setdefault(address, set()).add(job_id)
+            if run_id := _run_of(job_id):
+                by_run.setdefault(run_id, set()).add(job_id)
+        by_scheduler: dict[str, set[str]] = {}
+        for run_id, ids in by_run.items():  # one ledger read per run, not per slot
+            if address := _scheduler_of(run_id):
+                by_scheduler.setdefault(address, set()).update(ids)
         ended: set[str] = set()
         for address, ids in by_scheduler.items():
             with contextlib.suppress(Exception), _quiet():
@@ -628,13 +630,6 @@ def _cluster_class(kind: str) -> Any:
 
 def _fits(need: dict[str, float], offer: dict[str, float]) -> bool:
     return all(offer.get(r, 0) >= v for r, v in need.items())
-
-
-def _work_argv(request: RunRequest, tables: list[TableInfo], slot: int) -> list[str]:
-    """``work PIPELINE --table ... --enqueue`` (the worker command without its Python)."""
-    from .base import worker_command
-
-    return worker_command(request, tables, shard_index=slot, enqueue=True)[3:]
 
 
 def _ended_by(client: distributed.Client, job_ids: set[str]) -> set[str]:
