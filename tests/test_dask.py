@@ -66,12 +66,14 @@ class DaskCluster:
         return proc
 
     def start(self) -> None:
-        port = self.address.rsplit(":", 1)[1]
-        self._spawn("scheduler", "scheduler", "--host", "127.0.0.1", "--port", port,
-                    "--dashboard-address", f"127.0.0.1:{self.dashboard}")
+        self.scheduler()
         self.worker("cpu", 2)
         self.worker("gpu", 1, "--resources", "GPU=1", env={"CUDA_VISIBLE_DEVICES": "0"})
         self.wait_workers(2)
+
+    def scheduler(self) -> None:
+        self._spawn("scheduler", "scheduler", "--host", "127.0.0.1", "--port", self.address.rsplit(":", 1)[1],
+                    "--dashboard-address", f"127.0.0.1:{self.dashboard}")
 
     def worker(self, name: str, threads: int, *args: str, env: dict | None = None) -> str:
         """Start a worker; returns its address."""
@@ -306,6 +308,19 @@ def test_resource_no_worker_offers_exit_2_nothing_reserved(lab, db, dask_run):
 def test_bad_input_exit_2_nothing_reserved(lab, db, dask_run, case, args, config, message):
     """Bad input: one or two lines, exit 2 within seconds, no traceback, nothing enqueued."""
     refused(lab, dask_run, args, config, message)
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_scheduler_no_worker_joined_exit_2_nothing_reserved(lab, db, tmp_path):
+    """A scheduler that no worker has joined (yet): one line saying so, exit 2, nothing
+    enqueued. For tables that need no resource this was a bare StopIteration traceback."""
+    bare = DaskCluster(tmp_path)
+    bare.scheduler()
+    try:
+        assert bare.workers() == {}  # (the client waits until the scheduler answers)
+        refused(lab, Run(db, bare, tmp_path), ["--scheduler", bare.address], "", "no Dask worker is connected")
+    finally:
+        bare.stop()
 
 
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # refused before the database is opened

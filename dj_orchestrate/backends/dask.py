@@ -275,6 +275,9 @@ class DaskBackend(Backend):
             _cluster_class(self.kind)  # its package is installed
             where = f"the {self.kind} cluster ([dask] worker_resources)"
         offers = self._offers()
+        if not offers:  # (was a bare StopIteration below for a table that needs no resource)
+            raise UsageError(f"no Dask worker is connected to {where}",
+                             f"start one (`dask worker {self.address}`) and run again, or use --cluster local")
         for t in tables:
             need = self.config.for_table(t).resources
             if not any(_fits(need, offer) for offer in offers):
