@@ -50,6 +50,29 @@ def require(ok: bool, what: str) -> None:
     pytest.skip(f"{what} not available")
 
 
+@pytest.fixture(scope="session")
+def datajoint_tests() -> Path:
+    """DataJoint's own test schemas (``tests/schema*.py`` of the installed version's sdist):
+    public pipelines nobody here wrote. Downloaded once from PyPI into a cache outside the
+    checkout (``DJO_SDIST_CACHE``); a missing download fails in CI."""
+    import tarfile
+
+    import datajoint as dj
+
+    cache = Path(os.environ.get("DJO_SDIST_CACHE", "/var/tmp/dj-orchestrate-sdist"))
+    found = cache / f"datajoint-{dj.__version__}" / "tests"
+    if not (found / "schema_simple.py").is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                        f"datajoint=={dj.__version__}", "-d", str(cache)], check=False, timeout=300)
+        archive = cache / f"datajoint-{dj.__version__}.tar.gz"
+        if archive.is_file():
+            with tarfile.open(archive) as tar:
+                tar.extractall(cache, filter="data")
+    require((found / "schema_simple.py").is_file(), f"DataJoint {dj.__version__}'s sdist (pip download datajoint)")
+    return found
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _services() -> None:
     if not (reachable(3306) and reachable(5432)):
