@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import PIPELINES, ROOT, seed, wait_for
+from conftest import PIPELINES, seed, wait_for
 from test_embedded import clean_env
 
 from dj_orchestrate.jobs import JobTable
