@@ -98,13 +98,19 @@ def test_key_empty_object_refused(command, tmp_path, monkeypatch):
 
 def test_sigusr1_stops_a_worker(chain, db, tmp_path):
     """SIGUSR1 (SLURM's warning signal) stops a worker like SIGTERM: the key in flight
-    finishes within ``--grace``, unstarted claims go back to pending, exit 128 + 10."""
+    finishes within ``--grace``, unstarted claims go back to pending, exit 128 + 10.
+    Meanwhile ``ignore`` leaves the keys it holds alone."""
     seed(chain, 8)
     worker = subprocess.Popen([sys.executable, "-m", "dj_orchestrate", "work", CHAIN, "--table", "Square", "--enqueue",
-                               "--grace", "60"], env={**db.env, "DJO_TEST_SLEEP": "1"}, cwd=tmp_path,
+                               "--grace", "60"], env={**db.env, "DJO_TEST_SLEEP": "3"}, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     jt = JobTable(chain.Square())
     wait_for(lambda: jt.declared and jt.counts()["reserved"], 120, "a claimed key")
+    held = [r["item_id"] for r in jt.conn.query(f"SELECT item_id FROM {jt.name} WHERE status = 'reserved'",
+                                                 as_dict=True).fetchall()]
+    ignored = db.cli("ignore", CHAIN, "--table", "Square", "--key", json.dumps([{"item_id": i} for i in held]), "--json",
+                     cwd=tmp_path)  # keys being made (or made meanwhile) are left alone
+    assert json.loads(ignored.stdout) == {"Square": 0}, ignored.stderr
     worker.send_signal(signal.SIGUSR1)
     out, err = worker.communicate(timeout=120)
     assert worker.returncode == 128 + signal.SIGUSR1, out + err
