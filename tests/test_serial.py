@@ -11,6 +11,7 @@ import sys
 import datajoint as dj
 import pytest
 from conftest import PIPELINES
+from test_slurm import cluster, slurm, submitted  # noqa: F401 (fixtures)
 
 from dj_orchestrate import ledger, pipeline
 
@@ -145,3 +146,19 @@ def test_failures_are_listed_counted_kept_and_retried(keyless, db, tmp_path):
     out = djo(db, "run", KEYLESS, "--json", tmp_path=tmp_path)
     assert {t["table"]: t["done"] for t in json.loads(out.stdout)["tables"]} == {"Item": 3, "TopicSize": 3, "Length": 6}
     assert djo(db, "errors", KEYLESS, tmp_path=tmp_path).stdout.strip() == "no errors"
+
+
+def test_made_on_slurm_by_one_worker_and_downstream_after_it(keyless, db, slurm):
+    """Every backend launches ``work``, and the launch plan gives such a table one pull
+    worker (a table with nothing but a lock to claim by gets no fixed shards): on the test
+    SLURM cluster, ``run --backend slurm --wait`` makes it, then the tables downstream of it."""
+    keyless.seed(TOPICS[:3])
+    out = slurm.cli("run", KEYLESS, "--backend", "slurm", "--config", str(slurm.config), "--no-progress", "--wait",
+                    "--json")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert {name: len(ids) for name, ids in submitted(out.stderr).items()} == {"Item": 1, "TopicSize": 1, "Length": 1}
+    workers = [s["table_name"] for s in ledger.shards_of(json.loads(out.stdout)["run_id"])]
+    assert workers.count("Item") == 1 and workers.count("Length") == 2, workers  # ([slurm] pull_workers = 2)
+    assert sorted(r["topic"] for r in keyless.MakeLog.to_dicts()) == sorted(TOPICS[:3])
+    assert {r["topic"]: r["items"] for r in keyless.TopicSize.to_dicts()} == dict.fromkeys(TOPICS[:3], 2)
+    assert len(keyless.Length()) == 6
