@@ -120,7 +120,8 @@ def test_two_concurrent_runs_never_make_a_key_twice(keyless, db, tmp_path):
 def test_failures_are_listed_counted_kept_and_retried(keyless, db, tmp_path):
     """A failing make of such a table: the run exits 1 and counts it; ``errors`` (and
     ``--json``) lists it from the ledger, ``status`` counts it; it is tried once, and not
-    again by a later run, until ``retry`` clears it. Read-only commands create no ledger table."""
+    again by a later run (nor once ``ignore``d), until ``retry`` clears it. Read-only
+    commands create no ledger table."""
     keyless.seed(["a", "b", "c"])
     djo(db, "run", KEYLESS, "--table", "Item", "--key", '{"topic": "a"}', tmp_path=tmp_path)
     assert json.loads(djo(db, "errors", KEYLESS, "--json", tmp_path=tmp_path).stdout) == []
@@ -141,6 +142,10 @@ def test_failures_are_listed_counted_kept_and_retried(keyless, db, tmp_path):
 
     djo(db, "run", KEYLESS, "--table", "Item", tmp_path=tmp_path)  # a failed key is not tried again...
     assert sorted(r["topic"] for r in keyless.MakeLog.to_dicts()) == ["a", "c"]
+    out = djo(db, "ignore", KEYLESS, "--table", "Item", "--key", '{"topic": "b"}', "--json", tmp_path=tmp_path)
+    assert json.loads(out.stdout) == {"Item": 1}
+    status = {r["table"]: r for r in json.loads(djo(db, "status", KEYLESS, "--json", tmp_path=tmp_path).stdout)}
+    assert (status["Item"]["error"], status["Item"]["ignore"]) == (0, 1)
     out = djo(db, "retry", KEYLESS, "--json", tmp_path=tmp_path)  # ...until it is retried
     assert json.loads(out.stdout)["Item"] == 1
     out = djo(db, "run", KEYLESS, "--json", tmp_path=tmp_path)
