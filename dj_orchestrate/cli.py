@@ -136,20 +136,6 @@ def warn_hidden(infos: list[pipeline.TableInfo]) -> None:
                        f"{t.name} runs after {other} (declare `-> {other}` in {t.name} to say so)", err=True)
 
 
-def claimable(infos: list[pipeline.TableInfo], action: str) -> list[pipeline.TableInfo]:
-    """The tables whose keys can be claimed; one line on stderr for each that cannot
-    (its primary key has no foreign-key attribute: DataJoint has no jobs table for it)."""
-    out = []
-    for t in infos:
-        jt = JobTable(t.instance())
-        if jt.supported:
-            out.append(t)
-        else:
-            message, hint = jt.unsupported_reason()
-            click.echo(f"dj-orchestrate: {action} {t.name}. {message}; {hint}", err=True)
-    return out
-
-
 def prepare(infos: list[pipeline.TableInfo], declare: bool = True) -> None:
     """Before a command writes any key: the jobs tables declared (or, with ``declare``
     false, only those that exist: stock DataJoint's), with dj-orchestrate's columns. A
@@ -259,12 +245,7 @@ def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...],
         raise UsageError(f"--workers must be at least 1, got {workers}", "e.g. --workers 8")
     backend_obj = backend_cls.create(config_path, scheduler=scheduler, cluster=cluster, image=image,
                                      namespace=namespace, secret=secret)
-    target, selected, restriction = open_pipeline(pipeline_spec, tables, key_json, warn=True)
-    infos = claimable(selected, "skipping")
-    if not infos:
-        raise UsageError(*JobTable(selected[0].instance()).unsupported_reason())
-    if len(infos) < len(selected):
-        infos = pipeline.select(infos, [t.name for t in infos])  # levels among the tables that run
+    target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json, warn=True)
     if settings.order == "declared":
         infos = pipeline.in_declared_order(infos)
     wait = backend_obj.default_wait() if wait is None else wait
@@ -368,13 +349,10 @@ def status(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, as
         rows.append({"table": t.name, "total": c["total"], "done": c["done"], "pending": c["missing"],
                      "reserved": c["reserved"], "error": c["error"], "ignore": c["ignore"],
                      "progress": f"{100 * c['done'] / c['total']:.0f}%" if c["total"] else "-"})
-        if not jt.supported:
-            rows[-1]["note"] = "not run by dj-orchestrate (no jobs table possible: see `run`)"
     if as_json:
         emit_json([{k: v for k, v in r.items() if k != "progress"} for r in rows])
         return
-    notes = ["note"] if any("note" in r for r in rows) else []
-    click.echo(render_table(rows, ["table", "total", "done", "pending", "reserved", "error", "ignore", "progress", *notes]))
+    click.echo(render_table(rows, ["table", "total", "done", "pending", "reserved", "error", "ignore", "progress"]))
     runs = ledger.recent_runs(*identity_of(pipeline_spec))
     for r in runs:
         if r["backend"] != "local" and r["state"] in ("submitted", "running"):
@@ -424,7 +402,6 @@ def errors(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, ma
 def retry(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, match: str | None, as_json: bool) -> None:
     """Move failed and ignored keys back to pending, with a fresh attempt budget."""
     _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
-    infos = claimable(infos, "skipping")
     prepare(infos, declare=False)
     moved = {t.name: JobTable(t.instance()).retry(restriction, match) for t in infos}
     if as_json:
@@ -443,7 +420,6 @@ def ignore(pipeline_spec: str, tables: tuple[str, ...], key_json: str, as_json: 
     """Mark keys to be skipped (status ignore) until retried: pending, failed and not yet
     queued keys; keys already done or being made are left alone."""
     _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
-    infos = claimable(infos, "skipping")
     prepare(infos)
     marked = {t.name: JobTable(t.instance()).ignore(restriction) for t in infos}
     if as_json:
@@ -465,7 +441,6 @@ def per_table(counts: dict[str, int]) -> str:
 def reconcile(pipeline_spec: str, tables: tuple[str, ...], max_attempts: int, as_json: bool) -> None:
     """Release keys reserved by workers that are gone (their connection no longer exists)."""
     _, infos, _ = open_pipeline(pipeline_spec, tables, None)
-    infos = claimable(infos, "skipping")
     r = reconcile_all([t.instance() for t in infos], Policy(max_attempts=max_attempts), ended_jobs(infos))
     outcome = {"back_to_pending": r["released"] + r["charged"] - r["errors"], "charged_an_attempt": r["charged"],
                "already_done": r["completed"], "became_errors": r["errors"]}
@@ -684,9 +659,6 @@ def airflow_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | 
     af.check_mode(config.defaults.mode)
     request = render_request(pipeline_spec, tables, key_json, out_dir)
     warn_unknown_tables(config, pipeline_spec)
-    request.tables = claimable(request.tables, "leaving out")
-    if not request.tables:
-        raise UsageError("none of the selected tables can have a jobs table", "select tables whose keys can be claimed")
     for info in request.tables:
         af.check_mode(config.for_table(info).mode)
     dag_id = af.check_dag_id(dag_id or af.default_dag_id(request.pipeline))

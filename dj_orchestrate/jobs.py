@@ -107,6 +107,13 @@ class Policy:
     max_attempts: int = 3
 
 
+def truncate(message: str) -> str:
+    """An error message cut to what DataJoint's jobs table holds, saying so."""
+    if len(message) > ERROR_MESSAGE_LENGTH:
+        return message[: ERROR_MESSAGE_LENGTH - len(TRUNCATION_APPENDIX)] + TRUNCATION_APPENDIX
+    return message
+
+
 def key_source_of(cls: type) -> tuple[str, tuple[str, ...]]:
     """DataJoint's own SQL of a table class's key_source, and the attributes it yields."""
     if cls not in _KEY_SOURCE:
@@ -253,8 +260,14 @@ class JobTable:
     def supported(self) -> bool:
         """DataJoint keys a jobs table by the primary-key attributes that come from
         foreign keys; a table with none (a custom ``key_source`` over its own attributes)
-        cannot have one, so its keys cannot be claimed."""
+        cannot have one: it is made under a lock instead (``serial``)."""
         return bool(self.pk)
+
+    def _serial(self) -> Any:
+        """This table as ``serial`` serves it, for one that cannot have a jobs table."""
+        from .serial import SerialTable
+
+        return SerialTable(self.table)
 
     @property
     def columns(self) -> frozenset[str]:
@@ -292,7 +305,7 @@ class JobTable:
         """Declare the jobs table the way DataJoint does, then add dj-orchestrate's columns.
         For commands that write; a missing privilege is a UsageError that names it."""
         if not self.supported:
-            raise UsageError(*self.unsupported_reason())
+            return
         if type(self.table) in _ENSURED:
             return
         have = self.columns
@@ -320,15 +333,6 @@ class JobTable:
         if not self.mysql:
             self._ensure_claim_index()
         _ENSURED.add(type(self.table))
-
-    def unsupported_reason(self) -> tuple[str, str]:
-        """Why this table's keys cannot be claimed (see ``supported``), and what to do."""
-        name = self.table.__class__.__name__
-        return (
-            f"{name} cannot be run by dj-orchestrate: no attribute of its primary key comes from a foreign key, "
-            "so DataJoint has no jobs table to claim its keys in",
-            f"make it with {name}.populate() (one process), or key it by a foreign key to an upstream table",
-        )
 
     def _ensure_claim_index(self) -> None:
         """PostgreSQL: an index in claim order over the pending rows only.
@@ -362,6 +366,8 @@ class JobTable:
         have added, so that the cost grows with the new keys, not with the tables (the
         key_source is restricted by the upstream keys' values before anything is read).
         An upstream that shares no attribute with this key_source: every missing key."""
+        if not self.supported:
+            return 0
         if after is not None:
             if not after[1]:
                 return 0
@@ -511,8 +517,7 @@ class JobTable:
         """An exception in ``make``: retry later (with backoff) or ``error``. Returns the status."""
         attempts = claim.attempts + 1
         status = "pending" if attempts <= policy.retries else "error"
-        if len(message) > ERROR_MESSAGE_LENGTH:
-            message = message[: ERROR_MESSAGE_LENGTH - len(TRUNCATION_APPENDIX)] + TRUNCATION_APPENDIX
+        message = truncate(message)
         delay = policy.backoff * 2 ** (attempts - 1) if status == "pending" else 0
         owned, o_args = self._owned(owner.host, owner.pid, owner.connection_id)
         cond, in_args = self._in(None, [claim.raw])
@@ -627,7 +632,7 @@ class JobTable:
 
         ``missing``: keys to make (not done, and pending or never enqueued)."""
         if not self.supported:
-            return self._counts_without_jobs(restriction)
+            return self._serial().counts(restriction)
         ks_sql, args = self._key_source(restriction)
         # grouped by (done, status): one EXISTS per key, where a SUM(CASE ...) per status
         # made PostgreSQL plan (and JIT-compile) seven correlated subqueries, 30-100 ms
@@ -646,18 +651,10 @@ class JobTable:
         blocked = by_status["reserved"] + by_status["error"] + by_status["ignore"]
         return {"total": total, "done": done, **by_status, "missing": total - done - blocked}
 
-    def _counts_without_jobs(self, restriction: Restriction) -> dict[str, int]:
-        """A table that cannot have a jobs table: done and missing, as DataJoint counts them."""
-        ks = self.table.key_source
-        ks = ks() if inspect.isclass(ks) else ks
-        if restriction.keys is not None:
-            ks = ks & restriction.keys
-        total = len(ks)
-        done = len(ks & self.table.proj())
-        return {"total": total, "done": done, **dict.fromkeys(STATUSES, 0), "missing": total - done}
-
     def status_counts(self) -> dict[str, int]:
         """Jobs rows per status, plus ``ready`` (pending and due now); cheap, for progress."""
+        if not self.supported:
+            return self._serial().status_counts()
         counts = dict.fromkeys((*STATUSES, "ready"), 0)
         if self.declared:
             status = self.q("status")
@@ -669,6 +666,8 @@ class JobTable:
 
     def made(self) -> int:
         """Rows in the table itself: what progress counts as made."""
+        if not self.supported:
+            return self._serial().made()
         return int(self._query(f"SELECT COUNT(*) FROM {self.target}").fetchone()[0])
 
     def _missing_sql(self, restriction: Restriction) -> tuple[str, list]:
@@ -695,6 +694,8 @@ class JobTable:
 
     def errors(self, restriction: Restriction = Restriction(), match: str | None = None, stack: bool = False) -> list[dict]:
         """Failed keys with everything needed to find out why."""
+        if not self.supported:
+            return self._serial().errors(restriction, match, stack)
         if not self.declared:
             return []
         cond, args = restriction.sql("j", self.pk, self.q, self._bind)
@@ -721,6 +722,8 @@ class JobTable:
     def retry(self, restriction: Restriction = Restriction(), match: str | None = None) -> int:
         """Failed and ignored keys back to ``pending``, with a fresh attempt budget.
         Returns how many keys (an UPDATE changes each row once: rows are keys)."""
+        if not self.supported:
+            return self._serial().retry(restriction, match)
         if not self.declared:
             return 0
         self.ensure()
@@ -740,6 +743,8 @@ class JobTable:
         keys never enqueued; keys in flight are left alone. Returns how many keys became
         ignored, counted as keys: one UPDATE of the rows there are, one INSERT of the rows
         there are not (MariaDB's ON DUPLICATE KEY UPDATE counts two per updated row)."""
+        if not self.supported:
+            return self._serial().ignore(restriction)
         self.ensure()
         ks_sql, ks_args = self._key_source(restriction)
         status = self.q("status")

@@ -214,3 +214,47 @@ def shards_of(run_id: str) -> list[dict]:
 
 def as_json(row: dict) -> dict:
     return json.loads(json.dumps(row, default=str))
+
+
+def _define_key_failures(schema: Any) -> Any:
+    @schema
+    class KeyFailure(dj.Manual):
+        definition = """
+        # a key of a table that can have no jobs table (dj_orchestrate.serial): failed, to retry, or ignored
+        table_name        : varchar(255)      # the table's full name
+        key_hash          : char(32)          # md5 of the key as sorted JSON
+        ---
+        key               : varchar(4000)     # the key, JSON
+        status            : varchar(16)       # error; pending: tried again after scheduled_time; ignore
+        attempts=0        : int32
+        error_message=""  : varchar(2047)
+        error_stack=null  : <blob>
+        host=""           : varchar(255)
+        pid=0             : int32
+        backend_job_id="" : varchar(255)
+        log_path=""       : varchar(1023)
+        completed_time    : datetime(3)
+        scheduled_time    : datetime(3)
+        """
+
+    return KeyFailure
+
+
+@lru_cache(maxsize=None)
+def _declared_key_failures(name: str) -> Any:
+    return _define_key_failures(dj.Schema(name))
+
+
+def key_failures(create: bool = False) -> Any | None:
+    """The ``KeyFailure`` table. ``create`` (a worker recording a failure): declared if
+    missing, also in a ledger an earlier version declared. Else None where it does not
+    exist: read-only commands create nothing."""
+    name = os.environ.get(LEDGER_SCHEMA_ENV, "dj_orchestrate")
+    if create:
+        return _declared_key_failures(name)
+    try:
+        schema = dj.Schema(name, create_schema=False, create_tables=False)
+    except dj.DataJointError:
+        return None
+    table = _define_key_failures(schema)
+    return table if table().is_declared else None

@@ -31,7 +31,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import flow, ledger
+from . import flow, ledger, serial
 from .db import is_lost as _is_lost, reconnect
 from .flow import Node
 from .jobs import Claim, Owner, Policy, Restriction
@@ -175,7 +175,7 @@ class Worker:
     def run(self) -> Tally:
         tally = Tally()
         # (before the ledger: declaring its schema makes DataJoint reload the dependencies)
-        nodes = flow.build(self.tables, self.settings.order)
+        nodes = serial.adopt(flow.build(self.tables, self.settings.order), self.restriction)
         previous = self._install_signals()
         self._record(state="running", started=ledger.now())
         try:

@@ -286,11 +286,13 @@ def shard_count(pending: int, shard_size: int, max_shards: int) -> int:
 
 
 def enqueue(info: TableInfo, restriction: Restriction, shard_size: int, max_shards: int) -> dict[str, int]:
-    """Enqueue the table's missing keys; the shards its pending keys make."""
+    """Enqueue the table's missing keys; the shards its pending keys make (one for a
+    table that can have no jobs table: one worker makes it at a time, ``serial``)."""
     jt = JobTable(info.instance())
     added = jt.enqueue(restriction)
     pending = jt.status_counts()["pending"]
-    return {"enqueued": added, "pending": pending, "shards": shard_count(pending, shard_size, max_shards)}
+    return {"enqueued": added, "pending": pending,
+            "shards": shard_count(pending, shard_size, max_shards if jt.supported else 1)}
 
 
 def progress(info: TableInfo, restriction: Restriction, run_id: str, workers_ended: bool | None) -> dict[str, Any]:

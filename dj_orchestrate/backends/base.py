@@ -198,18 +198,22 @@ def plan_launches(request: RunRequest, pull_slots: Callable[[TableInfo], int], f
     """The backend-free plan of a run that launches short-lived workers per table (SLURM
     arrays, Kubernetes Indexed Jobs, Airflow mapped tasks): the first level gets fixed
     shards (its keys are known now; a table with nothing missing gets no launch), each
-    later table ``pull_slots(table)`` pull workers after every earlier level. Writes
-    nothing: see ``record_fixed``."""
+    later table ``pull_slots(table)`` pull workers after every earlier level. A table that
+    can have no jobs table gets one pull worker (one makes it at a time: ``serial``).
+    Writes nothing: see ``record_fixed``."""
     launches: list[TableLaunch] = []
     before: list[str] = []
     for depth, level in enumerate(levels if levels is not None else levels_of(request.tables)):
         for info in level:
+            serial = not JobTable(info.instance()).supported
             if depth == 0 and fixed_first:
                 plan = plan_table(info, request.restriction, request.shard_size, request.shards)
                 if plan.shards:
                     launches.append(TableLaunch(info, depth, [], plan.shards, plan))
+                elif serial and plan.missing:
+                    launches.append(TableLaunch(info, depth, [], 1))
             else:
-                launches.append(TableLaunch(info, depth, list(before), pull_slots(info)))
+                launches.append(TableLaunch(info, depth, list(before), 1 if serial else pull_slots(info)))
         before += [t.name for t in level]
     return launches
 
