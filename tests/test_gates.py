@@ -96,6 +96,8 @@ def test_a_gate_not_selected_ends_the_run_saying_what_to_run(db, tmp_path):
     r = db.cli("run", GATES, "--table", "Total", "--workers", "2", "--no-progress", env=env, cwd=tmp_path, timeout=60)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "Total: 2 keys wait for Square (not selected; 6 keys missing): run it first, or select it" in r.stderr
+    w = db.cli("work", GATES, "--table", "Total", "--enqueue", env=env, cwd=tmp_path, timeout=60)  # a worker alone
+    assert w.returncode == 0, w.stdout + w.stderr
     assert dump(db, GATES, db.schema, "read", env)["Total"] == []
     r = db.cli("run", GATES, "--table", "Square", "--table", "Total", "--no-progress", env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
