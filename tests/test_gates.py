@@ -110,7 +110,7 @@ def test_a_fan_in_behind_errors_ends_the_run_naming_it(db, tmp_path):
     r = db.cli("run", GATES, "--table", "Square", "--table", "GroupSum", "--workers", "2", "--no-progress",
                env=env, cwd=tmp_path, timeout=60)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "GroupSum: waits for Square (6 keys failed)" in r.stderr
+    assert "GroupSum: waits for Square (6 keys failed)" in r.stderr, r.stderr
 
 
 # ------------------------------------------------------------- name analysis, no database
