@@ -134,6 +134,9 @@ def warn_hidden(infos: list[pipeline.TableInfo]) -> None:
         for other in sorted(t.hidden):
             click.echo(f"dj-orchestrate: warning: {t.name}'s make reads {other}, which no foreign key links it to; "
                        f"{t.name} runs after {other} (declare `-> {other}` in {t.name} to say so)", err=True)
+        for other in t.dropped:
+            click.echo(f"dj-orchestrate: warning: {t.name}'s make reads {other}, which runs after {t.name} (a foreign "
+                       f"key or another such read says so); {t.name} does not wait for {other}", err=True)
 
 
 def prepare(infos: list[pipeline.TableInfo], declare: bool = True) -> None:

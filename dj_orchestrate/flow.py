@@ -13,6 +13,9 @@ upstream table reached only through a secondary foreign key, or a table its ``ma
 table upstream of it, *gates* its dependent: no key of the dependent is claimed until they
 have nothing left due or reserved (then it is enqueued whole), as every table did in the
 level-by-level runs. Its keys are still queued as they appear (progress counts them).
+A table its make reads that the worker does not serve (not selected) gates it too: it
+opens only once that table has no key missing or reserved (``waiting`` says what a
+table that cannot open waits for, so that a run ends instead of polling for ever).
 
 ``order`` says which open table a claim tries first:
 
@@ -54,11 +57,14 @@ class Node:
     gates: list["Node"] = field(default_factory=list)  # open only when these are finished
     feeds: bool = False  # another table here waits for this one's keys
     opened: bool = True  # claimable: no gates, or gates passed (and enqueued whole)
+    outside: list[JobTable] = field(default_factory=list)  # read by its make, not served here: gates too
+    blocked: list[tuple[JobTable, dict[str, int]]] = field(default_factory=list)  # outside gates not finished
 
 
 def build(infos: list[TableInfo], order: str = "upstream") -> list[Node]:
     """The worker's tables as nodes, in the order a claim tries them."""
-    nodes = [Node(t, JobTable(t.instance())) for t in sorted(infos, key=lambda t: (t.level, t.order))]
+    nodes = [Node(t, JobTable(t.instance()), outside=[JobTable(c()) for c in t.outside])
+             for t in sorted(infos, key=lambda t: (t.level, t.order))]
     by_name = {n.info.full_name: n for n in nodes}
     by_class = {n.info.name: n.info.full_name for n in nodes}
 
@@ -85,7 +91,7 @@ def build(infos: list[TableInfo], order: str = "upstream") -> list[Node]:
             hidden = {by_class[h] for h in n.info.hidden if h in by_class}
             gates = closure((n.info.upstream - covered[n.info.full_name]) | hidden)
         n.gates = [x for x in nodes if x.info.full_name in gates]
-        n.opened = not n.gates
+        n.opened = not n.gates and not n.outside
         for x in read:
             if order not in BARRIERS:  # a gated table's keys are queued too, claimed once it opens
                 x.readers.append(n)
@@ -101,8 +107,58 @@ def open_gates(nodes: list[Node], activity: dict[Node, tuple[bool, bool]], restr
     enqueue it whole. ``activity``: (keys due, keys reserved) per node. True when one opened."""
     opened = False
     for n in sorted(nodes, key=lambda n: (n.info.level, n.info.order)):
-        if not n.opened and all(g.opened and not any(activity[g]) for g in n.gates):
+        if not n.opened and all(g.opened and not any(activity[g]) for g in n.gates) and not _blocked(n):
             n.jt.enqueue(restriction)
             n.opened = opened = True
             activity[n] = (True, False)
     return opened
+
+
+def _blocked(n: Node) -> list[tuple[JobTable, dict[str, int]]]:
+    """The tables outside the worker that ``n``'s make reads and that are not finished
+    (keys missing or reserved); remembered on the node."""
+    n.blocked = [(jt, c) for jt in n.outside if (c := jt.counts())["missing"] or c["reserved"]]
+    return n.blocked
+
+
+def waiting(infos: list[TableInfo]) -> list[str]:
+    """What the selected tables wait for when nothing can make progress: one line per
+    table with pending keys that no claim can reach (behind a table it reads that is not
+    selected and has keys missing, or behind a gate that itself cannot open), and one per
+    table downstream of keys in error (a fan-in's key never appears while a part failed).
+    Empty while any key is reserved (here or in a table read from outside) or a key is
+    ready in a table that can open: then work goes on."""
+    nodes = build(infos)
+    activity = {n: n.jt.activity() for n in nodes}
+    if any(reserved for _, reserved in activity.values()):
+        return []
+    memo: dict[Node, bool] = {}
+
+    def can_open(n: Node) -> bool:
+        if n not in memo:
+            memo[n] = True  # (a cycle through key_source: not stuck on that account)
+            memo[n] = not _blocked(n) and all(can_open(g) for g in n.gates)
+        return memo[n]
+
+    if any(c["reserved"] for n in nodes if not can_open(n) for _, c in n.blocked):
+        return []  # someone else is making the table it reads
+    if any(activity[n][0] and can_open(n) for n in nodes):
+        return []
+    by_name = {n.info.full_name: n for n in nodes}
+    lines = []
+    for n in nodes:
+        counts = n.jt.status_counts()
+        keys = f"{counts['pending']} key{'s' * (counts['pending'] != 1)}"
+        if counts["pending"] and not can_open(n):
+            if n.blocked:
+                jt, c = n.blocked[0]
+                lines.append(f"{n.info.name}: {keys} wait for {type(jt.table).__name__} (not selected; {c['missing']} "
+                             f"keys missing): run it first, or select it")
+            else:
+                g = next(g for g in n.gates if not can_open(g))
+                lines.append(f"{n.info.name}: {keys} wait for {g.info.name}, which cannot run")
+        failed = [f"{u.info.name} ({e} key{'s' * (e != 1)} failed)" for u in (by_name.get(x) for x in sorted(n.info.upstream))
+                  if u is not None and (e := u.jt.status_counts()["error"])]
+        if failed:
+            lines.append(f"{n.info.name}: waits for {', '.join(failed)}: see `dj-orchestrate errors`")
+    return lines

@@ -124,7 +124,9 @@ class TableInfo:
     ``upstream``: the selected tables it must wait for (full names), whatever says so:
     a foreign key, a custom ``key_source``, or code in ``make``/``key_source`` that reads
     them (``hidden``: the class names of those only the code names). Schedulers order by
-    ``upstream``."""
+    ``upstream``. ``outside``: the tables its code reads that are not selected (they gate
+    it all the same); ``dropped``: the class names of tables its code reads that were not
+    made gates (a foreign-key descendant, or a cycle of gates: ``_sane_reads``)."""
 
     cls: type
     name: str
@@ -134,6 +136,9 @@ class TableInfo:
     upstream: frozenset[str] = frozenset()
     hidden: frozenset[str] = frozenset()
     declared: int = 0
+    reads: frozenset[str] = frozenset()
+    outside: tuple[type, ...] = ()
+    dropped: tuple[str, ...] = ()
 
     def instance(self) -> Any:
         return self.cls()
@@ -164,16 +169,20 @@ def discover(module: ModuleType) -> list[TableInfo]:
     conn = next(iter(classes.values())).connection
     conn.dependencies.load()
     topo = {name: i for i, name in enumerate(conn.dependencies.topo_sort())}
-    return _leveled([classes[n] for n in sorted(classes, key=lambda n: topo.get(n, len(topo)))], topo, declared)
+    ordered = [classes[n] for n in sorted(classes, key=lambda n: topo.get(n, len(topo)))]
+    reads, dropped = _sane_reads(ordered)
+    return _leveled(ordered, topo, declared, reads, dropped, classes)
 
 
 MAKE_METHODS = ("make", "make_fetch", "make_compute", "make_insert", "key_source")
 
 
 def code_references(cls: type) -> set[str]:
-    """Tables that the user's ``make`` (three-part too) and ``key_source`` name in their
-    code: a make that reads another table depends on it, foreign key or not (a part
-    table stands for its master)."""
+    """Tables that the user's ``make`` (three-part too) and ``key_source`` read, resolved
+    as Python resolves the names (``_loads``): a global ``G`` or ``mod.G`` is that module's
+    table; an attribute (``E.G``, ``self.G``, ``Master.Part``) is that attribute, found on
+    the table or class it follows. A part table stands for its master (a table's own parts
+    are the table itself); a make that reads another table depends on it, foreign key or not."""
     import datajoint as dj
 
     found: set[str] = set()
@@ -186,8 +195,13 @@ def code_references(cls: type) -> set[str]:
             code = getattr(func, "__code__", None)
             if code is None:
                 continue
-            for name in _names(code):
-                value = func.__globals__.get(name)
+            this = code.co_varnames[0] if code.co_argcount else None  # self (or cls)
+            for chain in _loads(code, this):
+                value: Any = cls if chain[0] is None else func.__globals__.get(chain[0], _MISSING)
+                for name in chain[1:]:  # through modules and classes only: an instance's attribute is data
+                    if not isinstance(value, (type, ModuleType)):
+                        break
+                    value = getattr(value, name, _MISSING)
                 if isinstance(value, type) and issubclass(value, dj.Part) and getattr(value, "master", None):
                     value = value.master
                 if isinstance(value, type) and issubclass(value, dj.Table) and getattr(value, "database", None):
@@ -196,13 +210,38 @@ def code_references(cls: type) -> set[str]:
     return found
 
 
-def _names(code: Any) -> set[str]:
-    """Global and attribute names a code object (and the functions nested in it) uses."""
-    names = set(code.co_names)
+_MISSING = object()
+_ATTRS = ("LOAD_ATTR", "LOAD_METHOD")
+
+
+def _loads(code: Any, this: str | None) -> list[tuple[str | None, ...]]:
+    """The name chains a code object (and every code object nested in it: comprehensions,
+    lambdas, inner functions) loads: a global load (``G``) or ``this`` (``self``, as None)
+    and the attributes read from it in a row (``E.G`` -> ('E', 'G'); ``self.G.H`` ->
+    (None, 'G', 'H')). Read from the bytecode (``dis``), where a global and an attribute of
+    the same name are different instructions."""
+    import dis
+
+    chains: list[list] = []
+    current: list | None = None
+    for ins in dis.get_instructions(code):
+        if ins.opname in _ATTRS and current is not None:
+            current.append(ins.argval)
+            continue
+        current = None
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+            current = [ins.argval]
+        elif this is not None and ins.opname in ("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE") and ins.argval == this:
+            current = [None]
+        elif this is not None and ins.opname == "LOAD_FAST_LOAD_FAST" and ins.argval[1] == this:
+            current = [None]
+        if current is not None:
+            chains.append(current)
+    out = [tuple(c) for c in chains]
     for const in code.co_consts:
-        if hasattr(const, "co_names"):
-            names |= _names(const)
-    return names
+        if hasattr(const, "co_code"):
+            out += _loads(const, this if this not in const.co_varnames[:const.co_argcount] else None)
+    return out
 
 
 def _custom_key_source(cls: type) -> bool:
@@ -211,7 +250,43 @@ def _custom_key_source(cls: type) -> bool:
     return any("key_source" in k.__dict__ for k in cls.__mro__ if not k.__module__.startswith("datajoint"))
 
 
-def _upstream(cls: type, names: set[str]) -> tuple[set[str], set[str]]:
+def _sane_reads(classes: list[type]) -> tuple[dict[str, set[str]], dict[str, list[str]]]:
+    """The auto-populated tables each table's code reads (``code_references``), less the
+    ones that cannot be gates: a foreign-key descendant of the table (it needs the table's
+    rows first), or a read that closes a cycle with the foreign keys and the reads kept so
+    far (upstream tables first). Foreign-key order rules; the dropped ones are returned by
+    class name, for one warning each."""
+    deps = classes[0].connection.dependencies
+    by_name = {c.full_table_name: c for c in classes}
+    after: dict[str, set[str]] = {n: {a for a in deps.ancestors(n) if a in by_name and a != n} for n in by_name}
+    reads: dict[str, set[str]] = {}
+    dropped: dict[str, list[str]] = {}
+
+    def waits_for(a: str, b: str) -> bool:  # a runs after b, through foreign keys and kept reads
+        seen, todo = set(), [a]
+        while todo:
+            x = todo.pop()
+            if x == b:
+                return True
+            if x not in seen:
+                seen.add(x)
+                todo += after[x]
+        return False
+
+    for c in classes:
+        n = c.full_table_name
+        reads[n], dropped[n] = set(), []
+        descendants = set(deps.descendants(n))
+        for r in sorted(code_references(c) & set(by_name), key=list(by_name).index):
+            if r in descendants or waits_for(r, n):
+                dropped[n].append(by_name[r].__name__)
+            else:
+                reads[n].add(r)
+                after[n].add(r)
+    return reads, dropped
+
+
+def _upstream(cls: type, names: set[str], reads: set[str]) -> tuple[set[str], set[str]]:
     """Tables among ``names`` this table waits for, and of those the ones no foreign key
     and no ``key_source`` shows: its foreign-key ancestors, the tables a custom
     ``key_source`` reads (a fan-in), and the tables its code reads."""
@@ -223,16 +298,17 @@ def _upstream(cls: type, names: set[str]) -> tuple[set[str], set[str]]:
         sql = key_source_of(cls)[0]
         found.update(n for n in names if n in sql)
     found.discard(cls.full_table_name)
-    hidden = (code_references(cls) & names) - found
+    hidden = (reads & names) - found
     return found | hidden, hidden
 
 
-def _leveled(classes: list[type], topo: dict[str, int], declared: dict[str, int]) -> list[TableInfo]:
+def _leveled(classes: list[type], topo: dict[str, int], declared: dict[str, int],
+             reads: dict[str, set[str]], dropped: dict[str, list[str]], known: dict[str, type]) -> list[TableInfo]:
     """Level = 1 + the highest level among upstream tables; listed level by level."""
     names = {c.full_table_name for c in classes}
     upstream, hidden = {}, {}
     for c in classes:
-        upstream[c.full_table_name], hidden[c.full_table_name] = _upstream(c, names)
+        upstream[c.full_table_name], hidden[c.full_table_name] = _upstream(c, names, reads[c.full_table_name])
     levels: dict[str, int] = {}
     while len(levels) < len(classes):
         ready = [n for n in names - set(levels) if upstream[n] <= set(levels)]
@@ -243,7 +319,9 @@ def _leveled(classes: list[type], topo: dict[str, int], declared: dict[str, int]
     class_name = {c.full_table_name: c.__name__ for c in classes}
     infos = [TableInfo(c, c.__name__, c.full_table_name, topo.get(c.full_table_name, 0), levels[c.full_table_name],
                        frozenset(upstream[c.full_table_name]), frozenset(class_name[h] for h in hidden[c.full_table_name]),
-                       declared.get(c.full_table_name, 0))
+                       declared.get(c.full_table_name, 0), frozenset(reads[c.full_table_name]),
+                       tuple(known[r] for r in sorted(reads[c.full_table_name] - names)),
+                       tuple(dropped[c.full_table_name]))
              for c in classes]
     return sorted(infos, key=lambda t: (t.level, t.order))
 
@@ -276,7 +354,8 @@ def select(tables: list[TableInfo], names: tuple[str, ...] | list[str]) -> list[
         )
     chosen = [t for t in tables if t.name in set(names)]
     return _leveled([t.cls for t in chosen], {t.full_name: t.order for t in tables},
-                    {t.full_name: t.declared for t in tables})
+                    {t.full_name: t.declared for t in tables}, {t.full_name: set(t.reads) for t in tables},
+                    {t.full_name: list(t.dropped) for t in tables}, {t.full_name: t.cls for t in tables})
 
 
 def levels_of(tables: list[TableInfo]) -> list[list[TableInfo]]:

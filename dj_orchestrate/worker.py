@@ -233,7 +233,9 @@ class Worker:
         are due (a claim can skip keys another claim is scanning past: see
         ``JobTable.ready``; given up after EMPTY_CLAIM_RETRIES empty claims in a row), or
         when a table it serves still has keys due or in flight that feed another of its
-        tables (their downstream keys appear when they are made). Waits a moment, growing."""
+        tables (their downstream keys appear when they are made), or when a table its make
+        reads is being made by someone else. Nothing else can come (a gate that cannot
+        open: the driver says why, ``flow.waiting``): it exits. Waits a moment, growing."""
         try:
             if self.shard:
                 activity = {nodes[0]: (bool(nodes[0].jt.ready(self.shard)), False)}
@@ -249,7 +251,7 @@ class Worker:
             self._empty += 1
             if self._empty > EMPTY_CLAIM_RETRIES:
                 return False
-        elif any(n.feeds and any(activity[n]) for n in nodes):
+        elif any(n.feeds and any(activity[n]) for n in nodes) or any(c["reserved"] for n in nodes for _, c in n.blocked):
             self._empty = min(self._empty + 1, 7)  # polls at most every 0.5 s while upstream works
         else:
             return False

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ..db import reconnect, retrying
+from ..flow import waiting
 from ..jobs import JobTable, reconcile_all
 from ..pipeline import TableInfo
 from .base import Backend, RunRequest, outcome, ready_keys, worker_argv
@@ -70,12 +71,15 @@ class LocalBackend(Backend):
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
         self.budget = request.workers * (request.worker.policy.max_attempts + 1)
         progress: Progress | None = None
+        waits, stuck = [], False
         try:
             while not self.stopping and self.budget > 0:
                 for t in request.tables:  # upstream first: each sees the keys made so far
                     self._db(request, lambda t=t: JobTable(t.instance()).enqueue(request.restriction))
                 ready = self._db(request, lambda: ready_keys(request.tables))
-                if not ready:
+                waits = self._db(request, lambda: waiting(request.tables))  # ready keys no claim can reach
+                stuck = bool(ready and waits)
+                if not ready or stuck:
                     break
                 progress = progress or Progress(request, self._db)
                 self._launch(request, request.tables, self._indices(min(request.workers, ready)))
@@ -92,6 +96,10 @@ class LocalBackend(Backend):
                 signal.signal(s, handler)
         if self.stopping:
             return 130
+        for line in waits:
+            print(f"dj-orchestrate: {line}", file=sys.stderr)
+        if stuck:  # keys are pending that no worker can reach: not done
+            return 1
         if not self.procs:  # nothing was ready: no worker, nothing failed
             return 0
         crashed = any(p.returncode not in (0, None) for p in self.procs)
