@@ -47,7 +47,7 @@ from .config import BackendConfig  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .flow import ORDERS  # noqa: E402
 from .jobs import JobTable, Policy, Restriction, reconcile_all  # noqa: E402
-from .backends.base import SUBMITTED, Backend, RunRequest  # noqa: E402
+from .backends.base import SUBMITTED, Backend, Mismatch, RunRequest, keys_left, left_message  # noqa: E402
 from .worker import Settings  # noqa: E402
 
 # ----------------------------------------------------------------- option sets
@@ -172,11 +172,19 @@ def log_dir(run_id: str) -> Path:
 
 
 def launch(backend: Backend, request: RunRequest) -> tuple[int, str]:
-    """Run it, and record in the ledger how the run ended."""
-    code = backend.run(request)
-    state = {0: "done", 1: "errors", 130: "interrupted", SUBMITTED: "submitted"}.get(code, "failed")
+    """Run it, and record in the ledger how the run ended: never "done" while keys that
+    no worker claimed are left (exit 1, state "incomplete")."""
+    try:
+        code = backend.run(request)
+    except Mismatch:
+        ledger.finish_run(request.run_id, "mismatch")
+        raise
+    left = keys_left(request.tables, request.restriction) if request.wait and code in (0, 1) else {}
+    if left:
+        click.echo(left_message(request.run_id, left), err=True)
+    state = "incomplete" if left else {0: "done", 1: "errors", 130: "interrupted", SUBMITTED: "submitted"}.get(code, "failed")
     ledger.finish_run(request.run_id, state)
-    return code, state
+    return (1 if left else code), state
 
 
 def emit_json(value: Any) -> None:
@@ -286,7 +294,7 @@ def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...],
         emit_json({"run_id": run_id, "state": state, "tables": summary})
     else:
         click.echo(render_table(summary, ["table", "total", "done", "missing", "pending", "reserved", "error", "ignore"]))
-        click.echo(f"run {run_id}: {state}" + ("; see `dj-orchestrate errors`" if code == 1 else ""))
+        click.echo(f"run {run_id}: {state}" + ("; see `dj-orchestrate errors`" if state == "errors" else ""))
     sys.exit(0 if code == SUBMITTED else code)
 
 
@@ -307,11 +315,12 @@ def work(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, enqu
          shard_index: int | None, fixed_shard: bool, log_path: str, backend_job_id: str | None, **policy: Any) -> None:
     """Claim and make keys (what every backend launches). Pull mode unless --fixed-shard."""
     from .planner import decode_bound
-    from .worker import Worker
+    from .worker import Worker, record_identity
 
     settings = worker_settings(**policy, backend_job_id=backend_job_id or backend_job_id_from_env(),
                                log_path=log_path or os.environ.get("DJO_LOG_PATH", ""))
     _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    record_identity(run_id, infos)  # before anything is written to the pipeline's tables
     if settings.order == "declared":  # as the driver ordered them: each table after those declared before it
         infos = pipeline.in_declared_order(infos)
     if enqueue:
