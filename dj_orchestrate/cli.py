@@ -47,7 +47,8 @@ from .config import BackendConfig  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .flow import ORDERS  # noqa: E402
 from .jobs import JobTable, Policy, Restriction, reconcile_all  # noqa: E402
-from .backends.base import SUBMITTED, Backend, Mismatch, RunRequest, keys_left, left_message  # noqa: E402
+from .backends.base import (SUBMITTED, Backend, Mismatch, RunRequest, check_identity, keys_left,  # noqa: E402
+                            left_message)
 from .worker import Settings  # noqa: E402
 
 # ----------------------------------------------------------------- option sets
@@ -745,6 +746,7 @@ def airflow_progress(pipeline_spec: str, table: str, run_id: str, key_json: str 
     run = ledger.run_row(run_id)
     if run is None:
         raise UsageError(f"no run {run_id} in the ledger", "pass the run id that `run --no-wait --json` printed")
+    check_identity(run_id, infos, f"give the {run['backend']} workers the variables that name the pipeline's schemas")
     ended = backends.get(run["backend"]).from_config(config_path).run_ended(run)  # before the keys are counted
     reconcile_all([t.instance() for t in infos], Policy(), ended_jobs(infos))
     emit_json(af.progress(infos[0], restriction, run_id, ended))

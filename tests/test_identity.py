@@ -8,11 +8,13 @@ test cluster and the local pool."""
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 
 import pytest
 from conftest import PIPELINES, jobs_rows
-from test_dask import DaskCluster, Run, dask_cluster  # noqa: F401  (the real Dask cluster fixture)
+from test_dask import Run, dask_cluster  # noqa: F401  (the real Dask cluster fixture)
+from test_slurm import cluster, slurm  # noqa: F401  (the SLURM test cluster and a test's side of it)
 
 ENVSCHEMA = str(PIPELINES / "envschema.py")
 
@@ -77,6 +79,31 @@ def test_dask_workers_without_the_schema_variable_exit_2_then_forward_env(envsch
     assert made_elsewhere(db) == 0 and state(db, out) == "done"
 
 
+@pytest.mark.slurm
+def test_slurm_jobs_without_the_schema_variable_exit_2_then_exact_rows(envschema, db, slurm):  # noqa: F811
+    """SLURM jobs whose environment lacks LAB_SCHEMA (a ``setup`` line unsets it, as a
+    user's ``--export=NONE`` or login script would): exit 2 naming both schemas and the
+    job environment, nothing made, the arrays cancelled; with the variable: every row."""
+    def run():
+        return slurm.cli("run", ENVSCHEMA, "--backend", "slurm", "--config", str(slurm.config), "--no-progress",
+                         "--wait", env={"LAB_SCHEMA": db.schema})
+
+    slurm.write_config('[slurm]\npull_workers = 1\nsetup = ["unset LAB_SCHEMA"]\n')
+    out = run()
+    assert out.returncode == 2, out.stdout + out.stderr
+    line = next(l for l in out.stderr.splitlines() if "imported" in l)
+    assert f"against schemas {db.schema}_default " in line and f"this run against {db.schema} " in line, line
+    assert "[slurm] setup" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert len(envschema.Square()) == 0 and made_elsewhere(db) == 0
+    assert state(db, out) == "mismatch"
+
+    slurm.write_config()
+    out = run()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert envschema.Square.to_dicts(order_by="item_id") == [{"item_id": i, "square": float(i * i)} for i in range(4)]
+    assert made_elsewhere(db) == 0 and state(db, out) == "done"
+
+
 def keys_left_run(db, envschema, *args: str, env: dict | None = None):
     """A key that fails once and is retried only in an hour: the workers end with it
     pending. Exit 1, the line, state "incomplete", never "done"."""
@@ -101,3 +128,25 @@ def test_dask_keys_left_exit_1_never_done(envschema, db, dask_cluster, tmp_path)
     run.config.write_text('[dask]\nforward_env = ["LAB_SCHEMA"]\n')
     keys_left_run(db, envschema, "--backend", "dask", "--config", str(run.config), "--scheduler", dask_cluster.address,
                   "--wait", env={"DJO_LOG_DIR": str(run.logs)})
+
+
+def test_worker_refuses_and_airflow_progress_stops(envschema, db, tmp_path):
+    """A worker (``work``, as every backend starts it) without LAB_SCHEMA records what it
+    imported and makes nothing, exit 2; the Airflow wait trigger's ``progress`` then
+    refuses, exit 2, naming both schemas (the trigger stops asking)."""
+    from dj_orchestrate import ledger, pipeline
+
+    rid = ledger.new_run(ENVSCHEMA, "slurm", ["Square"], identity=pipeline.identity(envschema))
+    env = {k: v for k, v in db.env.items() if k != "LAB_SCHEMA"}
+    work = subprocess.run([sys.executable, "-m", "dj_orchestrate", "work", ENVSCHEMA, "--table", "Square",
+                           "--run-id", rid, "--enqueue"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert work.returncode == 2, work.stdout + work.stderr
+    assert f"against schemas {db.schema}_default, its run {rid} against {db.schema}: nothing made" in work.stderr
+    assert made_elsewhere(db) == 0 and len(envschema.Square()) == 0
+    [seen] = ledger.worker_identities(rid)
+    assert seen["schemas"] == db.schema + "_default" and seen["db_user"] == db.env["DJ_USER"]
+
+    out = db.cli("airflow", "progress", ENVSCHEMA, "--table", "Square", "--run", rid, env={"LAB_SCHEMA": db.schema},
+                 cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"this run against {db.schema} " in out.stderr and "Traceback" not in out.stderr, out.stderr
