@@ -84,8 +84,8 @@ def _define(schema: Any) -> tuple[Any, Any, Any]:
 
 
 def _define_identity(schema: Any, Run: Any) -> Any:
-    """``WorkerIdentity``, beside the first tables (a ledger declared before it has none:
-    readers cope, the first worker that records one declares it)."""
+    """``WorkerIdentity``, a table of its own so that a ledger declared before it stays
+    valid: declared with the next new run, absent for readers until then."""
 
     @schema
     class WorkerIdentity(dj.Manual):

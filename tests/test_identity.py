@@ -150,3 +150,45 @@ def test_worker_refuses_and_airflow_progress_stops(envschema, db, tmp_path):
                  cwd=tmp_path)
     assert out.returncode == 2, out.stdout + out.stderr
     assert f"this run against {db.schema} " in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+async def test_kubernetes_pods_without_the_schema_variable_exit_2(envschema, db, kmock, tmp_path):
+    """``run --backend kubernetes --wait`` against the API emulator, its pods run here as
+    processes with what the Secret gives them, not LAB_SCHEMA (``test_kubernetes``'s
+    controller, which lets them fail): exit 2 naming both schemas and the pods' env,
+    nothing made, the run's Jobs deleted."""
+    import asyncio
+
+    import test_kubernetes as k8s
+
+    k8s.cluster(kmock)
+    config = tmp_path / "dj_orchestrate.toml"
+    config.write_text(f'[kubernetes]\nimage = "{k8s.IMAGE}"\nsecret = "{k8s.SECRET}"\n')
+    env = {**db.env, "LAB_SCHEMA": db.schema, "KUBECONFIG": str(k8s.kubeconfig(tmp_path, kmock))}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dj_orchestrate", "run", ENVSCHEMA, "--backend", "kubernetes", "--config", str(config),
+        "--wait", "--no-progress", env=env, cwd=str(tmp_path), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+
+    async def controller() -> None:
+        ran: set[str] = set()
+        while proc.returncode is None:
+            for name, obj in k8s.stored_jobs(kmock).items():
+                if name not in ran and not obj["spec"].get("suspend"):
+                    ran.add(name)
+                    results = await asyncio.to_thread(k8s.run_job, obj, k8s.secret_env(db))
+                    await k8s.finish(kmock, name, failed=any(code for code, _ in results), succeeded=len(results))
+            await asyncio.sleep(0.3)
+
+    playing = asyncio.create_task(controller())
+    out, err = await asyncio.wait_for(proc.communicate(), 300)
+    await playing
+    out, err = out.decode(), err.decode()
+    assert proc.returncode == 2, out + err
+    assert f"this run against {db.schema} " in err and "[kubernetes] env" in err and "Traceback" not in err, err
+    assert len(envschema.Square()) == 0 and made_elsewhere(db) == 0
+    assert k8s.stored_jobs(kmock) == {}
+    assert state(db, subprocess.CompletedProcess([], 2, out, err)) == "mismatch"
