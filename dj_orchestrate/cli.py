@@ -47,7 +47,8 @@ from .config import BackendConfig  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .flow import ORDERS  # noqa: E402
 from .jobs import JobTable, Policy, Restriction, reconcile_all  # noqa: E402
-from .backends.base import SUBMITTED, Backend, RunRequest  # noqa: E402
+from .backends.base import (SUBMITTED, Backend, Mismatch, RunRequest, check_identity, keys_left,  # noqa: E402
+                            left_message)
 from .worker import Settings  # noqa: E402
 
 # ----------------------------------------------------------------- option sets
@@ -161,11 +162,19 @@ def log_dir(run_id: str) -> Path:
 
 
 def launch(backend: Backend, request: RunRequest) -> tuple[int, str]:
-    """Run it, and record in the ledger how the run ended."""
-    code = backend.run(request)
-    state = {0: "done", 1: "errors", 130: "interrupted", SUBMITTED: "submitted"}.get(code, "failed")
+    """Run it, and record in the ledger how the run ended: never "done" while keys that
+    no worker claimed are left (exit 1, state "incomplete")."""
+    try:
+        code = backend.run(request)
+    except Mismatch:
+        ledger.finish_run(request.run_id, "mismatch")
+        raise
+    left = keys_left(request.tables, request.restriction) if request.wait and code in (0, 1) else {}
+    if left:
+        click.echo(left_message(request.run_id, left), err=True)
+    state = "incomplete" if left else {0: "done", 1: "errors", 130: "interrupted", SUBMITTED: "submitted"}.get(code, "failed")
     ledger.finish_run(request.run_id, state)
-    return code, state
+    return (1 if left else code), state
 
 
 def emit_json(value: Any) -> None:
@@ -270,7 +279,7 @@ def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...],
         emit_json({"run_id": run_id, "state": state, "tables": summary})
     else:
         click.echo(render_table(summary, ["table", "total", "done", "missing", "pending", "reserved", "error", "ignore"]))
-        click.echo(f"run {run_id}: {state}" + ("; see `dj-orchestrate errors`" if code == 1 else ""))
+        click.echo(f"run {run_id}: {state}" + ("; see `dj-orchestrate errors`" if state == "errors" else ""))
     sys.exit(0 if code == SUBMITTED else code)
 
 
@@ -291,11 +300,12 @@ def work(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, enqu
          shard_index: int | None, fixed_shard: bool, log_path: str, backend_job_id: str | None, **policy: Any) -> None:
     """Claim and make keys (what every backend launches). Pull mode unless --fixed-shard."""
     from .planner import decode_bound
-    from .worker import Worker
+    from .worker import Worker, record_identity
 
     settings = worker_settings(**policy, backend_job_id=backend_job_id or backend_job_id_from_env(),
                                log_path=log_path or os.environ.get("DJO_LOG_PATH", ""))
     _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    record_identity(run_id, infos)  # before anything is written to the pipeline's tables
     if settings.order == "declared":  # as the driver ordered them: each table after those declared before it
         infos = pipeline.in_declared_order(infos)
     if enqueue:
@@ -711,6 +721,7 @@ def airflow_progress(pipeline_spec: str, table: str, run_id: str, key_json: str 
     run = ledger.run_row(run_id)
     if run is None:
         raise UsageError(f"no run {run_id} in the ledger", "pass the run id that `run --no-wait --json` printed")
+    check_identity(run_id, infos, f"give the {run['backend']} workers the variables that name the pipeline's schemas")
     ended = backends.get(run["backend"]).from_config(config_path).run_ended(run)  # before the keys are counted
     reconcile_all([t.instance() for t in infos], Policy(), ended_jobs(infos))
     emit_json(af.progress(infos[0], restriction, run_id, ended))

@@ -83,6 +83,59 @@ def _define(schema: Any) -> tuple[Any, Any, Any]:
     return Run, Shard, RunPipeline
 
 
+def _define_identity(schema: Any, Run: Any) -> Any:
+    """``WorkerIdentity``, a table of its own so that a ledger declared before it stays
+    valid: declared with the next new run, absent for readers until then."""
+
+    @schema
+    class WorkerIdentity(dj.Manual):
+        definition = """
+        # what a run's worker connected to and imported, when it started (compared by the driver)
+        -> Run
+        worker          : varchar(255)        # host:pid
+        ---
+        db_host         : varchar(255)
+        db_port         : int32
+        db_user         : varchar(255)
+        module_file     : varchar(1023)       # the pipeline module's file, as the worker resolved it
+        schemas         : varchar(4000)       # comma-separated schemas of its tables, as the worker imported them
+        started         : datetime(3)
+        """
+
+    return WorkerIdentity
+
+
+@lru_cache(maxsize=None)
+def _identity_table(name: str) -> Any:
+    return _define_identity(dj.Schema(name), tables()[0])
+
+
+def record_identity(run_id: str, worker: str, conn_info: dict, module_file: str, schemas: list[str]) -> None:
+    """A worker's word on what it connected to (never the password)."""
+    _identity_table(os.environ.get(LEDGER_SCHEMA_ENV, "dj_orchestrate")).insert1(
+        dict(run_id=run_id, worker=worker[:255], db_host=str(conn_info.get("host", ""))[:255],
+             db_port=int(conn_info.get("port") or 0), db_user=str(conn_info.get("user", ""))[:255],
+             module_file=module_file[:1023], schemas=",".join(schemas)[:4000], started=now()),
+        skip_duplicates=True)
+
+
+def worker_identities(run_id: str) -> list[dict]:
+    """What the run's workers recorded, read only ([]: none yet, or no such table)."""
+    found = _existing()
+    if found is None:
+        return []
+    table = _define_identity(dj.Schema(os.environ.get(LEDGER_SCHEMA_ENV, "dj_orchestrate"), create_schema=False,
+                                       create_tables=False), found[0])
+    return (table & {"run_id": run_id}).to_dicts() if table.is_declared else []
+
+
+def run_schemas(run_id: str) -> list[str] | None:
+    """The schemas the run's driver imported the pipeline against (None: not recorded)."""
+    found = _existing()
+    rows = (found[2] & {"run_id": run_id}).to_dicts() if found and found[2] is not None else []
+    return [name for name in rows[0]["schemas"].split(",") if name] if rows else None
+
+
 def _existing() -> tuple[Any, Any, Any | None] | None:
     """The ledger's tables for reading only: None when there is no ledger, and no
     ``RunPipeline`` in a ledger from an earlier version. Creates nothing (``status``
@@ -111,6 +164,7 @@ def new_run(pipeline: str, backend: str, table_names: list[str], state: str = "r
     """Record a run; ``identity`` (module file, schemas) is what ``status`` filters by."""
     run_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
     Run = tables()[0]
+    _identity_table(os.environ.get(LEDGER_SCHEMA_ENV, "dj_orchestrate"))  # declared here, not by workers at once
     Run.insert1(
         dict(
             run_id=run_id,

@@ -24,6 +24,8 @@ back through the jobs table:
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import signal
 import sys
 import time
@@ -31,8 +33,9 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import flow, ledger, serial
+from . import flow, ledger, pipeline, serial
 from .db import is_lost as _is_lost, reconnect
+from .errors import UsageError
 from .flow import Node
 from .jobs import Claim, Owner, Policy, Restriction
 from .pipeline import TableInfo
@@ -43,6 +46,24 @@ EMPTY_CLAIM_RETRIES = 50  # empty claims in a row while keys are due, before a w
 CLAIM_RETRIES = 4  # empty claims of one table with keys due, before the next table is tried
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 _DATABASE_CALLS = ("pymysql", "psycopg2", "datajoint.connection", "datajoint.adapters")  # not to be interrupted
+
+
+def record_identity(run_id: str | None, tables: list[TableInfo]) -> None:
+    """Record in the ledger what this worker connected to and imported, before it writes to
+    the pipeline's tables; refuse to work (exit 2) when the run's driver imported the
+    pipeline against other schemas (an environment variable that names the schema, which
+    this worker lacks): it would find nothing to make, or make it in the wrong schema. The
+    driver compares too, and stops the run (``backends.base.check_identity``)."""
+    if run_id is None or ledger.run_row(run_id) is None:
+        return  # no run to compare with (a ledger that is not the driver's: the driver finds nothing made)
+    module_file, schemas = pipeline.identity(sys.modules[tables[0].cls.__module__])
+    ledger.record_identity(run_id, f"{platform.node()}:{os.getpid()}", tables[0].cls.connection.conn_info,
+                           module_file, schemas)
+    expected = ledger.run_schemas(run_id)
+    if expected is not None and expected != schemas:
+        raise UsageError(f"this worker imported {module_file} against schemas {','.join(schemas) or 'none'}, "
+                         f"its run {run_id} against {','.join(expected) or 'none'}: nothing made",
+                         "give the workers the driver's environment (the variables that name the schemas)")
 
 
 class WorkerInterrupted(SystemExit):

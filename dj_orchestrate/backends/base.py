@@ -8,6 +8,7 @@ loading and per-table settings live in ``dj_orchestrate.config``."""
 from __future__ import annotations
 
 import shlex
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Callable, ClassVar
 from ..db import Target
 from ..errors import UsageError
 from ..jobs import JobTable, Restriction, reconcile_all
-from ..pipeline import TableInfo, levels_of
+from ..pipeline import TableInfo, identity, levels_of
 from ..planner import TablePlan, encode_bound, plan_table
 from ..worker import Settings
 
@@ -151,6 +152,40 @@ def has_work(level: list[TableInfo], restriction: Restriction) -> bool:
     if ready_keys(level):
         return True
     return any((c := JobTable(t.instance()).counts(restriction))["missing"] > c["pending"] for t in level)
+
+
+class Mismatch(UsageError):
+    """The run's workers imported the pipeline against other schemas than its driver."""
+
+
+def check_identity(run_id: str, tables: list[TableInfo], fix: str) -> None:
+    """Stop (``Mismatch``, exit 2) a run whose workers imported the pipeline against other
+    schemas than this driver did: a variable that names the schema, missing from the
+    workers' environment, sends them to a schema where they find nothing to make (they
+    refuse to work, see ``worker.record_identity``; this says why, at once). Only the
+    schemas are compared: the module's path and the database's address may differ and be
+    the same (another host's mount, a service name in a pod); they are named, to help."""
+    from .. import ledger
+
+    schemas = ",".join(identity(sys.modules[tables[0].cls.__module__])[1])
+    wrong = next((w for w in ledger.worker_identities(run_id) if w["schemas"] != schemas), None)
+    if wrong is not None:
+        mine = tables[0].cls.connection.conn_info
+        raise Mismatch(f"run {run_id}: worker {wrong['worker']} imported {wrong['module_file']} against schemas "
+                       f"{wrong['schemas'] or 'none'} ({wrong['db_user']}@{wrong['db_host']}:{wrong['db_port']}), "
+                       f"this run against {schemas} ({mine['user']}@{mine['host']}:{mine['port']}); stopped", fix)
+
+
+def keys_left(tables: list[TableInfo], restriction: Restriction) -> dict[str, int]:
+    """Per table, keys still missing or pending: after every worker is gone, keys that
+    no worker claimed (they saw another database or schema, or none could start)."""
+    left = {t.name: JobTable(t.instance()).counts(restriction)["missing"] for t in tables}
+    return {name: n for name, n in left.items() if n}
+
+
+def left_message(run_id: str, left: dict[str, int]) -> str:
+    return (f"run {run_id}: {sum(left.values())} keys left ({', '.join(f'{t} {n}' for t, n in left.items())}): "
+            "its workers ended and none claimed them; see the workers' logs")
 
 
 def reconcile_run(request: RunRequest, ended_jobs: Callable[[set[str]], set[str]]) -> None:

@@ -61,8 +61,8 @@ from ..config import BackendConfig, Settings
 from ..errors import UsageError
 from ..jobs import JobTable, reconcile_all
 from ..pipeline import TableInfo
-from .base import (SUBMITTED, Backend, RunRequest, TableLaunch, error_count, outcome, plan_launches, rerun_levels,
-                   worker_argv)
+from .base import (SUBMITTED, Backend, RunRequest, TableLaunch, check_identity, error_count, outcome, plan_launches,
+                   rerun_levels, worker_argv)
 from .slurm import slurm_minutes
 
 T = TypeVar("T")
@@ -70,6 +70,8 @@ CLUSTERS = ("local", "slurm", "cuda")
 CLUSTER_WIDE = ("scheduler", "connect_timeout", "worker_resources", "forward_env", "slurm")
 WHO = "dask --wait"
 DB_PATIENCE = 300.0  # seconds --wait waits for a database that restarts
+FIX = ("add the variables that name the pipeline's schemas to forward_env in [dask] (e.g. forward_env = [\"LAB_*\"]), "
+       "or set them in the Dask workers' environment")
 
 
 @dataclass(frozen=True)
@@ -504,6 +506,7 @@ class DaskBackend(Backend):
             self._wait_round(request, futures)
             if self.stopping:
                 return crashed
+            self._db(request, lambda: check_identity(request.run_id, request.tables, FIX))
             crashed |= self._report(futures)
             todo = self._db(request, lambda: rerun_levels(request, self._ended))
             if not todo or round_ == request.worker.policy.max_attempts:
@@ -530,6 +533,7 @@ class DaskBackend(Backend):
                 if time.monotonic() > next_reconcile:  # a dead worker's keys go back to pending now
                     next_reconcile = time.monotonic() + 5
                     self._db(request, lambda: self._reconcile(request, tables))
+                    self._db(request, lambda: check_identity(request.run_id, request.tables, FIX))
 
     def _reconcile(self, request: RunRequest, tables: list[JobTable]) -> None:
         ended = self._ended({j for jt in tables for j in jt.reserved_backend_ids()})

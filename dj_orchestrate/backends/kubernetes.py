@@ -49,7 +49,8 @@ from ..config import BackendConfig, Settings
 from ..errors import UsageError
 from ..jobs import JobTable
 from ..pipeline import TableInfo
-from .base import SUBMITTED, Backend, RunRequest, TableLaunch, outcome, plan_launches, reconcile_run, record_fixed
+from .base import (SUBMITTED, Backend, Mismatch, RunRequest, TableLaunch, check_identity, outcome, plan_launches,
+                   reconcile_run, record_fixed)
 
 MIN_VERSION = (1, 28)
 PER_INDEX_SINCE = (1, 33)  # backoffLimitPerIndex, maxFailedIndexes, FailIndex: GA
@@ -66,6 +67,7 @@ HINT_RETRIES = 2  # for status and reconcile, whose answer is only a hint: do no
 NAME_LIMIT = 52  # Job names: 63, less room for the pods' "-<index>-xxxxx"
 WHO = "kubernetes --wait"
 DB_PATIENCE = 300.0  # seconds --wait waits for a database that restarts (the Jobs do not need us)
+FIX = "set the variables that name the pipeline's schemas in the pods' env ([kubernetes] env)"
 CREDENTIAL_WORDS = re.compile(r"PASS|PASSWORD|TOKEN|SECRET|KEY", re.I)
 
 
@@ -596,12 +598,16 @@ class KubernetesBackend(Backend):
                 bar.set_postfix_str(f"pending={sum(c['pending'] for c in counts)} "
                                     f"reserved={sum(c['reserved'] for c in counts)} pods={active}")
                 bar.refresh()
+                retrying(conn, lambda: check_identity(request.run_id, request.tables, FIX), WHO, DB_PATIENCE)
             try:
                 if expected:
                     conduct(api, run, expected, until_finished=True, tick=tick)
             except KeyboardInterrupt:
                 cancel(api, run)
                 return 130
+            except Mismatch:  # its workers would make nothing
+                cancel(api, run)
+                raise
         retrying(conn, lambda: reconcile_run(request, self.ended_jobs), WHO, DB_PATIENCE)
         return outcome(request.run_id)
 

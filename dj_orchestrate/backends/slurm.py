@@ -45,7 +45,8 @@ from ..config import BackendConfig, Settings
 from ..errors import UsageError
 from ..jobs import JobTable
 from ..pipeline import TableInfo, levels_of
-from .base import SUBMITTED, Backend, RunRequest, error_count, outcome, plan_launches, record_fixed, rerun_levels
+from .base import (SUBMITTED, Backend, Mismatch, RunRequest, check_identity, error_count, outcome, plan_launches,
+                   record_fixed, rerun_levels)
 
 EXTRA_DIRECTIVE = re.compile(r"--[A-Za-z][A-Za-z0-9-]*(=.*)?")
 SLURM_JOB_ID = re.compile(r"\d+(_\d+)?")  # 123 (a job) or 123_4 (an array task)
@@ -60,6 +61,8 @@ NEVER_STARTS = {"BadConstraints", "DependencyNeverSatisfied", "InvalidAccount", 
 GATE = "now+600"
 WHO = "slurm --wait"
 DB_PATIENCE = 300.0  # seconds --wait waits for a database that restarts
+FIX = ("give the jobs the driver's environment (sbatch exports it unless [slurm] extra sets --export), "
+       "or set the variables that name the pipeline's schemas in [slurm] setup")
 RENDER_LOGS = "/djo-render-logs"  # submitit makes log folders absolute; rendered scripts use logs/
 
 
@@ -398,6 +401,7 @@ class SlurmBackend(Backend):
                     active = [t for t in ours.values() if t.state in ACTIVE_STATES]
                     _stop_if_never_starts(arrays, ours)
                     counts = db.retrying(conn, lambda: [jt.status_counts() for jt in tables], WHO, DB_PATIENCE)
+                    self._check_identity(request, job_ids)
                     bar.set_postfix_str(f"pending={sum(c['pending'] for c in counts)} "
                                         f"reserved={sum(c['reserved'] for c in counts)} tasks={len(active)}")
                     bar.refresh()
@@ -408,6 +412,15 @@ class SlurmBackend(Backend):
             if not todo or round_ == request.worker.policy.max_attempts:
                 break
             arrays = self._submit_levels(request, todo, first=False)
+
+    def _check_identity(self, request: RunRequest, job_ids: set[str]) -> None:
+        """Workers against other schemas stop the run: its arrays are cancelled."""
+        try:
+            db.retrying(request.tables[0].cls.connection, lambda: check_identity(request.run_id, request.tables, FIX),
+                        WHO, DB_PATIENCE)
+        except Mismatch:
+            subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60)
+            raise
 
     def describe(self, run: dict) -> str:
         """Per-table task states of a run, for ``status``."""
