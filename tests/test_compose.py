@@ -407,7 +407,7 @@ def test_init_waits_for_a_database_that_starts_late(db):
     late_proxy(port, int(db.env["DJ_PORT"]), opened)
     env = {**db.env, "DJ_PORT": str(port), "DJO_DB_WAIT": "120", "DJO_DEMO_SCHEMA": db.schema}
     proc = subprocess.Popen([sys.executable, "-m", "dj_orchestrate", "demo", "--seed-only", "--sessions", "3"],
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, cwd=db.home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stderr = []
     for line in proc.stderr:
         stderr.append(line)

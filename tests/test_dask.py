@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -335,8 +334,13 @@ def test_bad_config_exit_2_nothing_reserved(lab, db, dask_run, case, args, confi
 
 
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)
-@pytest.mark.skipif(importlib.util.find_spec("dask_cuda") is not None, reason="dask-cuda is installed here")
-def test_cluster_cuda_without_dask_cuda_names_the_extra(lab, db, dask_run):
+def test_cluster_cuda_without_dask_cuda_names_the_extra(lab, db, dask_run, tmp_path):
+    """dask-cuda missing, wherever it is installed or not (simulated: a package in front
+    of the real one that fails to import as a missing one does; never a skip)."""
+    blocker = tmp_path / "blocker" / "dask_cuda"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'dask_cuda'\", name='dask_cuda')\n")
+    db.env["PYTHONPATH"] = os.pathsep.join([str(blocker.parent), db.env["PYTHONPATH"]])
     refused(lab, dask_run, ["--cluster", "cuda", "--wait"], "", "pip install 'dj-orchestrate[cuda]'")
 
 

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import PIPELINES, ROOT, jobs_rows, makes, require, seed, wait_for
+from conftest import PIPELINES, ROOT, check_golden, jobs_rows, password_env, makes, require, seed, wait_for
 
 from dj_orchestrate.jobs import JobTable
 
@@ -287,25 +287,12 @@ def test_render_golden(chain, db, tmp_path):
     database password of the rendering environment appears nowhere. A section for a
     table the pipeline does not have (a typo) changes nothing and warns.
     DJO_UPDATE_GOLDEN=1 rewrites the golden files."""
-    secret = "pw-" + uuid.uuid4().hex
-    env = {"DJ_PASS": secret}
-    import datajoint as dj
-
-    conn = dj.conn()
-    user = None
-    if db.backend == "mysql":  # root has no password here: a user that needs one
-        user = f"djot_{uuid.uuid4().hex[:8]}"
-        conn.query(f"CREATE USER '{user}'@'%%' IDENTIFIED BY '{secret}'")
-        conn.query(f"GRANT ALL PRIVILEGES ON `{db.schema}`.* TO '{user}'@'%%'")
-        env["DJ_USER"] = user
-    try:
+    with password_env(db) as env:
+        secret = env["DJ_PASS"]
         config = tmp_path / "dj_orchestrate.toml"
         config.write_text((GOLDEN / "dj_orchestrate.toml").read_text() + '\n[slurm.tables.Totl]\nmem = "8G"\n')
         out = db.cli("slurm", "render", "chain", "--config", str(config), "--out", str(tmp_path / "jobs"), env=env,
                      cwd=tmp_path)
-    finally:
-        if user:
-            conn.query(f"DROP USER '{user}'@'%%'")
     assert out.returncode == 0, out.stderr
     assert f"warning: [slurm.tables.Totl] in {config} names no table of chain; its tables: Square, Total" in out.stderr
     written = sorted(p.name for p in (tmp_path / "jobs").iterdir())
@@ -314,9 +301,7 @@ def test_render_golden(chain, db, tmp_path):
         text = (tmp_path / "jobs" / name).read_text()
         assert secret not in text
         assert str(tmp_path) not in text and str(ROOT) not in text and sys.executable not in text
-        if os.environ.get("DJO_UPDATE_GOLDEN"):
-            (GOLDEN / name).write_text(text)
-        assert text == (GOLDEN / name).read_text(), name
+    check_golden(tmp_path / "jobs", GOLDEN)
 
 
 def test_example_config_documents_every_key():
@@ -425,9 +410,14 @@ def test_bad_input_exit_2_nothing_reserved(chain, db, slurm, tmp_path, case, con
         assert run["state"] == "rejected" and run["shards"] == 0
         held = sorted({p.name.split("_")[0] for p in (slurm.logs / run["run_id"]).iterdir() if "_" in p.name})
         assert len(held) == 1  # the Square array, accepted (gated), then cancelled
-        states = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", held[0]],
-                                capture_output=True, text=True).stdout.split()
-        assert states and set(states) == {"CANCELLED"} or not queued(held[0]), states
+        def states() -> set[str]:
+            out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", held[0]],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            return {s.split()[0] for s in out.stdout.split("\n") if s.strip()}  # "CANCELLED by 0"
+
+        # (the accounting database may record the cancellation a moment later)
+        wait_for(lambda: states() == {"CANCELLED"}, 60, what="the held array CANCELLED in sacct", detail=states)
 
 
 def test_wait_stops_when_slurm_will_never_start_a_task(chain, db, slurm):

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SLURM_DIR, require
+from conftest import ROOT, SLURM_DIR, require, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -62,7 +62,9 @@ def test_start_cluster_leaves_the_machines_own_slurm_alone(tmp_path):
     shutil.copy("/bin/sleep", fake)
     stand_in = subprocess.Popen([str(fake), "600"])
     try:
+        wait_for(lambda: stand_in.pid in pids_of("slurmctld"), 10, what="the stand-in to run as slurmctld")
         foreign = {p for name in DAEMONS for p in pids_of(name)} - ours()
+        assert stand_in.pid in foreign, foreign  # else the checks below check nothing
         out = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stdout + out.stderr
         assert out.stdout.strip().splitlines()[-1] == f"export SLURM_CONF={SLURM_DIR / 'etc' / 'slurm.conf'}"
