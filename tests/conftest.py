@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import socket
 import subprocess
@@ -78,6 +79,30 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if new:
         print("\nthe tests left these in the checkout (tests write only under tmp_path):\n  " + "\n  ".join(new))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+SERVICES: dict[str, functools._lru_cache_wrapper] = {}
+
+
+def service(fixture: str):
+    """Register the slow start of the session fixture named ``fixture`` (``airflow db
+    migrate``, the SLURM cluster: minutes on a loaded machine) to run before the first
+    test, when a selected test uses that fixture, so that the first test's timeout is
+    not spent on it. Cached: the fixture calls it again and gets its result, or, where
+    it failed, its error raised in the test."""
+    def register(start):
+        SERVICES[fixture] = functools.cache(start)
+        return SERVICES[fixture]
+    return register
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    used = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    for name, start in SERVICES.items():
+        if name in used and not session.config.option.collectonly:
+            with contextlib.suppress(Exception):  # (raised again in the test that uses it)
+                start()
 
 
 @pytest.fixture(scope="session")

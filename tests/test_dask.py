@@ -428,6 +428,7 @@ def test_slurm_cluster_job_script_from_config(tmp_path):
         assert line in script, (line, script)
 
 
+@pytest.mark.timeout(600)  # its run is allowed 300 s
 @pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)

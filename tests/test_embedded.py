@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 
@@ -29,6 +30,7 @@ def servers_for(pgdata: Path) -> list[str]:
     return [line for line in out.stdout.splitlines() if "postgres" in line and str(pgdata) in line]
 
 
+@pytest.mark.timeout(900)  # two demos, each allowed 300 s
 def test_demo_twice_on_embedded_database(tmp_path):
     pgdata = tmp_path / ".dj_orchestrate" / "pgdata"
     for _ in range(2):

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import PIPELINES, ROOT, check_golden, jobs_rows, password_env, makes, require, seed, wait_for
+from conftest import PIPELINES, ROOT, check_golden, jobs_rows, makes, password_env, require, seed, service, wait_for
 
 from dj_orchestrate.jobs import JobTable
 
@@ -44,12 +44,18 @@ def cluster_up() -> bool:
         for line in out.stdout.splitlines() if len(line.split()) == 2)
 
 
-@pytest.fixture(scope="session")
-def cluster() -> None:
-    """The single-node cluster: started (idempotently) when sinfo does not answer;
-    missing, it skips these tests locally and fails them in CI."""
+@service("cluster")
+def start_cluster() -> None:
+    """Start the cluster (idempotently) when sinfo does not answer."""
     if not cluster_up() and (ROOT / "slurm" / "start-cluster.sh").is_file():
         subprocess.run(["bash", str(ROOT / "slurm" / "start-cluster.sh")], capture_output=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> None:
+    """The single-node cluster, started before the first test; missing, it skips these
+    tests locally and fails them in CI."""
+    start_cluster()
     require(cluster_up(), "the SLURM cluster (slurm/start-cluster.sh)")
 
 
@@ -319,6 +325,7 @@ def test_example_config_documents_every_key():
         assert re.search(rf"^#? ?{f.name} = ", text, re.M), f.name
 
 
+@pytest.mark.timeout(600)  # its run is allowed 420 s
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)
 def test_array_split_at_max_array_size(chain, db, slurm):
     """More shards than MaxArraySize (101): 102 keys in shards of one are two arrays for

@@ -50,6 +50,7 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
+@pytest.mark.timeout(900)  # start-cluster.sh is allowed 600 s
 def test_start_cluster_leaves_the_machines_own_slurm_alone(tmp_path):
     require(os.geteuid() == 0 and shutil.which("pgrep") is not None, "root (start-cluster.sh starts daemons)")
     require(bool(shutil.which("slurmctld") or Path("/usr/sbin/slurmctld").exists()), "SLURM (slurm-wlm)")
@@ -94,6 +95,7 @@ def test_a_cluster_that_cannot_come_up_says_so_and_fails(tmp_path):
     assert services.returncode != 0 and "SLURM did NOT come up" in services.stdout, services.stdout + services.stderr
 
 
+@pytest.mark.timeout(900)  # start-cluster.sh is allowed 600 s
 def test_the_cluster_comes_back_after_munged_died():
     """The state a finished session leaves for the next CI run on the same machine: the
     cluster's directory is there (its run/ directory owned by the private MariaDB's user),
