@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-SERVICES: dict[str, functools._lru_cache_wrapper] = {}
+SERVICES: dict[str, Callable[[], object]] = {}
 
 
 def service(fixture: str):
@@ -105,11 +106,9 @@ def pytest_runtestloop(session: pytest.Session) -> None:
                 start()
 
 
-@pytest.fixture(scope="session")
-def datajoint_tests() -> Path:
-    """DataJoint's own test schemas (``tests/schema*.py`` of the installed version's sdist):
-    public pipelines nobody here wrote. Downloaded once from PyPI into a cache outside the
-    checkout (``DJO_SDIST_CACHE``); a missing download fails in CI."""
+@service("datajoint_tests")
+def datajoint_sdist() -> Path:
+    """Download and unpack DataJoint's sdist once (before the first test)."""
     import tarfile
 
     import datajoint as dj
@@ -124,6 +123,17 @@ def datajoint_tests() -> Path:
         if archive.is_file():
             with tarfile.open(archive) as tar:
                 tar.extractall(cache, filter="data")
+    return found
+
+
+@pytest.fixture(scope="session")
+def datajoint_tests() -> Path:
+    """DataJoint's own test schemas (``tests/schema*.py`` of the installed version's sdist):
+    public pipelines nobody here wrote. Downloaded once from PyPI into a cache outside the
+    checkout (``DJO_SDIST_CACHE``); a missing download fails in CI."""
+    import datajoint as dj
+
+    found = datajoint_sdist()
     require((found / "schema_simple.py").is_file(), f"DataJoint {dj.__version__}'s sdist (pip download datajoint)")
     return found
 

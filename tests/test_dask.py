@@ -217,6 +217,7 @@ def test_wait_pipeline_same_rows_as_populate_gpu_table_on_gpu_worker(lab, db, da
     assert len(list(dask_run.logs.glob(f"{rid}/*.log"))) == 7  # and no second round
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # the backend's behaviour, the same on either database
 @pytest.mark.slow
 def test_submit_without_wait_completes_after_the_client_exits(lab, db, dask_run):
     """Without --wait the command returns at once (the tasks are fire-and-forget) and
@@ -286,6 +287,7 @@ def test_sigkilled_worker_mid_make_run_completes(lab, db, dask_run):
     assert reserved(lab) == []
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # refused before a key is claimed: one database
 def test_resource_no_worker_offers_exit_2_nothing_reserved(lab, db, dask_run):
     """A table asking for a resource no worker offers: exit 2 within seconds, naming the
     table and the resource; nothing enqueued, no run recorded."""
@@ -299,6 +301,7 @@ def test_resource_no_worker_offers_exit_2_nothing_reserved(lab, db, dask_run):
     assert all(jobs_rows(t) == [] for t in (lab.Preprocess, lab.Behavior, lab.Sorting, lab.Summary))
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # refused before a key is claimed: one database
 @pytest.mark.parametrize("case, args, config, message", [
     ("no scheduler", [], "", "no Dask scheduler configured"),
     ("unreachable", ["--scheduler", "tcp://127.0.0.1:{closed}"], "", "did not answer within 2 s"),

@@ -149,6 +149,7 @@ def render(db, out: Path, *args: str, env: dict | None = None, image: bool = Tru
     return result
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # render opens no database
 # --------------------------------------------------------------- manifests
 def test_render_is_the_k8s_dir_and_validates(db, tmp_path):
     """``k8s render`` of the demo pipeline (no API server: the files are checked with
@@ -632,6 +633,7 @@ async def test_run_wait_against_the_emulator_like_populate(db, kmock, tmp_path):
     assert all(e["log_path"] == f"kubectl logs -n {NS} {e['backend_job_id'].partition('/')[2]}" for e in errors)
 
 
+@pytest.mark.parametrize("db", ["mysql"], indirect=True)  # the backend's behaviour, the same on either database; MySQL: a user whose password is real
 @pytest.mark.asyncio
 async def test_run_without_wait_leaves_a_conductor(chain, db, kmock, tmp_path):
     """``run --backend kubernetes`` without --wait, against the API emulator (no API
@@ -726,6 +728,7 @@ def _fake_missing_kubernetes(tmp_path: Path) -> str:
     return str(fake)
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # refused before a key is claimed: one database
 @pytest.mark.parametrize("case, config, message", [
     ("no-kubeconfig", f'[kubernetes]\nimage = "{IMAGE}"\n', "no Kubernetes cluster to talk to"),
     ("no-image", "[kubernetes]\n", "no image for the Kubernetes pods"),
@@ -751,6 +754,7 @@ def test_bad_input_exit_2_nothing_reserved(chain, db, tmp_path, case, config, me
     assert not JobTable(chain.Square()).declared
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # refused before a key is claimed: one database
 @pytest.mark.asyncio
 async def test_unknown_namespace_or_old_cluster_exit_2(chain, db, kmock, tmp_path):
     """Against the API emulator (no API server here): a namespace the API says does
@@ -772,6 +776,7 @@ async def test_unknown_namespace_or_old_cluster_exit_2(chain, db, kmock, tmp_pat
     assert not stored_jobs(kmock) and not JobTable(chain.Square()).declared
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # the backend's behaviour, the same on either database
 @pytest.mark.asyncio
 async def test_rejected_job_deletes_the_others(chain, db, kmock, tmp_path):
     """Against the API emulator (no API server here): when the API refuses the second
@@ -795,6 +800,7 @@ async def test_rejected_job_deletes_the_others(chain, db, kmock, tmp_path):
     assert [r["state"] for r in ledger.recent_runs() if r["backend"] == "kubernetes"] == ["rejected"]
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # the backend's behaviour, the same on either database
 @pytest.mark.asyncio
 async def test_ctrl_c_in_wait_cancels_the_run(chain, db, kmock, tmp_path):
     """Against the API emulator (no API server here): Ctrl-C in ``run --wait`` deletes

@@ -190,6 +190,7 @@ def test_wait_resubmits_after_a_task_dies(chain, db, slurm):
     assert re.search(r"\(backend job \d+_\d+\) ended$", error["error_message"]), error["error_message"]
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # the backend's behaviour, the same on either database
 def test_submit_without_wait_returns_and_completes(chain, db, slurm):
     """Without --wait the command returns as soon as the arrays are accepted (exit 0,
     the array ids on stderr); the pipeline completes with no driver running, and
@@ -287,6 +288,7 @@ def test_time_limit_notice_retries_then_error(chain, db, slurm):
     assert [(e["key"], e["attempts"], e["backend_job_id"]) for e in errors] == [({"item_id": 0}, 2, task)]
 
 
+@pytest.mark.parametrize("db", ["mysql"], indirect=True)  # render reads the database once; MySQL: a user whose password is real
 def test_render_golden(chain, db, tmp_path):
     """``slurm render`` with every resource key and a per-table override: the scripts
     are byte-for-byte the golden files (no path of this machine in them), and the
@@ -383,6 +385,7 @@ def _no_slurm_path(tmp_path: Path) -> str:
     return str(bare)
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # refused before a key is claimed: one database
 @pytest.mark.parametrize(
     "case, config, message",
     [
@@ -427,6 +430,7 @@ def test_bad_input_exit_2_nothing_reserved(chain, db, slurm, tmp_path, case, con
         wait_for(lambda: states() == {"CANCELLED"}, 60, what="the held array CANCELLED in sacct", detail=states)
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # the backend's behaviour, the same on either database
 def test_wait_stops_when_slurm_will_never_start_a_task(chain, db, slurm):
     """--wait ends with SLURM's reason and exit 2, instead of waiting forever, when
     SLURM says it will never start a task: here the Square array depends (an extra
