@@ -106,9 +106,11 @@ def pytest_runtestloop(session: pytest.Session) -> None:
                 start()
 
 
-@service("datajoint_tests")
-def datajoint_sdist() -> Path:
-    """Download and unpack DataJoint's sdist once (before the first test)."""
+@pytest.fixture(scope="session")
+def datajoint_tests() -> Path:
+    """DataJoint's own test schemas (``tests/schema*.py`` of the installed version's sdist):
+    public pipelines nobody here wrote. Downloaded once from PyPI into a cache outside the
+    checkout (``DJO_SDIST_CACHE``); a missing download fails in CI."""
     import tarfile
 
     import datajoint as dj
@@ -123,17 +125,6 @@ def datajoint_sdist() -> Path:
         if archive.is_file():
             with tarfile.open(archive) as tar:
                 tar.extractall(cache, filter="data")
-    return found
-
-
-@pytest.fixture(scope="session")
-def datajoint_tests() -> Path:
-    """DataJoint's own test schemas (``tests/schema*.py`` of the installed version's sdist):
-    public pipelines nobody here wrote. Downloaded once from PyPI into a cache outside the
-    checkout (``DJO_SDIST_CACHE``); a missing download fails in CI."""
-    import datajoint as dj
-
-    found = datajoint_sdist()
     require((found / "schema_simple.py").is_file(), f"DataJoint {dj.__version__}'s sdist (pip download datajoint)")
     return found
 
