@@ -646,9 +646,10 @@ async def test_run_without_wait_leaves_a_conductor(chain, db, kmock, tmp_path):
     API, and not in the ledger or the jobs table."""
     seed(chain, 4)
     cluster(kmock, version="30")
+    kube = {"KUBECONFIG": str(kubeconfig(tmp_path, kmock))}
     with password_env(db) as secret:
         sentinel = secret["DJ_PASS"]
-        env = {**db.env, **secret, "KUBECONFIG": str(kubeconfig(tmp_path, kmock))}
+        env = {**db.env, **secret, **kube}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "dj_orchestrate", "run", "chain", "--backend", "kubernetes", "--image", IMAGE,
             "--secret", SECRET, "--no-progress", env=env, cwd=str(tmp_path), stdout=asyncio.subprocess.PIPE,
@@ -666,7 +667,7 @@ async def test_run_without_wait_leaves_a_conductor(chain, db, kmock, tmp_path):
     assert role["rules"] == [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch", "patch"]}]
     assert {r["status"] for r in jobs_rows(chain.Square)} == {"pending"} and not JobTable(chain.Total()).declared
     await finish(kmock, f"djo-{run_id}-square", succeeded=1)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dj_orchestrate", "status", "chain", env=db.env,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dj_orchestrate", "status", "chain", env={**db.env, **kube},
                                                 cwd=str(tmp_path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert f"djo-{run_id}-square: active 0, succeeded 1, failed 0; djo-{run_id}-total: suspended" in out.decode(), out.decode()
