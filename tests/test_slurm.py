@@ -418,16 +418,17 @@ def test_bad_input_exit_2_nothing_reserved(chain, db, slurm, tmp_path, case, con
 
         [run] = [r for r in ledger.recent_runs() if r["backend"] == "slurm"]
         assert run["state"] == "rejected" and run["shards"] == 0
-        held = sorted({p.name.split("_")[0] for p in (slurm.logs / run["run_id"]).iterdir() if "_" in p.name})
-        assert len(held) == 1  # the Square array, accepted (gated), then cancelled
+        # the Square array, accepted (gated), then cancelled: submitit's folder for it is its id
+        [held] = [p.name for p in (slurm.logs / run["run_id"]).iterdir() if p.is_dir() and p.name.isdigit()]
+
         def states() -> set[str]:
-            out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", held[0]],
+            out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", held],
                                  capture_output=True, text=True, timeout=60)
             assert out.returncode == 0, out.stderr
-            return {s.split()[0] for s in out.stdout.split("\n") if s.strip()}  # "CANCELLED by 0"
+            return {s.split()[0] for s in out.stdout.splitlines() if s.strip()}  # "CANCELLED by 0"
 
         # (the accounting database may record the cancellation a moment later)
-        wait_for(lambda: states() == {"CANCELLED"}, 60, what="the held array CANCELLED in sacct", detail=states)
+        wait_for(lambda: states() == {"CANCELLED"}, 60, what=f"array {held} CANCELLED in sacct", detail=states)
 
 
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # the backend's behaviour, the same on either database
