@@ -389,7 +389,7 @@ class Server:
         if not listening:
             return f"no local process listens on port {PORTS[backend]}"
         proc = psutil.Process(listening[0])
-        argv = tuple(proc.cmdline())
+        argv = (proc.exe(), *proc.cmdline()[1:])  # (its own argv[0] may be a bare name)
         if backend == "postgresql":  # Debian's clusters: config_file=/etc/postgresql/<version>/<name>/...
             config = next((a.split("=", 1)[1] for a in argv if a.startswith("config_file=")), "")
             parts = Path(config).parts
