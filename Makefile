@@ -1,10 +1,13 @@
 # One command each: `make demo` runs the example pipeline end to end on an embedded
 # PostgreSQL; `make test` starts the services and installs the tools the tests need, then
-# runs the whole suite.
+# runs the whole suite (CI prints its 15 slowest tests); `make env` writes the .env of
+# docker-compose.yml with random passwords (never over an existing one).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench services tools
+ENV_FILE ?= .env
+
+.PHONY: demo test bench services tools env
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,7 +25,10 @@ tools:
 	bash scripts/tools.sh
 
 test: $(VENV)/.installed services tools
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
+
+env:
+	bash scripts/env.sh $(ENV_FILE)
 
 bench: $(VENV)/.installed services
 	$(PY) bench/bench.py

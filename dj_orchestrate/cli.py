@@ -548,11 +548,16 @@ def k8s() -> None:
 def k8s_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, config_path: str | None,
                out_dir: str, image: str | None, namespace: str | None, secret: str | None) -> None:
     """Write the manifests that run the pipeline with `kubectl apply -f OUT`: the
-    conductor and its RBAC, and one Indexed Job per table. Writes nothing to the database."""
+    conductor and its RBAC, and one Indexed Job per table. Writes nothing to the database.
+    They target Kubernetes 1.35 (the oldest minor release upstream maintains), or
+    cluster_version in [kubernetes] (1.28 at the oldest)."""
     backend = _kubernetes().KubernetesBackend.from_config(config_path, image=image, namespace=namespace, secret=secret)
     request = render_request(pipeline_spec, tables, key_json, out_dir)
     warn_unknown_tables(backend.config, pipeline_spec)
-    for path in backend.render(request, Path(out_dir)):
+    paths = backend.render(request, Path(out_dir))
+    major, minor = backend.render_version()
+    click.echo(f"manifests for Kubernetes {major}.{minor} (older cluster: set cluster_version in [kubernetes])")
+    for path in paths:
         click.echo(str(path))
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,60 @@ def require(ok: bool, what: str) -> None:
     pytest.skip(f"{what} not available")
 
 
+def checkout_state() -> set[str] | None:
+    """What ``git status`` shows in the checkout, ignored files included (a run's logs in
+    ``.dj_orchestrate/`` are ignored, and must not be written there either), Python's
+    own caches left out; None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    caches = ("__pycache__", ".pytest_cache")
+    return None if out.returncode else {line for line in out.stdout.splitlines()
+                                        if not any(part in caches for part in line[3:].split("/"))}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._djo_checkout = checkout_state()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Tests write only under temporary directories: the suite fails when it left
+    anything new in the checkout (what was there before it started is not its doing)."""
+    before, after = getattr(session.config, "_djo_checkout", None), checkout_state()
+    if before is None or after is None or os.environ.get("DJO_UPDATE_GOLDEN"):  # (rewrites the checkout on purpose)
+        return
+    new = sorted(after - before)
+    if new:
+        print("\nthe tests left these in the checkout (tests write only under tmp_path):\n  " + "\n  ".join(new))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+SERVICES: dict[str, Callable[[], object]] = {}
+
+
+def service(fixture: str):
+    """Register the slow start of the session fixture named ``fixture`` (``airflow db
+    migrate``, the SLURM cluster: minutes on a loaded machine) to run before the first
+    test, when a selected test uses that fixture, so that the first test's timeout is
+    not spent on it. Cached: the fixture calls it again and gets its result, or, where
+    it failed, its error raised in the test."""
+    def register(start):
+        SERVICES[fixture] = functools.cache(start)
+        return SERVICES[fixture]
+    return register
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    used = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    for name, start in SERVICES.items():
+        if name in used and not session.config.option.collectonly:
+            with contextlib.suppress(Exception):  # (raised again in the test that uses it)
+                start()
+
+
 @pytest.fixture(scope="session")
 def datajoint_tests() -> Path:
     """DataJoint's own test schemas (``tests/schema*.py`` of the installed version's sdist):
@@ -80,10 +136,11 @@ def _services() -> None:
 
 
 class DB:
-    """One test's database: its env (for subprocesses) and its fresh schemas."""
+    """One test's database: its env (for subprocesses), its fresh schemas, and a working
+    directory of its own (``home``: never the checkout, where a run would leave its logs)."""
 
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
+    def __init__(self, backend: str, home: Path) -> None:
+        self.backend, self.home = backend, home
         tag = uuid.uuid4().hex[:8]
         self.schema = f"djot_{tag}"
         self.ledger = f"djot_{tag}_ledger"
@@ -100,7 +157,7 @@ class DB:
     def cli(self, *args: str, env: dict | None = None, timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess:
         """Run ``dj-orchestrate ARGS`` as a user would, in its own process."""
         return subprocess.run([sys.executable, "-m", "dj_orchestrate", *args], env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT)
+                              capture_output=True, text=True, timeout=timeout, cwd=cwd or self.home)
 
 
 def configure(db: DB) -> None:
@@ -127,11 +184,11 @@ def configure(db: DB) -> None:
 
 
 @pytest.fixture(params=sorted(DATABASES))
-def db(request):
+def db(request, tmp_path_factory):
     backend = request.param
     port = int(DATABASES[backend]["DJ_PORT"])
     require(reachable(port), f"{backend} on 127.0.0.1:{port}")
-    d = DB(backend)
+    d = DB(backend, tmp_path_factory.mktemp("cwd"))
     configure(d)
     yield d
     import datajoint as dj
@@ -166,6 +223,50 @@ def infos(module, *names: str):
     from dj_orchestrate import pipeline
 
     return pipeline.select(pipeline.discover(module), names)
+
+
+@contextlib.contextmanager
+def password_env(db: DB):
+    """The env of a database user whose password is a fresh sentinel, to show it leaks
+    nowhere: on MySQL a user made for the test (root has no password here), on
+    PostgreSQL the same user (its test server trusts any password)."""
+    secret = "pw-" + uuid.uuid4().hex
+    if db.backend != "mysql":
+        yield {"DJ_PASS": secret}
+        return
+    import datajoint as dj
+
+    user = f"djot_{uuid.uuid4().hex[:8]}"
+    conn = dj.conn()
+    conn.query(f"CREATE USER '{user}'@'%%' IDENTIFIED BY '{secret}'")
+    try:
+        for schema in (db.schema, db.ledger):
+            conn.query(f"GRANT ALL PRIVILEGES ON `{schema}`.* TO '{user}'@'%%'")
+        yield {"DJ_USER": user, "DJ_PASS": secret}
+    finally:
+        conn.query(f"DROP USER '{user}'@'%%'")
+
+
+GOLDEN_INPUTS = {"dj_orchestrate.toml", "README.md"}  # what a golden folder holds besides the output
+
+
+def check_golden(out: Path, golden: Path) -> list[str]:
+    """What ``render`` wrote to ``out`` is ``golden``'s file set, byte for byte (a file
+    missing or extra fails too). DJO_UPDATE_GOLDEN=1 rewrites the golden files instead;
+    refused in CI, where every golden test would compare the output with itself."""
+    written = sorted(p.name for p in out.iterdir())
+    if os.environ.get("DJO_UPDATE_GOLDEN"):
+        if CI:
+            pytest.fail("DJO_UPDATE_GOLDEN is set in CI: the golden tests would check nothing", pytrace=False)
+        for old in golden.iterdir():
+            if old.name not in GOLDEN_INPUTS:
+                old.unlink()
+        for name in written:
+            (golden / name).write_text((out / name).read_text())
+    assert written == sorted(p.name for p in golden.iterdir() if p.name not in GOLDEN_INPUTS), written
+    for name in written:
+        assert (out / name).read_text() == (golden / name).read_text(), name
+    return written
 
 
 def wait_for(predicate, timeout: float, what: str = "condition", interval: float = 0.2, detail=None):

@@ -11,19 +11,22 @@ MariaDB); the backend modes run the two-table chain pipeline, once per mode and 
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 from pathlib import Path
 
 import pytest
-from conftest import DATABASES, PIPELINES, ROOT, jobs_rows, makes, require, seed, wait_for
+from conftest import DATABASES, PIPELINES, ROOT, jobs_rows, makes, require, seed, service, wait_for
 from test_dask import dask_cluster  # noqa: F401  (a real scheduler and workers, for --mode dask)
 from test_slurm import cluster  # noqa: F401  (the SLURM cluster fixture, for --mode slurm)
 
@@ -69,12 +72,20 @@ class Airflow:
         return "".join(p.read_text(errors="replace") for p in (self.home / "logs").rglob("*") if p.is_file())
 
 
-@pytest.fixture(scope="session")
-def airflow(tmp_path_factory) -> Airflow:
-    af = Airflow(tmp_path_factory.mktemp("airflow"))
+@service("airflow")
+def migrated() -> Airflow:
+    """An AIRFLOW_HOME with its metadata database made (minutes on a loaded machine:
+    before the first test, see conftest.service), removed when the tests end."""
+    af = Airflow(Path(tempfile.mkdtemp(prefix="djo-airflow-")))
+    atexit.register(shutil.rmtree, af.home, ignore_errors=True)
     out = af.run("db", "migrate", timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     return af
+
+
+@pytest.fixture(scope="session")
+def airflow() -> Airflow:
+    return migrated()
 
 
 PARSE = """
@@ -337,6 +348,9 @@ def database_access(db):
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
+# once, on MariaDB (its database access is the Airflow connection): the slowest test of the
+# suite; the claims it races on are tested on both databases elsewhere
+@pytest.mark.parametrize("db", ["mysql"], indirect=True)
 def test_dags_test_runs_the_demo_pipeline_end_to_end(db, airflow, database_access):
     """Multi-level, a part table, a fan-in and two failing keys, through `airflow dags
     test`, while a colleague's stock populate(reserve_jobs=True) makes Behavior beside it:
@@ -415,6 +429,7 @@ def load_chain():
     return pipeline.load(CHAIN)
 
 
+@pytest.mark.timeout(1200)  # a `dags test` (allowed 1000 s)
 @pytest.mark.parametrize("db", ["mysql"], indirect=True)  # (rendering reads the database; one is enough)
 def test_kubernetes_mode_dag_and_the_command_its_submit_runs(db, airflow, tmp_path, monkeypatch):
     """A table in kubernetes mode (no API server here: the rest of the path is the same
@@ -515,6 +530,7 @@ def check_mode_run(run: subprocess.CompletedProcess, chain, airflow: Airflow, se
     return runs
 
 
+@pytest.mark.timeout(2400)  # two `dags test` (each allowed 1000 s) and SLURM arrays
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_slurm_mode_dags_test(db, airflow, cluster, database_access, tmp_path):  # noqa: F811
@@ -552,6 +568,7 @@ def test_slurm_mode_dags_test(db, airflow, cluster, database_access, tmp_path): 
     assert sentinel not in output + airflow.logs()
 
 
+@pytest.mark.timeout(1200)  # a `dags test` (allowed 1000 s)
 @pytest.mark.slow
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)
 def test_dask_mode_dags_test(db, airflow, dask_cluster, database_access, tmp_path):  # noqa: F811

@@ -79,22 +79,47 @@ def test_run_restricted_by_key(chain, db):
     "args, message",
     [
         (["plan", "no_such_pipeline_mod"], "cannot import pipeline 'no_such_pipeline_mod'"),
-        (["plan", "/nowhere/pipe.py"], "pipeline file not found"),
         (["plan", CHAIN, "--table", "Nope"], "unknown table 'Nope'"),
-        (["run", CHAIN, "--backend", "cloud9"], "unknown backend 'cloud9'"),
-        (["plan", CHAIN, "--key", "{item_id: 1"], "--key is not valid JSON"),
         (["plan", CHAIN, "--key", '{"itm_id": 1}'], "unknown attribute 'itm_id'"),
         (["plan", CHAIN, "--key", '{"item_id": "one"}'], "must be a number"),
+    ],
+)
+def test_bad_input_one_line_exit_2_nothing_written(chain, db, args, message):
+    """Input refused once the database told what is wrong (the pipeline, its tables,
+    their attributes): on both databases, each call its own process."""
+    seed(chain, 3)
+    out = db.cli(*args)
+    assert_refused(chain, db, out.returncode, out.stdout, out.stderr, message)
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # refused before the database is opened
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["plan", "/nowhere/pipe.py"], "pipeline file not found"),
+        (["run", CHAIN, "--backend", "cloud9"], "unknown backend 'cloud9'"),
+        (["plan", CHAIN, "--key", "{item_id: 1"], "--key is not valid JSON"),
         (["plan", CHAIN, "--key", "[1, 2]"], "must be an object"),
         (["run", CHAIN, "--workers", "0"], "--workers must be at least 1"),
     ],
 )
-def test_bad_input_one_line_exit_2_nothing_written(chain, db, args, message):
+def test_bad_input_refused_before_the_database(chain, db, args, message):
+    """Input refused before the database is opened: on one database, in this process
+    (click's runner; a process start per case is most of its time)."""
+    from click.testing import CliRunner
+
+    from dj_orchestrate.cli import main
+
     seed(chain, 3)
-    out = db.cli(*args)
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert message in out.stderr
-    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 2
+    out = CliRunner().invoke(main, args)
+    assert_refused(chain, db, out.exit_code, out.stdout, out.stderr, message)
+
+
+def assert_refused(chain, db, code: int, stdout: str, stderr: str, message: str) -> None:
+    """Exit 2, one line (and a hint) naming the problem, no traceback, nothing written."""
+    assert code == 2, stdout + stderr
+    assert message in stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) <= 2
     assert not JobTable(chain.Square()).declared
     import datajoint as dj
 

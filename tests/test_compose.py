@@ -99,6 +99,31 @@ def test_docker_compose_config_names_a_missing_password(tmp_path):
     assert re.search(r"set (DJ_PASS|MYSQL_ROOT_PASSWORD) in \.env", out.stderr), out.stderr
 
 
+def test_make_env_writes_random_secrets_and_never_overwrites(tmp_path):
+    """``make env`` writes .env from .env.example with every empty value a fresh random
+    secret (letters, digits, - and _), the other values as they are, readable by its
+    owner only; compose accepts it with every profile. A second ``make env`` refuses,
+    saying why, and leaves the file as it was."""
+    target = tmp_path / ".env"
+    make = ["make", "-s", "-C", str(ROOT), "env", f"ENV_FILE={target}"]
+    require(shutil.which("make") is not None, "make")
+    out = subprocess.run(make, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    example = [line.partition("=") for line in (ROOT / ".env.example").read_text().splitlines() if re.match(r"\w+=", line)]
+    written = dict(line.partition("=")[::2] for line in target.read_text().splitlines() if re.match(r"\w+=", line))
+    assert list(written) == [key for key, _, _ in example]
+    secrets = [written[key] for key, _, value in example if not value]
+    assert len(secrets) >= 5 and len(set(secrets)) == len(secrets)  # DJ_PASS, MYSQL_ROOT_PASSWORD, Airflow's
+    assert all(re.fullmatch(r"[\w-]{24,}", v) for v in secrets), secrets
+    assert all(written[key] == value for key, _, value in example if value)
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert compose_config(*(a for p in PROFILES for a in ("--profile", p)), env=target).returncode == 0
+    before = target.read_bytes()
+    again = subprocess.run(make, capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and f"{target} exists" in again.stderr, again.stderr
+    assert target.read_bytes() == before
+
+
 def test_compose_spec_schema_accepts_the_file_and_rejects_a_broken_one(tmp_path):
     check = tool("check-jsonschema")
     ok = subprocess.run([check, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
@@ -407,7 +432,7 @@ def test_init_waits_for_a_database_that_starts_late(db):
     late_proxy(port, int(db.env["DJ_PORT"]), opened)
     env = {**db.env, "DJ_PORT": str(port), "DJO_DB_WAIT": "120", "DJO_DEMO_SCHEMA": db.schema}
     proc = subprocess.Popen([sys.executable, "-m", "dj_orchestrate", "demo", "--seed-only", "--sessions", "3"],
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, cwd=db.home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stderr = []
     for line in proc.stderr:
         stderr.append(line)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import PIPELINES, makes, seed
 
 from dj_orchestrate.jobs import JobTable
@@ -22,6 +23,7 @@ print("stock made", r["success_count"])
 """
 
 
+@pytest.mark.timeout(900)  # each process is allowed 300 s
 def test_workers_and_stock_populate_make_each_key_exactly_once(chain, db):
     seed(chain, N_KEYS)
     JobTable(chain.Square()).enqueue()

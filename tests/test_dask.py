@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -218,6 +217,7 @@ def test_wait_pipeline_same_rows_as_populate_gpu_table_on_gpu_worker(lab, db, da
     assert len(list(dask_run.logs.glob(f"{rid}/*.log"))) == 7  # and no second round
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # the backend's behaviour, the same on either database
 @pytest.mark.slow
 def test_submit_without_wait_completes_after_the_client_exits(lab, db, dask_run):
     """Without --wait the command returns at once (the tasks are fire-and-forget) and
@@ -287,6 +287,7 @@ def test_sigkilled_worker_mid_make_run_completes(lab, db, dask_run):
     assert reserved(lab) == []
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # refused before a key is claimed: one database
 def test_resource_no_worker_offers_exit_2_nothing_reserved(lab, db, dask_run):
     """A table asking for a resource no worker offers: exit 2 within seconds, naming the
     table and the resource; nothing enqueued, no run recorded."""
@@ -300,6 +301,7 @@ def test_resource_no_worker_offers_exit_2_nothing_reserved(lab, db, dask_run):
     assert all(jobs_rows(t) == [] for t in (lab.Preprocess, lab.Behavior, lab.Sorting, lab.Summary))
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # refused before a key is claimed: one database
 @pytest.mark.parametrize("case, args, config, message", [
     ("no scheduler", [], "", "no Dask scheduler configured"),
     ("unreachable", ["--scheduler", "tcp://127.0.0.1:{closed}"], "", "did not answer within 2 s"),
@@ -335,8 +337,13 @@ def test_bad_config_exit_2_nothing_reserved(lab, db, dask_run, case, args, confi
 
 
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)
-@pytest.mark.skipif(importlib.util.find_spec("dask_cuda") is not None, reason="dask-cuda is installed here")
-def test_cluster_cuda_without_dask_cuda_names_the_extra(lab, db, dask_run):
+def test_cluster_cuda_without_dask_cuda_names_the_extra(lab, db, dask_run, tmp_path):
+    """dask-cuda missing, wherever it is installed or not (simulated: a package in front
+    of the real one that fails to import as a missing one does; never a skip)."""
+    blocker = tmp_path / "blocker" / "dask_cuda"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'dask_cuda'\", name='dask_cuda')\n")
+    db.env["PYTHONPATH"] = os.pathsep.join([str(blocker.parent), db.env["PYTHONPATH"]])
     refused(lab, dask_run, ["--cluster", "cuda", "--wait"], "", "pip install 'dj-orchestrate[cuda]'")
 
 
@@ -424,6 +431,7 @@ def test_slurm_cluster_job_script_from_config(tmp_path):
         assert line in script, (line, script)
 
 
+@pytest.mark.timeout(600)  # its run is allowed 300 s
 @pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 
@@ -24,10 +25,12 @@ def djo(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProc
 
 
 def servers_for(pgdata: Path) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "postgres" in line and str(pgdata) in line]
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr  # else "none left running" would prove nothing
+    return [line for line in out.stdout.splitlines() if "postgres" in line and str(pgdata) in line]
 
 
+@pytest.mark.timeout(900)  # two demos, each allowed 300 s
 def test_demo_twice_on_embedded_database(tmp_path):
     pgdata = tmp_path / ".dj_orchestrate" / "pgdata"
     for _ in range(2):

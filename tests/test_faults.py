@@ -25,7 +25,7 @@ from pathlib import Path
 import datajoint as dj
 import psutil
 import pytest
-from conftest import PIPELINES, ROOT, jobs_rows, makes, reachable, seed, wait_for
+from conftest import PIPELINES, jobs_rows, makes, reachable, require, seed, wait_for
 
 from dj_orchestrate.jobs import JobTable, LiveConnections, Owner, Policy, Restriction
 
@@ -69,7 +69,7 @@ class Procs:
         out = self.tmp / f"{name}-{len(self.procs)}.out"
         full_env = {**self.db.env, "DJO_LOG_DIR": str(self.tmp / "logs"), **(env or {})}
         with open(out, "wb") as f:
-            p = subprocess.Popen(args, env=full_env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+            p = subprocess.Popen(args, env=full_env, cwd=self.tmp, stdout=f, stderr=subprocess.STDOUT,
                                  start_new_session=True)
         self.procs.append((p, out))
         self.pids.add(p.pid)
@@ -367,12 +367,68 @@ def test_lost_connection_mid_make_is_recovered(chain, db, procs):
 
 
 # ------------------------------------------------------- 4. database restart
-MARIADB_PIDFILE = Path("/run/mysqld/mysqld.pid")
+PORTS = {"mysql": 3306, "postgresql": 5432}
 
 
-def _pg_version() -> str:
-    versions = sorted(os.listdir("/etc/postgresql"), key=lambda v: float(v) if v.replace(".", "").isdigit() else 0)
-    return versions[-1]
+@dataclasses.dataclass(frozen=True)
+class Server:
+    """The database server the tests use, as this machine runs it: the process that
+    listens on its port, found by the port (not by a pid file at a guessed path: on this
+    machine SLURM's accounting database is another mariadbd from the same binary)."""
+
+    pid: int
+    argv: tuple[str, ...]
+    pidfile: str  # MariaDB: where the server writes its pid (start-stop-daemon's handle on it)
+    cluster: tuple[str, str] = ("", "")  # PostgreSQL: (version, name) for pg_ctlcluster
+
+    @classmethod
+    def find(cls, backend: str) -> Server | str:
+        """The server, or why it cannot be restarted from here."""
+        listening = [c.pid for c in psutil.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == PORTS[backend] and c.pid]
+        if not listening:
+            return f"no local process listens on port {PORTS[backend]}"
+        proc = psutil.Process(listening[0])
+        argv = (proc.exe(), *proc.cmdline()[1:])  # (its own argv[0] may be a bare name)
+        if backend == "postgresql":  # Debian's clusters: config_file=/etc/postgresql/<version>/<name>/...
+            config = next((a.split("=", 1)[1] for a in argv if a.startswith("config_file=")), "")
+            parts = Path(config).parts
+            if parts[:3] != ("/", "etc", "postgresql") or len(parts) < 5:
+                return f"PostgreSQL on port 5432 is not a Debian cluster (pg_ctlcluster): {' '.join(argv)}"
+            return cls(proc.pid, argv, "", (parts[3], parts[4]))
+        pidfile = dj.conn().query("SELECT @@pid_file").fetchone()[0]
+        if not os.path.isabs(pidfile):
+            pidfile = os.path.join(dj.conn().query("SELECT @@datadir").fetchone()[0], pidfile)
+        return cls(proc.pid, argv, pidfile)
+
+    def start(self) -> None:
+        if self.cluster[0]:
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *self.cluster, "start"], timeout=60,
+                           env=SERVER_ENV)
+        else:
+            # --pidfile, not --exec alone: another mariadbd (SLURM's accounting database)
+            # runs from the same binary and would make start-stop-daemon do nothing.
+            subprocess.run(["start-stop-daemon", "--start", "--background", "--pidfile", self.pidfile,
+                            "--exec", self.argv[0], "--", *self.argv[1:]], check=True, timeout=30, env=SERVER_ENV)
+        _wait_port(PORTS["postgresql" if self.cluster[0] else "mysql"], True, 60)
+
+    def restart(self) -> float:
+        """Restart it; returns how long it was down."""
+        started = time.monotonic()
+        if self.cluster[0]:
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *self.cluster, "restart", "-m", "fast"],
+                           check=True, timeout=60, capture_output=True, env=SERVER_ENV)
+            _wait_port(5432, True, 60)
+        else:
+            subprocess.run(["mysqladmin", "-h127.0.0.1", "-P3306", "-uroot", "shutdown"], check=True, timeout=60,
+                           capture_output=True, env=SERVER_ENV)
+            wait_for(lambda: not psutil.pid_exists(self.pid), 60, interval=0.1, what="mariadbd to exit")
+            self.start()
+        return time.monotonic() - started
+
+    def ensure_up(self) -> None:
+        if not reachable(PORTS["postgresql" if self.cluster[0] else "mysql"]):
+            self.start()
 
 
 def _wait_port(port: int, up: bool, timeout: float) -> None:
@@ -382,57 +438,16 @@ def _wait_port(port: int, up: bool, timeout: float) -> None:
 SERVER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}  # never the test's own env
 
 
-def _start_mariadb() -> None:
-    # --pidfile, not --exec alone: another mariadbd (SLURM's accounting database, port
-    # 3307) may run from the same binary and would make start-stop-daemon do nothing.
-    subprocess.run(["start-stop-daemon", "--start", "--background", "--pidfile", str(MARIADB_PIDFILE),
-                    "--exec", "/usr/sbin/mariadbd"], check=True, timeout=30, env=SERVER_ENV)
-
-
-def restart_database(backend: str) -> float:
-    """Restart the database server the tests use; returns how long it was down."""
-    started = time.monotonic()
-    if backend == "postgresql":
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", _pg_version(), "main", "restart", "-m", "fast"],
-                       check=True, timeout=60, capture_output=True, env=SERVER_ENV)
-        _wait_port(5432, True, 60)
-    else:
-        pid = int(MARIADB_PIDFILE.read_text())
-        subprocess.run(["mysqladmin", "-h127.0.0.1", "-P3306", "-uroot", "shutdown"], check=True, timeout=60,
-                       capture_output=True, env=SERVER_ENV)
-        wait_for(lambda: not psutil.pid_exists(pid), 60, interval=0.1, what="mariadbd to exit")
-        _start_mariadb()
-        _wait_port(3306, True, 60)
-    return time.monotonic() - started
-
-
-def ensure_database_up(backend: str) -> None:
-    port = 5432 if backend == "postgresql" else 3306
-    if reachable(port):
-        return
-    if backend == "postgresql":
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", _pg_version(), "main", "start"], timeout=60,
-                       env=SERVER_ENV)
-    else:
-        _start_mariadb()
-    _wait_port(port, True, 60)
-
-
-def can_restart(backend: str) -> str | None:
-    """Why the server cannot be restarted from here (None when it can)."""
-    if os.environ.get("DJO_TEST_NO_RESTART"):
-        return "DJO_TEST_NO_RESTART is set (the database services are shared)"
-    if os.geteuid() != 0:
-        return "restarting the database server needs root"
+def restartable(backend: str) -> Server:
+    """The server, where this machine lets the test restart it; else skip locally and fail
+    in CI (the only test where ``run`` must reconcile a dead reservation on its own)."""
+    require(not os.environ.get("DJO_TEST_NO_RESTART"), "restarting the database (DJO_TEST_NO_RESTART is set)")
+    require(os.geteuid() == 0, "root (to restart the database server)")
     tools = ["pg_ctlcluster"] if backend == "postgresql" else ["mysqladmin", "start-stop-daemon"]
-    missing = [t for t in tools if not shutil.which(t)]
-    if missing:
-        return f"{', '.join(missing)} not found"
-    if backend == "mysql" and not (MARIADB_PIDFILE.exists() and Path("/usr/sbin/mariadbd").exists()):
-        return f"no local mariadbd with {MARIADB_PIDFILE}"
-    if backend == "postgresql" and not os.path.isdir("/etc/postgresql"):
-        return "no local PostgreSQL cluster in /etc/postgresql"
-    return None
+    require(all(shutil.which(t) for t in tools), " and ".join(tools))
+    server = Server.find(backend)
+    require(isinstance(server, Server), f"a restartable {backend} server ({server})")
+    return server
 
 
 def test_database_restart_during_a_run(chain, db, procs):
@@ -441,9 +456,7 @@ def test_database_restart_during_a_run(chain, db, procs):
     with nothing left reserved. A reservation made before the restart counts as dead
     even when its connection id now belongs to a live session (MariaDB numbers sessions
     from 1 again after a restart). The server is always brought back."""
-    why = can_restart(db.backend)
-    if why:
-        pytest.skip(why)
+    server = restartable(db.backend)
     n = 12
     seed(chain, n)
     # a worker that died with the old server: it held the last key under a connection id
@@ -456,9 +469,9 @@ def test_database_restart_during_a_run(chain, db, procs):
     run = procs.cli("run", CHAIN, "--workers", "2", "--no-progress", env={"DJO_TEST_SLEEP": "0.4"}, name="run")
     try:
         wait_for(lambda: len(reserved(chain.Square)) >= 3 and len(chain.MakeLog()) >= 2, 60, what="workers in flight")
-        down = restart_database(db.backend)
+        down = server.restart()
     finally:
-        ensure_database_up(db.backend)
+        server.ensure_up()
         # this process's session died too; DataJoint reconnects by itself only on MySQL
         # (psycopg2's "server closed the connection" is not a LostConnectionError to it)
         dj.conn().connect()

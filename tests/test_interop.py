@@ -324,11 +324,11 @@ def test_pipelines_from_datajoints_own_tests_and_tutorials(db):
     hidden dependency is ordered and warned about, the table without a jobs table is
     made too, a make raising SystemExit is an error of that key only, and --json stays JSON."""
     env = {k: v for k, v in db.env.items() if k != "DJ_USE_TLS"}
-    seeded = subprocess.run([sys.executable, "-c", "import quirks; quirks.seed(3, 2)"], env=env, cwd=ROOT,
+    seeded = subprocess.run([sys.executable, "-c", "import quirks; quirks.seed(3, 2)"], env=env, cwd=db.home,
                             capture_output=True, text=True, timeout=120)
     assert seeded.returncode == 0, seeded.stderr
     out = subprocess.run([sys.executable, "-m", "dj_orchestrate", "run", QUIRKS, "--workers", "2", "--json"],
-                         env={**env, "DJO_TEST_EXIT": "1"}, cwd=ROOT, capture_output=True, text=True, timeout=240)
+                         env={**env, "DJO_TEST_EXIT": "1"}, cwd=db.home, capture_output=True, text=True, timeout=240)
     assert out.returncode == 1, out.stdout + out.stderr  # one key failed, on purpose
     result = json.loads(out.stdout)
     assert "Traceback" not in out.stderr

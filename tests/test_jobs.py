@@ -126,7 +126,6 @@ def test_reconcile_releases_dead_owners_only(chain):
     mine = jt.claim(alive, 2)
     theirs = jt.claim(dead, 3)
     # the dead owner had finished its first key (committed, completion not flushed)
-    chain.Item & theirs[0].key
     chain.Square.insert1({**theirs[0].key, "square": 0.0}, allow_direct_insert=True)
     result = reconcile_all([chain.Square()], Policy())
     assert result == {"released": 1, "charged": 1, "errors": 0, "completed": 1}

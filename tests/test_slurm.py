@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import PIPELINES, ROOT, jobs_rows, makes, require, seed, wait_for
+from conftest import PIPELINES, ROOT, check_golden, jobs_rows, makes, password_env, require, seed, service, wait_for
 
 from dj_orchestrate.jobs import JobTable
 
@@ -44,12 +44,18 @@ def cluster_up() -> bool:
         for line in out.stdout.splitlines() if len(line.split()) == 2)
 
 
-@pytest.fixture(scope="session")
-def cluster() -> None:
-    """The single-node cluster: started (idempotently) when sinfo does not answer;
-    missing, it skips these tests locally and fails them in CI."""
+@service("cluster")
+def start_cluster() -> None:
+    """Start the cluster (idempotently) when sinfo does not answer."""
     if not cluster_up() and (ROOT / "slurm" / "start-cluster.sh").is_file():
         subprocess.run(["bash", str(ROOT / "slurm" / "start-cluster.sh")], capture_output=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> None:
+    """The single-node cluster, started before the first test; missing, it skips these
+    tests locally and fails them in CI."""
+    start_cluster()
     require(cluster_up(), "the SLURM cluster (slurm/start-cluster.sh)")
 
 
@@ -184,6 +190,7 @@ def test_wait_resubmits_after_a_task_dies(chain, db, slurm):
     assert re.search(r"\(backend job \d+_\d+\) ended$", error["error_message"]), error["error_message"]
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # the backend's behaviour, the same on either database
 def test_submit_without_wait_returns_and_completes(chain, db, slurm):
     """Without --wait the command returns as soon as the arrays are accepted (exit 0,
     the array ids on stderr); the pipeline completes with no driver running, and
@@ -281,31 +288,19 @@ def test_time_limit_notice_retries_then_error(chain, db, slurm):
     assert [(e["key"], e["attempts"], e["backend_job_id"]) for e in errors] == [({"item_id": 0}, 2, task)]
 
 
+@pytest.mark.parametrize("db", ["mysql"], indirect=True)  # render reads the database once; MySQL: a user whose password is real
 def test_render_golden(chain, db, tmp_path):
     """``slurm render`` with every resource key and a per-table override: the scripts
     are byte-for-byte the golden files (no path of this machine in them), and the
     database password of the rendering environment appears nowhere. A section for a
     table the pipeline does not have (a typo) changes nothing and warns.
     DJO_UPDATE_GOLDEN=1 rewrites the golden files."""
-    secret = "pw-" + uuid.uuid4().hex
-    env = {"DJ_PASS": secret}
-    import datajoint as dj
-
-    conn = dj.conn()
-    user = None
-    if db.backend == "mysql":  # root has no password here: a user that needs one
-        user = f"djot_{uuid.uuid4().hex[:8]}"
-        conn.query(f"CREATE USER '{user}'@'%%' IDENTIFIED BY '{secret}'")
-        conn.query(f"GRANT ALL PRIVILEGES ON `{db.schema}`.* TO '{user}'@'%%'")
-        env["DJ_USER"] = user
-    try:
+    with password_env(db) as env:
+        secret = env["DJ_PASS"]
         config = tmp_path / "dj_orchestrate.toml"
         config.write_text((GOLDEN / "dj_orchestrate.toml").read_text() + '\n[slurm.tables.Totl]\nmem = "8G"\n')
         out = db.cli("slurm", "render", "chain", "--config", str(config), "--out", str(tmp_path / "jobs"), env=env,
                      cwd=tmp_path)
-    finally:
-        if user:
-            conn.query(f"DROP USER '{user}'@'%%'")
     assert out.returncode == 0, out.stderr
     assert f"warning: [slurm.tables.Totl] in {config} names no table of chain; its tables: Square, Total" in out.stderr
     written = sorted(p.name for p in (tmp_path / "jobs").iterdir())
@@ -314,9 +309,7 @@ def test_render_golden(chain, db, tmp_path):
         text = (tmp_path / "jobs" / name).read_text()
         assert secret not in text
         assert str(tmp_path) not in text and str(ROOT) not in text and sys.executable not in text
-        if os.environ.get("DJO_UPDATE_GOLDEN"):
-            (GOLDEN / name).write_text(text)
-        assert text == (GOLDEN / name).read_text(), name
+    check_golden(tmp_path / "jobs", GOLDEN)
 
 
 def test_example_config_documents_every_key():
@@ -334,6 +327,7 @@ def test_example_config_documents_every_key():
         assert re.search(rf"^#? ?{f.name} = ", text, re.M), f.name
 
 
+@pytest.mark.timeout(600)  # its run is allowed 420 s
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)
 def test_array_split_at_max_array_size(chain, db, slurm):
     """More shards than MaxArraySize (101): 102 keys in shards of one are two arrays for
@@ -391,6 +385,7 @@ def _no_slurm_path(tmp_path: Path) -> str:
     return str(bare)
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # refused before a key is claimed: one database
 @pytest.mark.parametrize(
     "case, config, message",
     [
@@ -423,13 +418,20 @@ def test_bad_input_exit_2_nothing_reserved(chain, db, slurm, tmp_path, case, con
 
         [run] = [r for r in ledger.recent_runs() if r["backend"] == "slurm"]
         assert run["state"] == "rejected" and run["shards"] == 0
-        held = sorted({p.name.split("_")[0] for p in (slurm.logs / run["run_id"]).iterdir() if "_" in p.name})
-        assert len(held) == 1  # the Square array, accepted (gated), then cancelled
-        states = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", held[0]],
-                                capture_output=True, text=True).stdout.split()
-        assert states and set(states) == {"CANCELLED"} or not queued(held[0]), states
+        # the Square array, accepted (gated), then cancelled: submitit's folder for it is its id
+        [held] = [p.name for p in (slurm.logs / run["run_id"]).iterdir() if p.is_dir() and p.name.isdigit()]
+
+        def states() -> set[str]:
+            out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", held],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            return {s.split()[0] for s in out.stdout.splitlines() if s.strip()}  # "CANCELLED by 0"
+
+        # (the accounting database may record the cancellation a moment later)
+        wait_for(lambda: states() == {"CANCELLED"}, 60, what=f"array {held} CANCELLED in sacct", detail=states)
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # the backend's behaviour, the same on either database
 def test_wait_stops_when_slurm_will_never_start_a_task(chain, db, slurm):
     """--wait ends with SLURM's reason and exit 2, instead of waiting forever, when
     SLURM says it will never start a task: here the Square array depends (an extra

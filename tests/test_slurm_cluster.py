@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SLURM_DIR, require
+from conftest import ROOT, SLURM_DIR, require, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -50,6 +50,7 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
+@pytest.mark.timeout(900)  # start-cluster.sh is allowed 600 s
 def test_start_cluster_leaves_the_machines_own_slurm_alone(tmp_path):
     require(os.geteuid() == 0 and shutil.which("pgrep") is not None, "root (start-cluster.sh starts daemons)")
     require(bool(shutil.which("slurmctld") or Path("/usr/sbin/slurmctld").exists()), "SLURM (slurm-wlm)")
@@ -62,7 +63,9 @@ def test_start_cluster_leaves_the_machines_own_slurm_alone(tmp_path):
     shutil.copy("/bin/sleep", fake)
     stand_in = subprocess.Popen([str(fake), "600"])
     try:
+        wait_for(lambda: stand_in.pid in pids_of("slurmctld"), 10, what="the stand-in to run as slurmctld")
         foreign = {p for name in DAEMONS for p in pids_of(name)} - ours()
+        assert stand_in.pid in foreign, foreign  # else the checks below check nothing
         out = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stdout + out.stderr
         assert out.stdout.strip().splitlines()[-1] == f"export SLURM_CONF={SLURM_DIR / 'etc' / 'slurm.conf'}"
@@ -92,6 +95,7 @@ def test_a_cluster_that_cannot_come_up_says_so_and_fails(tmp_path):
     assert services.returncode != 0 and "SLURM did NOT come up" in services.stdout, services.stdout + services.stderr
 
 
+@pytest.mark.timeout(900)  # start-cluster.sh is allowed 600 s
 def test_the_cluster_comes_back_after_munged_died():
     """The state a finished session leaves for the next CI run on the same machine: the
     cluster's directory is there (its run/ directory owned by the private MariaDB's user),

@@ -17,7 +17,8 @@ pods of one index both claim through the jobs table, so no key is made twice.
 Credentials come from a Secret (``envFrom``, or files in ``/run/secrets/datajoint/``
 that DataJoint reads itself); no manifest, annotation, log line or ledger row holds one.
 
-Supported clusters: Kubernetes 1.28 and newer. ``backoffLimitPerIndex``,
+Supported clusters: Kubernetes 1.28 and newer; ``k8s render`` writes for RENDER_VERSION
+unless ``cluster_version`` says otherwise. ``backoffLimitPerIndex``,
 ``maxFailedIndexes`` and the ``FailIndex`` action are used from 1.33 (GA; beta 1.29-1.32,
 where a cluster may have them off and then drops the fields silently); below, a
 job-wide ``backoffLimit`` and ``FailJob`` take their place.
@@ -53,6 +54,9 @@ from .base import (SUBMITTED, Backend, Mismatch, RunRequest, TableLaunch, check_
                    reconcile_run, record_fixed)
 
 MIN_VERSION = (1, 28)
+# what `k8s render` writes for without cluster_version: the oldest minor release upstream
+# still maintains (it maintains the three newest; 1.35-1.37 on 2026-12-07)
+RENDER_VERSION = (1, 35)
 PER_INDEX_SINCE = (1, 33)  # backoffLimitPerIndex, maxFailedIndexes, FailIndex: GA
 USAGE_EXIT = 2  # dj-orchestrate's exit code for bad input: retrying cannot help
 GROUP = "dj-orchestrate.io"
@@ -669,6 +673,12 @@ class KubernetesBackend(Backend):
         return ended
 
     # ----------------------------------------------------------------- render
+    def render_version(self) -> tuple[int, int]:
+        """The Kubernetes version ``render`` writes for: cluster_version, else RENDER_VERSION."""
+        if self.settings.cluster_version:
+            return version_tuple(self.settings.cluster_version, "cluster_version")
+        return RENDER_VERSION
+
     def render(self, request: RunRequest, out: Path) -> list[Path]:
         """Manifests that run the pipeline by themselves (``kubectl apply -f``): the
         conductor and its RBAC, then one Job per table, each a pull Job (``--enqueue``):
@@ -680,7 +690,7 @@ class KubernetesBackend(Backend):
         for t in request.tables:
             self.config.for_table(t)
         run = dns_name(request.pipeline.rsplit(".", 1)[-1].removesuffix(".py").rsplit("/", 1)[-1])
-        version = version_tuple(self.settings.cluster_version, "cluster_version") if self.settings.cluster_version else MIN_VERSION
+        version = self.render_version()
         launches = plan_launches(request, lambda info: self.config.for_table(info).parallelism, fixed_first=False)
         made = self.manifests(request, launches, run, self.settings.namespace or "default", version, suspend_all=False)
         out.mkdir(parents=True, exist_ok=True)
