@@ -45,7 +45,7 @@ from datajoint.errors import AccessError  # noqa: E402
 from . import __version__, ledger, pipeline  # noqa: E402
 from .config import BackendConfig  # noqa: E402
 from .errors import UsageError  # noqa: E402
-from .flow import ORDERS  # noqa: E402
+from .flow import ORDERS, waiting  # noqa: E402
 from .jobs import JobTable, Policy, Restriction, reconcile_all  # noqa: E402
 from .backends.base import (SUBMITTED, Backend, Mismatch, RunRequest, check_identity, keys_left,  # noqa: E402
                             left_message)
@@ -170,8 +170,9 @@ def launch(backend: Backend, request: RunRequest) -> tuple[int, str]:
         ledger.finish_run(request.run_id, "mismatch")
         raise
     left = keys_left(request.tables, request.restriction) if request.wait and code in (0, 1) else {}
-    if left:
-        click.echo(left_message(request.run_id, left), err=True)
+    if left:  # what the keys wait for (the no-progress guard), else that nobody claimed them
+        for line in waiting(request.tables) or [left_message(request.run_id, left)]:
+            click.echo(f"dj-orchestrate: {line}", err=True)
     state = "incomplete" if left else {0: "done", 1: "errors", 130: "interrupted", SUBMITTED: "submitted"}.get(code, "failed")
     ledger.finish_run(request.run_id, state)
     return (1 if left else code), state
@@ -448,13 +449,14 @@ def per_table(counts: dict[str, int]) -> str:
 @main.command()
 @pipeline_arg
 @table_opt
+@key_opt
 @click.option("--max-attempts", default=3, show_default=True, help="Attempts before a key becomes an error.")
 @json_opt
 @friendly
-def reconcile(pipeline_spec: str, tables: tuple[str, ...], max_attempts: int, as_json: bool) -> None:
+def reconcile(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, max_attempts: int, as_json: bool) -> None:
     """Release keys reserved by workers that are gone (their connection no longer exists)."""
-    _, infos, _ = open_pipeline(pipeline_spec, tables, None)
-    r = reconcile_all([t.instance() for t in infos], Policy(max_attempts=max_attempts), ended_jobs(infos))
+    _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
+    r = reconcile_all([t.instance() for t in infos], Policy(max_attempts=max_attempts), ended_jobs(infos), restriction)
     outcome = {"back_to_pending": r["released"] + r["charged"] - r["errors"], "charged_an_attempt": r["charged"],
                "already_done": r["completed"], "became_errors": r["errors"]}
     if as_json:

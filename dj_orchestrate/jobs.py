@@ -572,44 +572,50 @@ class JobTable:
         return status if changed else None
 
     # ---------------------------------------------------------------- reconcile
-    def reconcile(self, live: "LiveConnections", ended_jobs: set[str] = frozenset(), policy: Policy = Policy()) -> dict[str, int]:
+    def reconcile(self, live: "LiveConnections", ended_jobs: set[str] = frozenset(), policy: Policy = Policy(),
+                  restriction: Restriction = Restriction()) -> dict[str, int]:
         """Release keys whose owner is gone. Done keys are completed; of each dead owner's
         other keys, the first in claim order was in flight (workers make keys in claim
-        order) and is charged an attempt; the rest go back to ``pending`` untouched."""
+        order) and is charged an attempt; the rest go back to ``pending`` untouched. Only
+        keys within ``restriction`` are touched, but the key in flight is found among all
+        of the owner's keys (else a key outside it would make the wrong one charged)."""
         result = dict.fromkeys(RECONCILED, 0)
         if not self.declared:
             return result
         n = len(self.pk)
+        wanted, w_args = restriction.sql("j", self.pk, self.q, self._bind)
         rows = self._query(
             f"SELECT {self._cols('j')}, j.{self.q('host')}, j.{self.q('pid')}, j.{self.q('connection_id')}, "
             f"{self._col('attempts')}, {self._col('backend_job_id')}, j.{self.q('user')}, "
-            f"CASE WHEN {live.before_server_start('j.' + self.q('reserved_time'))} THEN 1 ELSE 0 END "
-            f"FROM {self.name} AS j WHERE j.{self.q('status')} = 'reserved' ORDER BY j.{self.q('reserved_time')}, {self._cols('j')}"
+            f"CASE WHEN {live.before_server_start('j.' + self.q('reserved_time'))} THEN 1 ELSE 0 END, "
+            f"CASE WHEN {wanted} THEN 1 ELSE 0 END "
+            f"FROM {self.name} AS j WHERE j.{self.q('status')} = 'reserved' ORDER BY j.{self.q('reserved_time')}, {self._cols('j')}",
+            w_args,
         ).fetchall()
         if not rows:
             return result
         alive = live.snapshot()  # after reading the rows: a claim made since is not mistaken for dead
         owners: dict[tuple, list] = {}
         for r in rows:
-            host, pid, cid, attempts, job_id, user, before_restart = r[n:]
+            host, pid, cid, attempts, job_id, user, before_restart, within = r[n:]
             ended = bool(job_id) and job_id in ended_jobs
             # a session from before the server's restart is gone, whatever id is live now
             if ended or int(before_restart) or live.is_dead(int(cid), user, alive):
                 reason = f"(backend job {job_id}) ended" if ended else "lost its database connection"
-                owners.setdefault((host, int(pid), int(cid), reason), []).append((tuple(r[:n]), int(attempts)))
-        if owners:
+                owners.setdefault((host, int(pid), int(cid), reason), []).append((tuple(r[:n]), int(attempts), int(within)))
+        if any(within for keys in owners.values() for *_, within in keys):
             self.ensure()  # charging an attempt needs dj-orchestrate's columns
         for (host, pid, cid, reason), keys in owners.items():
-            done = self._present([raw for raw, _ in keys])
-            result["completed"] += self._finish(host, pid, cid, [raw for raw, _ in keys if raw in done])
-            todo = [(raw, att) for raw, att in keys if raw not in done]
+            done = self._present([raw for raw, *_ in keys])
+            result["completed"] += self._finish(host, pid, cid, [raw for raw, _, within in keys if raw in done and within])
+            todo = [key for key in keys if key[0] not in done]
             if todo:
-                (raw, att), rest = todo[0], todo[1:]
-                became = self._charge(host, pid, cid, raw, att, f"on {host} (pid {pid}) {reason}", policy)
+                (raw, att, within), rest = todo[0], todo[1:]
+                became = within and self._charge(host, pid, cid, raw, att, f"on {host} (pid {pid}) {reason}", policy)
                 if became:
                     result["charged"] += 1
                     result["errors"] += became == "error"
-                result["released"] += self._repend(host, pid, cid, [raw for raw, _ in rest])
+                result["released"] += self._repend(host, pid, cid, [raw for raw, _, within in rest if within])
         return result
 
     def reserved_backend_ids(self) -> set[str]:
@@ -813,13 +819,15 @@ class LiveConnections:
         return self.sees_all or (user or "").split("@")[0] == self.user
 
 
-def reconcile_all(tables: Sequence[Any], policy: Policy = Policy(), ended_jobs: set[str] = frozenset()) -> dict[str, int]:
-    """Reconcile the jobs tables of these table instances; totals over all of them."""
+def reconcile_all(tables: Sequence[Any], policy: Policy = Policy(), ended_jobs: set[str] = frozenset(),
+                  restriction: Restriction = Restriction()) -> dict[str, int]:
+    """Reconcile the jobs tables of these table instances (the keys within
+    ``restriction``); totals over all of them."""
     total = dict.fromkeys(RECONCILED, 0)
     if not tables:
         return total
     live = LiveConnections(tables[0].connection)
     for table in tables:
-        for k, v in JobTable(table).reconcile(live, ended_jobs, policy).items():
+        for k, v in JobTable(table).reconcile(live, ended_jobs, policy, restriction).items():
             total[k] += v
     return total

@@ -126,7 +126,7 @@ def worker_identities(run_id: str) -> list[dict]:
         return []
     table = _define_identity(dj.Schema(os.environ.get(LEDGER_SCHEMA_ENV, "dj_orchestrate"), create_schema=False,
                                        create_tables=False), found[0])
-    return (table & {"run_id": run_id}).to_dicts() if table.is_declared else []
+    return (table & {"run_id": run_id}).to_dicts() if table().is_declared else []
 
 
 def run_schemas(run_id: str) -> list[str] | None:
@@ -146,9 +146,9 @@ def _existing() -> tuple[Any, Any, Any | None] | None:
     except dj.DataJointError:
         return None
     run, shard, run_pipeline = _define(schema)
-    if not run.is_declared:
+    if not run().is_declared:
         return None
-    return run, shard, run_pipeline if run_pipeline.is_declared else None
+    return run, shard, run_pipeline if run_pipeline().is_declared else None
 
 
 def pipeline_id(module_file: str, schemas: list[str]) -> str:

@@ -25,7 +25,7 @@ def djo(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProc
 
 
 def servers_for(pgdata: Path) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and out.stdout.strip(), out.stderr  # else "none left running" would prove nothing
     return [line for line in out.stdout.splitlines() if "postgres" in line and str(pgdata) in line]
 

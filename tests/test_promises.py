@@ -56,8 +56,34 @@ def test_key_selection_ignore_retry_match_and_retries(chain, db, tmp_path):
     assert json.loads(db.cli("errors", CHAIN, "--json", cwd=tmp_path).stdout) == []
 
 
+def test_reconcile_by_key(chain, db, tmp_path):
+    """``reconcile --key`` releases only the dead owner's keys it names (``'[]'``: none),
+    and charges an attempt only to the key that owner was making (its first in claim
+    order), never to a named key that merely came after it."""
+    seed(chain, 3)
+    jt = JobTable(chain.Square())
+    jt.ensure()
+    jt.enqueue()
+    for item, at in ((0, "2026-01-01 00:00:01"), (1, "2026-01-01 00:00:02")):  # a worker whose session is gone
+        jt.conn.query(f"UPDATE {jt.name} SET status = 'reserved', host = 'gone', pid = 1, connection_id = 999999, "
+                      f"reserved_time = %s WHERE item_id = %s", args=(at, item))
+
+    def reconcile(*key: str) -> dict:
+        out = db.cli("reconcile", CHAIN, "--table", "Square", *key, "--json", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    assert reconcile("--key", "[]")["back_to_pending"] == 0
+    assert jt.counts()["reserved"] == 2
+    assert reconcile("--key", '{"item_id": 1}') == {"back_to_pending": 1, "charged_an_attempt": 0,
+                                                    "already_done": 0, "became_errors": 0}
+    assert reconcile() == {"back_to_pending": 1, "charged_an_attempt": 1, "already_done": 0, "became_errors": 0}
+    attempts = dict(jt.conn.query(f"SELECT item_id, attempts FROM {jt.name}").fetchall())
+    assert attempts == {0: 1, 1: 0, 2: 0}
+
+
 KEY_COMMANDS = [
-    ["plan"], ["run"], ["work"], ["status"], ["errors"], ["retry"], ["ignore"],
+    ["plan"], ["run"], ["work"], ["status"], ["errors"], ["retry"], ["ignore"], ["reconcile"],
     ["slurm", "render"], ["k8s", "render"], ["airflow", "render"],
     ["airflow", "enqueue", "--table", "Square"], ["airflow", "progress", "--table", "Square", "--run", "r"],
     ["airflow", "check"],

@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar
 
 from ..db import Target
 from ..errors import UsageError
+from ..flow import waiting
 from ..jobs import JobTable, Restriction, reconcile_all
 from ..pipeline import TableInfo, identity, levels_of
 from ..planner import TablePlan, encode_bound, plan_table
@@ -198,8 +199,10 @@ def reconcile_run(request: RunRequest, ended_jobs: Callable[[set[str]], set[str]
 def rerun_levels(request: RunRequest, ended_jobs: Callable[[set[str]], set[str]]) -> list[list[TableInfo]]:
     """After a round of workers ended: reconcile (``reconcile_run``); then the levels to
     run again: the first that has work left and every level after it (its new rows are
-    the downstream's new keys)."""
+    the downstream's new keys). None when nothing can make progress (``flow.waiting``)."""
     reconcile_run(request, ended_jobs)
+    if waiting(request.tables):  # keys are left that no worker can reach: another round cannot help
+        return []
     levels = levels_of(request.tables)
     first = next((i for i, level in enumerate(levels) if has_work(level, request.restriction)), None)
     return [] if first is None else levels[first:]

@@ -71,14 +71,13 @@ class LocalBackend(Backend):
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
         self.budget = request.workers * (request.worker.policy.max_attempts + 1)
         progress: Progress | None = None
-        waits, stuck = [], False
+        stuck = False
         try:
             while not self.stopping and self.budget > 0:
                 for t in request.tables:  # upstream first: each sees the keys made so far
                     self._db(request, lambda t=t: JobTable(t.instance()).enqueue(request.restriction))
                 ready = self._db(request, lambda: ready_keys(request.tables))
-                waits = self._db(request, lambda: waiting(request.tables))  # ready keys no claim can reach
-                stuck = bool(ready and waits)
+                stuck = bool(ready and self._db(request, lambda: waiting(request.tables)))  # ready, yet no claim can reach them
                 if not ready or stuck:
                     break
                 progress = progress or Progress(request, self._db)
@@ -96,9 +95,7 @@ class LocalBackend(Backend):
                 signal.signal(s, handler)
         if self.stopping:
             return 130
-        for line in waits:
-            print(f"dj-orchestrate: {line}", file=sys.stderr)
-        if stuck:  # keys are pending that no worker can reach: not done
+        if stuck:  # keys are pending that no worker can reach: not done (``cli.launch`` says why)
             return 1
         if not self.procs:  # nothing was ready: no worker, nothing failed
             return 0
