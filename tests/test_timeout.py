@@ -63,7 +63,7 @@ def test_retries_turn_a_first_timeout_into_pending(hang, db, tmp_path):
     if db.backend != "postgresql":
         pytest.skip("one database is enough for the policy")
     r = db.cli("run", HANG, "--workers", "1", "--no-progress", "--timeout", "Result=2", "--retries", "1",
-               env={"DJO_TEST_HANG": "3:c"}, cwd=tmp_path, timeout=120)
+               env={"DJO_TEST_HANG": "3:python"}, cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     rows, made = outcome(hang)
     assert made == set(range(8)) - {3}
