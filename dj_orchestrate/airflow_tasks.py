@@ -61,7 +61,7 @@ def work(pipeline: dict[str, Any], table: str, settings: dict[str, Any], slot: d
         _dj(pipeline, ["reconcile", pipeline["pipeline"], "--table", table], python)
     _dj(pipeline, ["work", pipeline["pipeline"], "--table", table, "--shard-index", str(slot["index"]),
                    "--backend-job-id", f"airflow:{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.map_index}",
-                   "--log-path", log_path(ti)], python)
+                   "--log-path", log_path(ti), *_timeout_args(settings)], python)
 
 
 def submit(pipeline: dict[str, Any], table: str, settings: dict[str, Any], slots: list[dict[str, Any]]) -> str:
@@ -73,7 +73,7 @@ def submit(pipeline: dict[str, Any], table: str, settings: dict[str, Any], slots
     params = get_current_context()["params"]
     out = _dj(pipeline, ["run", pipeline["pipeline"], "--table", table, "--backend", settings["mode"], "--no-wait",
                          "--json", "--shard-size", str(settings["shard_size"]), *_key_args(params),
-                         *_config_args(pipeline)], settings.get("python"))
+                         *_timeout_args(settings), *_config_args(pipeline)], settings.get("python"))
     return json.loads(out)["run_id"]
 
 
@@ -202,6 +202,11 @@ def _connection_env(conn_id: str, conn: Connection | None) -> dict[str, str]:
     if "use_tls" in extra:
         env["DJ_USE_TLS"] = str(extra["use_tls"]).lower()
     return env
+
+
+def _timeout_args(settings: dict[str, Any]) -> list[str]:
+    """The table's ``timeout`` from ``[airflow]``, for its worker (or its backend's run)."""
+    return ["--timeout", str(settings["timeout"])] if settings.get("timeout") else []
 
 
 def _key_args(params: dict[str, Any]) -> list[str]:

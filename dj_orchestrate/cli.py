@@ -43,7 +43,7 @@ except UsageError as _err:
 from datajoint.errors import AccessError  # noqa: E402
 
 from . import __version__, ledger, pipeline  # noqa: E402
-from .config import BackendConfig  # noqa: E402
+from .config import BackendConfig, timeouts  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .flow import ORDERS, waiting  # noqa: E402
 from .jobs import JobTable, Policy, Restriction, reconcile_all  # noqa: E402
@@ -67,6 +67,9 @@ def policy_options(f: Callable) -> Callable:
     f = click.option("--grace", default=5.0, show_default=True,
                      help="Seconds the key in flight may finish after SIGTERM before it is rolled back.")(f)
     f = click.option("--max-batch", default=50, show_default=True, help="Most keys one claim reserves.")(f)
+    f = click.option("--timeout", multiple=True, metavar="[TABLE=]SECONDS",
+                     help="A make running longer is stopped and its key becomes an error (retried under --retries); "
+                          "TABLE=SECONDS for one table (repeatable). Default: none, or `timeout` in the config.")(f)
     f = click.option("--order", type=click.Choice(ORDERS), default=ORDERS[0], show_default=True,
                      help="Which ready key a worker takes first: upstream keys (most parallelism), downstream "
                           "work of made keys (results early); or no pipelining: levels (level by level), declared "
@@ -76,11 +79,24 @@ def policy_options(f: Callable) -> Callable:
 
 
 def worker_settings(retries: int, backoff: float, max_attempts: int, grace: float, max_batch: int, order: str,
-                    **extra: Any) -> Settings:
+                    timeout: tuple[str, ...] = (), **extra: Any) -> Settings:
     for name, value in (("--retries", retries), ("--max-attempts", max_attempts - 1), ("--max-batch", max_batch - 1)):
         if value < 0:
             raise UsageError(f"{name} is too small", "use a positive number")
-    return Settings(max_batch=max_batch, order=order, grace=grace, policy=Policy(retries, backoff, max_attempts), **extra)
+    return Settings(max_batch=max_batch, order=order, grace=grace, policy=Policy(retries, backoff, max_attempts),
+                    timeout=dict(map(parse_timeout, timeout)), **extra)
+
+
+def parse_timeout(text: str) -> tuple[str, float]:
+    """``--timeout 30`` (every table: key "") or ``--timeout Table=30``."""
+    table, _, seconds = text.rpartition("=")
+    try:
+        value = float(seconds)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise UsageError(f"--timeout {text!r}: the seconds must be a positive number", "e.g. --timeout 3600 or --timeout Sorting=7200")
+    return table, value
 
 
 def friendly(f: Callable) -> Callable:
@@ -262,6 +278,7 @@ def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...],
     target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json, warn=True)
     if settings.order == "declared":
         infos = pipeline.in_declared_order(infos)
+    settings.timeout = timeouts(settings.timeout, getattr(backend_obj, "config", None), infos)
     wait = backend_obj.default_wait() if wait is None else wait
     backend_obj.check(infos, bool(target.embedded), wait)
     spec = pipeline.resolve_spec(pipeline_spec)
@@ -524,6 +541,7 @@ def slurm_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | No
 
     backend = SlurmBackend.from_config(config_path)
     request = render_request(pipeline_spec, tables, key_json, out_dir)
+    request.worker.timeout = timeouts({}, backend.config, request.tables)
     warn_unknown_tables(backend.config, pipeline_spec)
     for path in backend.render(request, Path(out_dir)):
         click.echo(str(path))
@@ -556,6 +574,7 @@ def k8s_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None
     cluster_version in [kubernetes] (1.28 at the oldest)."""
     backend = _kubernetes().KubernetesBackend.from_config(config_path, image=image, namespace=namespace, secret=secret)
     request = render_request(pipeline_spec, tables, key_json, out_dir)
+    request.worker.timeout = timeouts({}, backend.config, request.tables)
     warn_unknown_tables(backend.config, pipeline_spec)
     paths = backend.render(request, Path(out_dir))
     major, minor = backend.render_version()

@@ -2,12 +2,12 @@
 ``[tool.dj_orchestrate]`` in ``pyproject.toml``.
 
 Each backend declares its settings as a frozen dataclass (a :class:`Settings`) and names
-its section (``[slurm]``, ``[dask]``, ``[kubernetes]``, ``[airflow]``). Loading, type
+its section (``[local]``, ``[slurm]``, ``[dask]``, ``[kubernetes]``, ``[airflow]``). Loading, type
 checks, unknown-key errors that list the valid keys, and per-table overrides live here
 once, so a backend module only says what its keys mean. A table's settings are, from
 weakest to strongest: the section's defaults, the table class's own attribute named
 after the section (``slurm = {...}``, ``dask = {"resources": {"GPU": 1}}``), then
-``[<section>.tables.<Table>]``.
+``[<section>.tables.<Table>]``. Every section has ``timeout`` (see ``timeouts``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from .errors import UsageError
 
 CONFIG_FILE = "dj_orchestrate.toml"
-SECTIONS = ("slurm", "dask", "kubernetes", "airflow")
+SECTIONS = ("local", "slurm", "dask", "kubernetes", "airflow")
 
 S = TypeVar("S", bound="Settings")
 
@@ -70,7 +70,11 @@ class Settings:
                              f"valid keys: {', '.join(names)}")
         hints = typing.get_type_hints(cls)
         clean = {name: _check(name, value, hints[name], where) for name, value in values.items()}
-        return dataclasses.replace(cls(), **clean).parsed(where)
+        settings = dataclasses.replace(cls(), **clean).parsed(where)
+        timeout = getattr(settings, "timeout", None)
+        if timeout is not None and not 0 < timeout < float("inf"):
+            raise UsageError(f"timeout in {where} must be a positive number of seconds, got {timeout!r}", "e.g. timeout = 3600")
+        return settings
 
     def merged(self: S, values: dict[str, Any], where: str) -> S:
         """These settings with ``values`` on top (checked as a whole afterwards)."""
@@ -159,3 +163,17 @@ class BackendConfig(Generic[S]):
     def unknown_tables(self, names: set[str]) -> list[str]:
         """``[section.tables.X]`` entries that name no table of the pipeline (typos)."""
         return sorted(set(self.tables) - names)
+
+
+def timeouts(given: dict[str, float], config: BackendConfig | None, infos: list[Any]) -> dict[str, float]:
+    """Each table's make timeout, in seconds (tables without one left out): the command
+    line's ``--timeout TABLE=N``, else its ``--timeout N``, else the backend's config for
+    that table. The command line wins: it is what the user asked for this run."""
+    out = {}
+    for info in infos:
+        seconds = given.get(info.name, given.get(""))
+        if seconds is None and config is not None:
+            seconds = getattr(config.for_table(info), "timeout", None)
+        if seconds is not None:
+            out[info.name] = seconds
+    return out

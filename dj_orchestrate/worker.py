@@ -18,7 +18,9 @@ back through the jobs table:
   time limit) is charged an attempt, so a key that never fits its time limit ends as
   ``error``; one rolled back for Ctrl-C (INT) is not;
 * a lost database connection: reconnect with backoff, release the old connection's
-  claims (the key in flight is charged an attempt), carry on.
+  claims (the key in flight is charged an attempt), carry on;
+* a make running past its table's timeout: stopped, rolled back, failed with ``timed out
+  after N s`` (see ``watchdog``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .errors import UsageError
 from .flow import Node
 from .jobs import Claim, Owner, Policy, Restriction
 from .pipeline import TableInfo
+from .watchdog import MakeTimedOut, Watchdog, message as timeout_message
 
 log = logging.getLogger("dj_orchestrate")
 
@@ -91,6 +94,10 @@ class Settings:
     backend_job_id: str = ""
     log_path: str = ""
     make_kwargs: dict | None = None
+    timeout: dict[str, float] = field(default_factory=dict)  # seconds a make may take, per table ("": the others)
+
+    def timeout_of(self, table: str) -> float | None:
+        return self.timeout.get(table, self.timeout.get(""))
 
 
 @dataclass
@@ -120,7 +127,9 @@ class _JobsHandle:
 
     def error(self, key: dict, error_message: str, error_stack: str | None = None) -> None:
         exc = sys.exc_info()[1]
-        if isinstance(exc, WorkerInterrupted):
+        if isinstance(exc, MakeTimedOut):
+            self.outcome = self.jt.fail(self.worker.owner, self.claim, str(exc), error_stack, self.worker.settings.policy)
+        elif isinstance(exc, WorkerInterrupted):
             self.outcome = "interrupted"
         elif _is_lost(exc, self.jt.conn):
             self.outcome = "lost"
@@ -150,6 +159,9 @@ class Worker:
         self._last_flush = time.monotonic()
         self._seconds_per_key: dict[Node, float] = {}
         self._empty = 0  # claims in a row that came back empty
+        self._deadline: float | None = None  # when the make in flight times out
+        self._seconds = 0.0  # its timeout
+        self._watchdog: Watchdog | None = None
 
     def _new_owner(self) -> Owner:
         return Owner.of(self.conn, self.settings.backend_job_id, self.settings.log_path)
@@ -167,16 +179,21 @@ class Worker:
         self.stop_signal = signum
         log.warning("signal %d: stopping after the key in flight (grace %.0fs)", signum, self.settings.grace)
         if self.in_flight is not None:
-            if self.settings.grace > 0:
-                signal.setitimer(signal.ITIMER_REAL, self.settings.grace)
+            if self.settings.grace > 0:  # (or sooner, at the make's timeout)
+                left = self.settings.grace if self._deadline is None else self._deadline - time.monotonic()
+                signal.setitimer(signal.ITIMER_REAL, max(0.001, min(self.settings.grace, left)))
             else:
                 self._interrupt(f"signal {signum}", frame)
 
     def _on_grace_over(self, signum: int, frame: Any) -> None:
-        if self.in_flight is not None:
+        if self.in_flight is None:
+            return
+        if self._deadline is not None and (not self.stopping or time.monotonic() >= self._deadline - 0.01):
+            self._interrupt(timeout_message(self._seconds), frame, MakeTimedOut)
+        else:
             self._interrupt("grace period over", frame)
 
-    def _interrupt(self, why: str, frame: Any) -> None:
+    def _interrupt(self, why: str, frame: Any, error: type[SystemExit] = WorkerInterrupted) -> None:
         """Roll the key in flight back by raising into its make, but never in the middle
         of a database call (raised there, the exception tears the connection: pymysql is
         left mid-packet, and the worker can no longer release its claims) nor outside
@@ -189,7 +206,7 @@ class Worker:
             in_make = in_make or frame.f_code.co_name == "_populate1"
             frame = frame.f_back
         if in_make:
-            raise WorkerInterrupted(why)
+            raise error(why)
         signal.setitimer(signal.ITIMER_REAL, 0.02)
 
     # --------------------------------------------------------------------- run
@@ -305,6 +322,7 @@ class Worker:
             handle = _JobsHandle(self, node, claim)
             started = time.monotonic()
             self.in_flight = claim
+            self._arm(node, batch, i)
             try:
                 table._populate1(claim.key, handle, suppress_errors=True, return_exception_objects=False,
                                  make_kwargs=self.settings.make_kwargs)
@@ -313,6 +331,12 @@ class Worker:
                 if self._committed(table, claim):
                     handle.complete(claim.key)
                 handle.outcome = "done" if handle.completed else "interrupted"
+            except MakeTimedOut as exc:
+                self._close_transaction()
+                if self._committed(table, claim):  # (landed after the commit)
+                    handle.complete(claim.key)
+                elif handle.outcome == "done":  # landed outside make: not yet recorded
+                    handle.outcome = jt.fail(self.owner, claim, str(exc), traceback.format_exc(), self.settings.policy)
             except SystemExit as exc:  # a make that exits (sys.exit, DataJoint's SigTermTable): that key's error
                 self._close_transaction()
                 if handle.outcome == "done" and not handle.completed:  # raised outside make: not yet recorded
@@ -328,6 +352,7 @@ class Worker:
             finally:
                 self.in_flight = None
                 signal.setitimer(signal.ITIMER_REAL, 0)
+                self._disarm()
             if handle.outcome == "interrupted":
                 charge = claim if self.stop_signal not in (None, signal.SIGINT) else None
                 reason = f"was stopped by {signal.Signals(self.stop_signal or signal.SIGINT).name} (preemption or time limit)"
@@ -345,6 +370,23 @@ class Worker:
             else:
                 tally.failed += handle.outcome == "error"
             self._flush(node)
+
+    def _arm(self, node: Node, batch: list[Claim], i: int) -> None:
+        """The make of ``batch[i]`` gets its table's timeout: the alarm, the watchdog behind it."""
+        seconds = self.settings.timeout_of(node.info.name)
+        if seconds is None:
+            return
+        self._seconds, self._deadline = seconds, time.monotonic() + seconds
+        if self._watchdog is None:
+            self._watchdog = Watchdog(self.settings.policy)
+            self._watchdog.start()
+        self._watchdog.arm(seconds, node.jt, self.owner, batch[i], batch[i + 1:])
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    def _disarm(self) -> None:
+        self._deadline = None
+        if self._watchdog is not None:
+            self._watchdog.disarm()
 
     def _committed(self, table: Any, claim: Claim) -> bool:
         """Did the key's transaction commit before the interrupt landed? (It can land in

@@ -63,6 +63,7 @@ class AirflowSettings(Settings):
     mode: str = "worker"  # where work runs: worker (the Airflow worker itself), slurm, dask or kubernetes
     poll_s: int = 30  # seconds between the wait task's looks at the jobs table (modes other than worker)
     wait_timeout_s: int | None = None  # backend modes: fail the wait after this long (a scheduler that never answers)
+    timeout: float | None = None  # seconds a make may take, per key (see dj_orchestrate.watchdog)
 
     def parsed(self, where: str) -> "AirflowSettings":
         if self.mode not in MODES:
@@ -163,7 +164,8 @@ def table_spec(settings: AirflowSettings, after: list[str]) -> dict[str, Any]:
     spec = {"after": after, "mode": settings.mode, "poll_s": settings.poll_s if waits else None,
             "wait_timeout_s": settings.wait_timeout_s if waits else None,
             "shard_size": settings.shard_size, "max_shards": settings.max_shards,
-            "python": settings.python, "task": {k: v for k, v in task.items() if v is not None}}
+            "python": settings.python, "timeout": settings.timeout,
+            "task": {k: v for k, v in task.items() if v is not None}}
     return {k: v for k, v in spec.items() if v is not None}
 
 

@@ -21,6 +21,7 @@ from ..jobs import JobTable, Restriction, reconcile_all
 from ..pipeline import TableInfo, identity, levels_of
 from ..planner import TablePlan, encode_bound, plan_table
 from ..worker import Settings
+from ..watchdog import seconds_text
 
 
 @dataclass
@@ -114,6 +115,9 @@ def worker_argv(request: RunRequest, tables: list[TableInfo], shard_index: int |
     cmd += ["--max-batch", str(s.max_batch), "--grace", str(s.grace),
             "--retries", str(s.policy.retries), "--backoff", str(s.policy.backoff),
             "--max-attempts", str(s.policy.max_attempts), "--order", s.order]
+    for t in tables:  # per table: one worker may serve tables with different timeouts
+        if (seconds := s.timeout_of(t.name)) is not None:
+            cmd += ["--timeout", f"{t.name}={seconds_text(seconds)}"]
     if request.key_json:  # the workers enqueue downstream keys: within the same restriction
         cmd += ["--key", request.key_json]
     if shard_index is not None:

@@ -111,7 +111,7 @@ class DaskSlurm(Settings):
 @dataclass(frozen=True)
 class DaskSettings(Settings):
     """``[dask]``, and per table ``[dask.tables.X]`` or a class's ``dask = {...}``
-    (only ``resources`` and ``pull_workers``; the rest are one per cluster)."""
+    (only ``resources``, ``pull_workers`` and ``timeout``; the rest are one per cluster)."""
 
     label: ClassVar[str] = "Dask setting"
 
@@ -122,6 +122,7 @@ class DaskSettings(Settings):
     worker_resources: dict[str, Any] = field(default_factory=dict)  # what --cluster local/slurm workers offer
     forward_env: tuple[str, ...] = ()  # more variables (glob patterns) sent to the workers besides DJ_*, DJO_*
     slurm: dict[str, Any] = field(default_factory=dict)  # [dask.slurm], see DaskSlurm
+    timeout: float | None = None  # seconds a make may take, per key (see dj_orchestrate.watchdog)
 
     def parsed(self, where: str) -> "DaskSettings":
         for name in ("resources", "worker_resources"):

@@ -103,6 +103,7 @@ class KubernetesSettings(Settings):
     ttl_seconds_after_finished: int | None = 86400
     active_deadline_seconds: int | None = None
     cluster_version: str | None = None  # "1.30": what `k8s render` writes for (run asks the server)
+    timeout: float | None = None  # seconds a make may take, per key (see dj_orchestrate.watchdog)
 
     def parsed(self, where: str) -> "KubernetesSettings":
         leaks = sorted(k for k in self.env if CREDENTIAL_WORDS.search(k))

@@ -26,8 +26,10 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, TypeVar
 
+from ..config import BackendConfig, Settings
 from ..db import reconnect, retrying
 from ..flow import waiting
 from ..jobs import JobTable, reconcile_all
@@ -40,15 +42,30 @@ PROGRESS_EVERY = 0.5  # seconds between looks at the jobs tables
 RECONCILE_EVERY = 5.0  # seconds between reconciles while workers run
 
 
+@dataclass(frozen=True)
+class LocalSettings(Settings):
+    """``[local]`` of dj_orchestrate.toml, per table ``[local.tables.<Table>]`` or a class's
+    ``local = {...}``: only what the pool's workers do per key."""
+
+    label: ClassVar[str] = "local setting"
+
+    timeout: float | None = None  # seconds a make may take, per key (see dj_orchestrate.watchdog)
+
+
 class LocalBackend(Backend):
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, config: BackendConfig[LocalSettings] | None = None) -> None:
+        self.config = config or BackendConfig("local", LocalSettings())
         self.procs: list[Forked] = []
         self.alive: list[Forked] = []
         self.job_ids: dict[Forked, str] = {}  # the backend job id each worker records
         self.stopping = False
         self.stop_signal = signal.SIGTERM
+
+    @classmethod
+    def from_config(cls, path: str | None = None, **options: Any) -> "LocalBackend":
+        return cls(BackendConfig.load("local", LocalSettings, path))
 
     def default_wait(self) -> bool:
         return True  # the workers are this command's children

@@ -87,6 +87,7 @@ class SlurmResources(Settings):
     signal_delay_s: int = 90  # USR2 this long before the time limit
     extra: tuple[str, ...] = ()  # more #SBATCH directives, e.g. "--exclusive", "--mail-type=END"
     setup: tuple[str, ...] = ()  # shell lines before the worker: module load, venv activation
+    timeout: float | None = None  # seconds a make may take, per key (see dj_orchestrate.watchdog)
 
     def parsed(self, where: str) -> "SlurmResources":
         bad = [v for v in self.extra if not EXTRA_DIRECTIVE.fullmatch(v)]
