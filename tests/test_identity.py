@@ -110,7 +110,7 @@ def keys_left_run(db, envschema, *args: str, env: dict | None = None):
     out = db.cli("run", ENVSCHEMA, "--no-progress", "--retries", "1", "--backoff", "3600", *args,
                  env={"LAB_SCHEMA": db.schema, "DJO_TEST_FAIL": "2", **(env or {})})
     assert out.returncode == 1, out.stdout + out.stderr
-    assert re.search(r"run \S+: 1 keys left \(Square 1\): its workers ended and none claimed them", out.stderr), out.stderr
+    assert re.search(r"run \S+: 1 keys left \(Square 1\): 1 wait for a retry after their --backoff", out.stderr), out.stderr
     assert re.search(r"run \S+: incomplete$", out.stdout, re.M) and state(db, out) == "incomplete"
     assert len(envschema.Square()) == 3
     status = db.cli("status", ENVSCHEMA, env={"LAB_SCHEMA": db.schema})

@@ -47,9 +47,8 @@ def test_timeout_in_python_and_in_c(hang, db, tmp_path):
     assert took < 30, f"hang guard: {took:.1f} s"
 
 
+@pytest.mark.parametrize("db", ["mysql"], indirect=True)  # one database is enough for the config's plumbing
 def test_timeout_from_the_config_file(hang, db, tmp_path):
-    if db.backend != "mysql":
-        pytest.skip("one database is enough for the config's plumbing")
     (tmp_path / "dj_orchestrate.toml").write_text("[local]\ntimeout = 600\n\n[local.tables.Result]\ntimeout = 2\n")
     r = db.cli("run", HANG, "--workers", "1", "--no-progress", env={"DJO_TEST_HANG": "5:python"}, cwd=tmp_path,
                timeout=120)
@@ -59,12 +58,12 @@ def test_timeout_from_the_config_file(hang, db, tmp_path):
     assert [(i, row["status"], row["error_message"]) for i, row in rows.items()] == [(5, "error", "timed out after 2 s")]
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # one database is enough for the policy
 def test_retries_turn_a_first_timeout_into_pending(hang, db, tmp_path):
-    if db.backend != "postgresql":
-        pytest.skip("one database is enough for the policy")
+    """The key is pending for its retry when the run ends: keys are left, so exit 1 (never "done")."""
     r = db.cli("run", HANG, "--workers", "1", "--no-progress", "--timeout", "Result=2", "--retries", "1",
                env={"DJO_TEST_HANG": "3:python"}, cwd=tmp_path, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == 1 and "1 wait for a retry after their --backoff" in r.stderr, r.stdout + r.stderr
     rows, made = outcome(hang)
     assert made == set(range(8)) - {3}
     assert [(i, row["status"], row["error_message"], row["attempts"]) for i, row in rows.items()] == [

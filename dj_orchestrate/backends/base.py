@@ -188,9 +188,13 @@ def keys_left(tables: list[TableInfo], restriction: Restriction) -> dict[str, in
     return {name: n for name, n in left.items() if n}
 
 
-def left_message(run_id: str, left: dict[str, int]) -> str:
-    return (f"run {run_id}: {sum(left.values())} keys left ({', '.join(f'{t} {n}' for t, n in left.items())}): "
-            "its workers ended and none claimed them; see the workers' logs")
+def left_message(run_id: str, left: dict[str, int], tables: list[TableInfo]) -> str:
+    """Why keys are left: some wait for a retry after their backoff (``--retries``), the
+    rest no worker claimed (they saw another database or schema, or none could start)."""
+    later = sum(c["pending"] - c["ready"] for c in (JobTable(t.instance()).status_counts() for t in tables if t.name in left))
+    why = (f"{later} wait for a retry after their --backoff; run again once it has passed" if later
+           else "its workers ended and none claimed them; see the workers' logs")
+    return f"run {run_id}: {sum(left.values())} keys left ({', '.join(f'{t} {n}' for t, n in left.items())}): {why}"
 
 
 def reconcile_run(request: RunRequest, ended_jobs: Callable[[set[str]], set[str]]) -> None:
