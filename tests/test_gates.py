@@ -12,6 +12,7 @@ import types
 import datajoint as dj
 import pytest
 from conftest import PIPELINES, ROOT
+from test_dask import Run, dask_cluster  # noqa: F401  (a real scheduler and workers)
 
 from dj_orchestrate import pipeline
 
@@ -101,6 +102,20 @@ def test_a_gate_not_selected_ends_the_run_saying_what_to_run(db, tmp_path):
     r = db.cli("run", GATES, "--table", "Square", "--table", "Total", "--no-progress", env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(dump(db, GATES, db.schema, "read", env)["Total"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # the guard is the follower's, not the database's
+def test_a_gate_not_selected_ends_a_dask_wait_too(db, dask_cluster, tmp_path):  # noqa: F811
+    """The no-progress guard on a remote backend: ``--backend dask --wait`` with Total's
+    gate (Square) not selected ends within 60 s, exit 1, naming Square; no round is
+    resubmitted and no Total row is made."""
+    run = Run(db, dask_cluster, tmp_path)
+    dump(db, GATES, db.schema, "read", {}, ("seed", "[2, 3]"))
+    out = run.run("--scheduler", dask_cluster.address, "--wait", "--table", "Total", pipeline=GATES, timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Total: 2 keys wait for Square (not selected; 6 keys missing): run it first, or select it" in out.stderr
+    assert dump(db, GATES, db.schema, "read", {})["Total"] == []
 
 
 def test_a_fan_in_behind_errors_ends_the_run_naming_it(db, tmp_path):
