@@ -1,0 +1,130 @@
+"""One contract, every backend: the same pipeline, the same assertions, each backend on
+its real component (as dask-jobqueue runs its core tests on each scheduler).
+
+The pipeline is tests/pipelines/chain.py (Item -> Square -> Total, a side ledger of
+makes), six keys, item 3's Square make raising. Whatever launched the workers, then:
+the rows equal a stock ``populate()`` of the same data; every key is made exactly once
+(``MakeLog``); the failed key's error carries the backend's job id; nothing is left
+reserved or pending.
+
+The components, each reused from its own test file: local forked workers; the
+single-node SLURM cluster (``--wait``); a real ``dask scheduler`` and ``dask worker``
+processes (``--wait``); Kubernetes' pod contract (``k8s render``, then each table Job's
+pods run here with their exact command and environment: no API server can run here);
+Airflow's ``airflow dags test`` of the rendered DAG (worker mode).
+
+The local backend runs on both databases; the others on PostgreSQL only: what they add
+(launching, following, naming the job) does not depend on the database, whose claims
+the local runs and tests/test_jobs.py cover on both.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from conftest import jobs_rows, makes, seed
+from test_airflow import airflow, database_access, mode_dags_test  # noqa: F401  (fixtures: an AIRFLOW_HOME, DB access)
+from test_airflow import render as airflow_render
+from test_dask import Run, dask_cluster  # noqa: F401  (fixture: a real scheduler and two workers)
+from test_kubernetes import IMAGE, SECRET, run_job, table_jobs
+from test_slurm import CHAIN, cluster, plain_populate, rows, slurm  # noqa: F401  (fixtures: the SLURM cluster, a test's side)
+
+N, FAIL = 6, 3
+ENV = {"DJO_TEST_FAIL": str(FAIL)}
+
+
+@dataclass
+class Outcome:
+    """What a backend's run left behind besides the tables: its exit code and output."""
+
+    code: int
+    output: str
+
+
+def run_local(db, tmp_path: Path, request) -> Outcome:
+    out = db.cli("run", CHAIN, "--workers", "2", "--no-progress", env={**ENV, "DJO_LOG_DIR": str(tmp_path / "logs")})
+    return Outcome(out.returncode, out.stdout + out.stderr)
+
+
+def run_slurm(db, tmp_path: Path, request) -> Outcome:
+    slurm = request.getfixturevalue("slurm")
+    out = slurm.run("--wait", "--shard-size", "4", env=ENV, timeout=600)
+    return Outcome(out.returncode, out.stdout + out.stderr)
+
+
+def run_dask(db, tmp_path: Path, request) -> Outcome:
+    cluster = request.getfixturevalue("dask_cluster")
+    out = Run(db, cluster, tmp_path).run("--scheduler", cluster.address, "--wait", env=ENV, pipeline=CHAIN, timeout=600)
+    return Outcome(out.returncode, out.stdout + out.stderr)
+
+
+def run_kubernetes(db, tmp_path: Path, request) -> Outcome:
+    """Render, then every table Job's pods, Job after Job in release order (the conductor's
+    part in a cluster); a pod ends 0 when its keys failed in make (they are recorded)."""
+    out_dir = tmp_path / "k8s"
+    rendered = db.cli("k8s", "render", CHAIN, "--out", str(out_dir), "--image", IMAGE, "--secret", SECRET)
+    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
+    results = [r for job in table_jobs(out_dir) for r in run_job(job, {**db.env, **ENV})]
+    return Outcome(max(code for code, _ in results), "".join(text for _, text in results))
+
+
+def run_airflow(db, tmp_path: Path, request) -> Outcome:
+    airflow = request.getfixturevalue("airflow")
+    _, access = request.getfixturevalue("database_access")
+    rendered = airflow_render(db, CHAIN, "--out", str(airflow.dags))
+    assert rendered.returncode == 0, rendered.stderr
+    out = mode_dags_test(db, airflow, tmp_path, access)
+    return Outcome(out.returncode, out.stdout + out.stderr)
+
+
+@dataclass
+class Backend:
+    run: Callable[..., Outcome]
+    code: int  # the exit code a run with one failed key ends with
+    job_id: str  # what the failed key's backend_job_id matches
+
+
+BACKENDS = {
+    "local": Backend(run_local, 1, r"local-[0-9a-f]{8}-\d+"),
+    "slurm": Backend(run_slurm, 1, r"\d+_\d+"),
+    "dask": Backend(run_dask, 1, r"dask:tcp://127\.0\.0\.1:\d+/djo-\S+-Square\S*"),
+    "kubernetes": Backend(run_kubernetes, 0, r"kubernetes:default/djo-\S+-square-\d+-[0-9a-f]{5}"),
+    "airflow": Backend(run_airflow, 1, r"airflow:chain/manual__[^/]+/Square\.work/\d+"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # a hang guard: SLURM's and Airflow's services may start inside the test
+@pytest.mark.parametrize("db, backend", [
+    ("mysql", "local"), ("postgresql", "local"),
+    pytest.param("postgresql", "slurm", marks=pytest.mark.slurm),
+    ("postgresql", "dask"), ("postgresql", "kubernetes"), ("postgresql", "airflow"),
+], indirect=["db"])
+def test_contract(db, backend: str, tmp_path, request) -> None:
+    """The same pipeline and assertions on every backend: the rows of a stock populate(),
+    each key made exactly once, the failed key's error carrying the backend's job id,
+    nothing left reserved or pending."""
+    from dj_orchestrate import pipeline
+
+    chain = pipeline.load(CHAIN)
+    seed(chain, N)
+    spec = BACKENDS[backend]
+    outcome = spec.run(db, tmp_path, request)
+    assert outcome.code == spec.code, outcome.output[-3000:]
+
+    assert rows(chain) == plain_populate(db, N, ENV)
+    assert makes(chain) == {(t, i): 1 for t in ("Square", "Total") for i in range(N) if i != FAIL}
+
+    errors = json.loads(db.cli("errors", CHAIN, "--json").stdout)
+    assert [(e["table"], e["key"], e["error_message"]) for e in errors] == [
+        ("Square", {"item_id": FAIL}, f"ValueError: item {FAIL} is bad")]
+    assert re.fullmatch(spec.job_id, errors[0]["backend_job_id"]), errors[0]["backend_job_id"]
+    assert errors[0]["host"] and errors[0]["pid"]
+
+    left = [(r["item_id"], r["status"]) for t in (chain.Square, chain.Total) for r in jobs_rows(t) if r["status"] != "error"]
+    assert left == []
