@@ -9,9 +9,10 @@ reserved or pending.
 
 The components, each reused from its own test file: local forked workers; the
 single-node SLURM cluster (``--wait``); a real ``dask scheduler`` and ``dask worker``
-processes (``--wait``); Kubernetes' pod contract (``k8s render``, then each table Job's
-pods run here with their exact command and environment: no API server can run here);
-Airflow's ``airflow dags test`` of the rendered DAG (worker mode).
+processes (``--wait``); ``run --backend kubernetes --wait`` against kmock's API
+emulator, each pod's exact command and environment run here (no API server can run
+here); Airflow's ``airflow dags test`` of the rendered DAG (worker mode). Every run
+ends with exit 1: one key failed.
 
 The local backend runs on both databases; the others on PostgreSQL only: what they add
 (launching, following, naming the job) does not depend on the database, whose claims
@@ -20,18 +21,21 @@ the local runs and tests/test_jobs.py cover on both.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import kmock as km
 import pytest
 from conftest import jobs_rows, makes, seed
 from test_airflow import airflow, database_access, mode_dags_test  # noqa: F401  (fixtures: an AIRFLOW_HOME, DB access)
 from test_airflow import render as airflow_render
 from test_dask import Run, dask_cluster  # noqa: F401  (fixture: a real scheduler and two workers)
-from test_kubernetes import IMAGE, SECRET, run_job, table_jobs
+from test_kubernetes import IMAGE, NS, SECRET, cluster as k8s_cluster, kubeconfig, play_controller
 from test_slurm import CHAIN, cluster, plain_populate, rows, slurm  # noqa: F401  (fixtures: the SLURM cluster, a test's side)
 
 N, FAIL = 6, 3
@@ -64,13 +68,29 @@ def run_dask(db, tmp_path: Path, request) -> Outcome:
 
 
 def run_kubernetes(db, tmp_path: Path, request) -> Outcome:
-    """Render, then every table Job's pods, Job after Job in release order (the conductor's
-    part in a cluster); a pod ends 0 when its keys failed in make (they are recorded)."""
-    out_dir = tmp_path / "k8s"
-    rendered = db.cli("k8s", "render", CHAIN, "--out", str(out_dir), "--image", IMAGE, "--secret", SECRET)
-    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
-    results = [r for job in table_jobs(out_dir) for r in run_job(job, {**db.env, **ENV})]
-    return Outcome(max(code for code, _ in results), "".join(text for _, text in results))
+    return asyncio.run(_kubernetes(db, tmp_path))
+
+
+async def _kubernetes(db, tmp_path: Path) -> Outcome:
+    """``run --backend kubernetes --wait`` against kmock's API emulator, the test playing
+    the Job controller: each released Job's pods run here with their exact command and
+    environment (test_kubernetes.play_controller). A pod's environment is the Secret's
+    (``db.env``), which here carries the failing key too."""
+    db.env = {**db.env, **ENV}
+    async with km.KubernetesEmulator() as kmock, km.Server(kmock):
+        k8s_cluster(kmock)
+        config = tmp_path / "dj_orchestrate.toml"
+        config.write_text(f'[kubernetes]\nimage = "{IMAGE}"\nsecret = "{SECRET}"\nparallelism = 2\n')
+        env = {**db.env, "KUBECONFIG": str(kubeconfig(tmp_path, kmock))}
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dj_orchestrate", "run", CHAIN, "--backend", "kubernetes", "--config", str(config),
+            "--wait", "--no-progress", env=env, cwd=str(db.home), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        controller = asyncio.create_task(play_controller(kmock, proc, db, []))
+        out, err = await asyncio.wait_for(proc.communicate(), 600)
+        await controller
+    return Outcome(proc.returncode, out.decode() + err.decode())
 
 
 def run_airflow(db, tmp_path: Path, request) -> Outcome:
@@ -82,19 +102,13 @@ def run_airflow(db, tmp_path: Path, request) -> Outcome:
     return Outcome(out.returncode, out.stdout + out.stderr)
 
 
-@dataclass
-class Backend:
-    run: Callable[..., Outcome]
-    code: int  # the exit code a run with one failed key ends with
-    job_id: str  # what the failed key's backend_job_id matches
-
-
-BACKENDS = {
-    "local": Backend(run_local, 1, r"local-[0-9a-f]{8}-\d+"),
-    "slurm": Backend(run_slurm, 1, r"\d+_\d+"),
-    "dask": Backend(run_dask, 1, r"dask:tcp://127\.0\.0\.1:\d+/djo-\S+-Square\S*"),
-    "kubernetes": Backend(run_kubernetes, 0, r"kubernetes:default/djo-\S+-square-\d+-[0-9a-f]{5}"),
-    "airflow": Backend(run_airflow, 1, r"airflow:chain/manual__[^/]+/Square\.work/\d+"),
+# each backend's run, and what the failed key's backend_job_id matches
+BACKENDS: dict[str, tuple[Callable[..., Outcome], str]] = {
+    "local": (run_local, r"local-[0-9a-f]{8}-\d+"),
+    "slurm": (run_slurm, r"\d+_\d+"),
+    "dask": (run_dask, r"dask:tcp://127\.0\.0\.1:\d+/djo-\S+-Square\S*"),
+    "kubernetes": (run_kubernetes, rf"kubernetes:{NS}/djo-\S+-square-\d+-[0-9a-f]{{5}}"),
+    "airflow": (run_airflow, r"airflow:chain/manual__[^/]+/Square\.work/\d+"),
 }
 
 
@@ -113,9 +127,9 @@ def test_contract(db, backend: str, tmp_path, request) -> None:
 
     chain = pipeline.load(CHAIN)
     seed(chain, N)
-    spec = BACKENDS[backend]
-    outcome = spec.run(db, tmp_path, request)
-    assert outcome.code == spec.code, outcome.output[-3000:]
+    run, job_id = BACKENDS[backend]
+    outcome = run(db, tmp_path, request)
+    assert outcome.code == 1, outcome.output[-3000:]
 
     assert rows(chain) == plain_populate(db, N, ENV)
     assert makes(chain) == {(t, i): 1 for t in ("Square", "Total") for i in range(N) if i != FAIL}
@@ -123,7 +137,7 @@ def test_contract(db, backend: str, tmp_path, request) -> None:
     errors = json.loads(db.cli("errors", CHAIN, "--json").stdout)
     assert [(e["table"], e["key"], e["error_message"]) for e in errors] == [
         ("Square", {"item_id": FAIL}, f"ValueError: item {FAIL} is bad")]
-    assert re.fullmatch(spec.job_id, errors[0]["backend_job_id"]), errors[0]["backend_job_id"]
+    assert re.fullmatch(job_id, errors[0]["backend_job_id"]), errors[0]["backend_job_id"]
     assert errors[0]["host"] and errors[0]["pid"]
 
     left = [(r["item_id"], r["status"]) for t in (chain.Square, chain.Total) for r in jobs_rows(t) if r["status"] != "error"]
