@@ -17,6 +17,11 @@ ends with exit 1: one key failed.
 The local backend runs on both databases; the others on PostgreSQL only: what they add
 (launching, following, naming the job) does not depend on the database, whose claims
 the local runs and tests/test_jobs.py cover on both.
+
+Overlap: test_slurm.test_wait_multi_level_same_rows_as_plain_populate asserts the same
+rows, makes and error on SLURM, and more (one array per table, which shard task failed,
+its log file, ``status``); the other backends' end-to-end tests run richer pipelines
+(the demo, lab.py: part tables, fan-in, GPU resources). None is a duplicate to delete.
 """
 
 from __future__ import annotations
