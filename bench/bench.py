@@ -20,18 +20,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-PIPELINE = str(BENCH / "pipeline.py")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (BENCH, DATABASES, T0, command, command_json, database_env, drop_schemas, each,  # noqa: E402
+                     floor, fresh_schema, log, markdown, met, ratio, stock_argv)
 
-DATABASES = {
-    "mysql": {"DJ_HOST": "127.0.0.1", "DJ_PORT": "3306", "DJ_USER": "root", "DJ_PASS": "", "DJ_BACKEND": "mysql"},
-    "postgresql": {"DJ_HOST": "127.0.0.1", "DJ_PORT": "5432", "DJ_USER": "postgres", "DJ_PASS": "",
-                   "DJ_BACKEND": "postgresql"},
-}
+PIPELINE = str(BENCH / "pipeline.py")
 
 SIZES = {
     "full": dict(enqueue=100_000, stock_enqueue=5_000, claim=20_000, stock_claim=2_000, batch=50,
@@ -41,13 +36,6 @@ SIZES = {
 }
 SCALE_WORKERS = (1, 2, 4, 8)
 RACE_WORKERS = 32
-
-T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
 
 # ============================================================ one database (child)
 class Bench:
@@ -160,7 +148,7 @@ class Bench:
         stock_n = stock * n / ns
         self.row(f"enqueue {n:,} missing keys", "≤ 1 s", f"{ours:.2f} s",
                  f"{stock_n:.1f} s (refresh() of {ns:,} keys took {stock:.2f} s; ×{n // ns} linear)",
-                 _ratio(ours, stock_n), _met(ours <= 1.0),
+                 ratio(ours, stock_n), met(ours <= 1.0),
                  "one INSERT … SELECT (on PostgreSQL plus the upkeep of the claim index and an ANALYZE) vs "
                  "`jobs.refresh()`: one insert1 per key; jobs table declared beforehand for both")
 
@@ -204,7 +192,7 @@ class Bench:
         left = jt.status_counts()
         assert left["pending"] == self.s["enqueue"] - 2 * m - ms and left["reserved"] == 0, left
         self.row(f"claim + complete overhead per key (batches of {b})", "≤ 100 µs", f"{ours * 1e6:.0f} µs",
-                 f"{stock * 1e6:.0f} µs (reserve()+complete() per key)", _ratio(ours, stock), _met(ours <= 100e-6),
+                 f"{stock * 1e6:.0f} µs (reserve()+complete() per key)", ratio(ours, stock), met(ours <= 100e-6),
                  f"{m:,} keys from a {self.s['enqueue']:,}-key queue; bare driver, same SQL, no DataJoint/Python "
                  f"layer: {bare * 1e6:.0f} µs/key")
 
@@ -222,32 +210,30 @@ class Bench:
         for rep in range(reps):  # alternating, so that a busy moment on a shared machine hits both
             log(f"{self.backend}: end to end {rep + 1}/{reps} — dj-orchestrate run --workers 1, {n:,} keys")
             self.reset(table)
-            runs["ours"].append(_command(["-m", "dj_orchestrate", "run", PIPELINE, "--table", "Trivial", "--workers", "1",
+            runs["ours"].append(command(["-m", "dj_orchestrate", "run", PIPELINE, "--table", "Trivial", "--workers", "1",
                                           "--no-progress"]))
             assert len(table) == n and not self.jobs_left(table), len(table)
 
             log(f"{self.backend}: end to end {rep + 1}/{reps} — stock populate(reserve_jobs=True) in python, {n:,} keys")
             self.reset(table)
-            out = _command(["-c", STOCK_E2E_CODE], capture=True)
-            runs["stock"].append(out[0])
-            runs["stock_call"].append(json.loads(out[1].strip().splitlines()[-1])["seconds"])
+            took, out = command(stock_argv(PIPELINE, "Trivial"), capture=True)
+            runs["stock"].append(took)
+            runs["stock_call"].append(json.loads(out.strip().splitlines()[-1])["seconds"])
             assert len(table) == n and not self.jobs_left(table), len(table)
 
             if rep == 0:
                 log(f"{self.backend}: end to end — stock populate() without jobs, {n:,} keys")
                 self.reset(table)
-                t = time.perf_counter()
-                self.m.Trivial.populate()
-                runs["direct"].append(time.perf_counter() - t)
+                runs["direct"].append(floor(self.m.Trivial))
                 assert len(table) == n
         # Best of the runs: on a shared machine the noise only ever adds time.
         ours, stock, call, direct = (min(runs[k]) for k in ("ours", "stock", "stock_call", "direct"))
         self.row(f"{n:,} trivial keys end to end, one worker, whole command", "≤ 0.5 × stock",
-                 f"{ours:.2f} s{_each(runs['ours'])}", f"{stock:.2f} s{_each(runs['stock'])}",
-                 _ratio(ours, stock), _met(ours / stock <= 0.5),
+                 f"{ours:.2f} s{each(runs['ours'])}", f"{stock:.2f} s{each(runs['stock'])}",
+                 ratio(ours, stock), met(ours / stock <= 0.5),
                  "ours: `dj-orchestrate run --table Trivial --workers 1` (driver + one forked `work` process); stock: "
-                 "`python -c` importing the pipeline and calling `populate(reserve_jobs=True)`; wall time of each "
-                 f"process. The populate() call alone took {call:.2f} s (ours ÷ that: {_ratio(ours, call)}); stock "
+                 "`python bench/stock.py` importing the pipeline and calling `populate(reserve_jobs=True)`; wall time of each "
+                 f"process. The populate() call alone took {call:.2f} s (ours ÷ that: {ratio(ours, call)}); stock "
                  f"populate() with no jobs table at all, in-process: {direct:.2f} s, DataJoint's own per-key floor")
 
     def fixed_cost(self) -> None:
@@ -259,15 +245,15 @@ class Bench:
         runs: dict[str, list[float]] = {"ours": [], "import": [], "stock": []}
         log(f"{self.backend}: fixed cost — run with nothing to do, python -c 'import datajoint', stock populate()")
         for _ in range(self.s["fixed_reps"]):
-            runs["import"].append(_command(["-c", "import datajoint"]))
-            runs["ours"].append(_command(["-m", "dj_orchestrate", "run", PIPELINE, "--table", "Trivial", "--no-progress"]))
-            runs["stock"].append(_command(["-c", STOCK_NOOP_CODE]))
+            runs["import"].append(command(["-c", "import datajoint"]))
+            runs["ours"].append(command(["-m", "dj_orchestrate", "run", PIPELINE, "--table", "Trivial", "--no-progress"]))
+            runs["stock"].append(command(stock_argv(PIPELINE, "Trivial")))
         ours, base, stock = (min(runs[k]) for k in ("ours", "import", "stock"))
-        self.row("run with nothing to do (fixed cost)", "≤ import datajoint + 0.3 s", f"{ours:.2f} s{_each(runs['ours'])}",
-                 f"{stock:.2f} s{_each(runs['stock'])}", _ratio(ours, stock), _met(ours - base <= 0.3),
-                 f"`python -c 'import datajoint'`: {base:.2f} s{_each(runs['import'])}, so the command's own cost is "
+        self.row("run with nothing to do (fixed cost)", "≤ import datajoint + 0.3 s", f"{ours:.2f} s{each(runs['ours'])}",
+                 f"{stock:.2f} s{each(runs['stock'])}", ratio(ours, stock), met(ours - base <= 0.3),
+                 f"`python -c 'import datajoint'`: {base:.2f} s{each(runs['import'])}, so the command's own cost is "
                  f"{ours - base:.2f} s (connect, import the pipeline, reconcile, enqueue, ledger, summary); stock: "
-                 "`python -c` importing the pipeline and calling `populate(reserve_jobs=True)`; no worker is started")
+                 "`python bench/stock.py` importing the pipeline and calling `populate(reserve_jobs=True)`; no worker is started")
 
     # ------------------------------------------------------ 4. scaling
     def scaling(self) -> None:
@@ -307,7 +293,7 @@ class Bench:
             self.row(f"{n} worker{'s' if n > 1 else ''}, {k} keys × {sleep * 1000:.0f} ms sleep",
                      "≥ 0.8 × linear", f"{ours:.2f} s: speedup {walls['ours'][1] / ours:.2f}, eff {eff_o:.0%}",
                      f"{stock:.2f} s: speedup {walls['stock'][1] / stock:.2f}, eff {eff_s:.0%}",
-                     _ratio(ours, stock), _met(eff_o >= 0.8),
+                     ratio(ours, stock), met(eff_o >= 0.8),
                      f"{n} process{'es' if n > 1 else ''}, each with its own connection, started together; queue filled beforehand; "
                      f"sleep alone: {ideal:.2f} s; first to last worker finish: ours {spread['ours'][n]:.2f} s, "
                      f"stock {spread['stock'][n]:.2f} s; worker CPU per key: ours {cpu['ours'][n] * 1e3:.1f} ms, "
@@ -321,17 +307,17 @@ class Bench:
         log(f"{self.backend}: plan — filling Big with {n:,} rows")
         fill = self.fill(self.m.Big, n)
         log(f"{self.backend}: plan — planner.plan_table in a fresh process")
-        ours = _subprocess_json(PLAN_CODE)
+        ours = command_json([str(BENCH / "plan_probe.py"), "ours", PIPELINE, "BigOut"])
         assert ours["missing"] == n, ours
         log(f"{self.backend}: plan — stock (key_source - target).keys() in a fresh process")
-        stock = _subprocess_json(STOCK_PLAN_CODE)
+        stock = command_json([str(BENCH / "plan_probe.py"), "stock", PIPELINE, "BigOut"])
         assert stock["missing"] == n, stock
-        met = ours["seconds"] <= 10 and ours["maxrss_mb"] <= 400
+        ok = ours["seconds"] <= 10 and ours["maxrss_mb"] <= 400
         self.row(f"plan {n:,} missing keys", "≤ 10 s, peak RSS ≤ 400 MB",
                  f"{ours['seconds']:.2f} s, {ours['maxrss_mb']:.0f} MB ({ours['shards']} shards)",
                  f"{stock['seconds']:.2f} s, {stock['maxrss_mb']:.0f} MB",
-                 f"time {_ratio(ours['seconds'], stock['seconds'])}, RSS {_ratio(ours['maxrss_mb'], stock['maxrss_mb'])}",
-                 _met(met),
+                 f"time {ratio(ours['seconds'], stock['seconds'])}, RSS {ratio(ours['maxrss_mb'], stock['maxrss_mb'])}",
+                 met(ok),
                  f"peak RSS of the whole process: ru_maxrss (VmHWM {ours['hwm_mb']:.0f} MB), {ours['rss_before_mb']:.0f} MB of it "
                  f"reached by imports and connect; "
                  f"stock: `(key_source - target).keys()`, the key list populate() fetches first (it has no planner); "
@@ -357,7 +343,7 @@ class Bench:
         ok = dups == 0 and lost == 0 and not errors and not left
         self.row(f"{RACE_WORKERS} concurrent workers claiming from one table", "0 duplicates, no deadlock errors",
                  f"{dups} duplicates, {lost} lost, {len(errors)} errors",
-                 "—", "—", _met(ok),
+                 "—", "—", met(ok),
                  f"{RACE_WORKERS} processes (own connection each; {active} got keys) claimed + completed {n:,} keys "
                  f"in batches of {b} in {wall:.2f} s ({n / wall:,.0f} keys/s); jobs rows left: {left or 0}"
                  + (f"; first error: {errors[0][:200]}" if errors else ""))
@@ -498,106 +484,11 @@ def _claimer(cls, batch: int) -> dict:
     return {"claimed": claimed, "errors": errors}
 
 
-_SUB_PRELUDE = f"""
-import json, os, resource, sys, time
-sys.path.insert(0, {str(ROOT)!r})
-from dj_orchestrate import db, pipeline
-db.connect()
-
-def hwm_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-def maxrss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-m = pipeline.load({PIPELINE!r})
-info = pipeline.select(pipeline.discover(m), ["BigOut"])[0]
-import datajoint as dj
-dj.conn().query("SELECT 1")
-rss_before = maxrss_mb()
-"""
-
-PLAN_CODE = _SUB_PRELUDE + """
-from dj_orchestrate.jobs import Restriction
-from dj_orchestrate.planner import plan_table
-t = time.perf_counter()
-p = plan_table(info, Restriction())
-seconds = time.perf_counter() - t
-print(json.dumps({"seconds": seconds, "missing": p.missing, "shards": p.shards, "maxrss_mb": maxrss_mb(),
-                  "hwm_mb": hwm_mb(), "rss_before_mb": rss_before}))
-"""
-
-STOCK_PLAN_CODE = _SUB_PRELUDE + """
-t = time.perf_counter()
-table = m.BigOut()
-keys = (table.key_source - table).keys()
-seconds = time.perf_counter() - t
-print(json.dumps({"seconds": seconds, "missing": len(keys), "maxrss_mb": maxrss_mb(), "hwm_mb": hwm_mb(),
-                  "rss_before_mb": rss_before}))
-"""
-
-
-STOCK_E2E_CODE = f"""
-import json, sys, time
-sys.path.insert(0, {str(BENCH)!r})
-import pipeline
-t = time.perf_counter()
-r = pipeline.Trivial.populate(reserve_jobs=True, suppress_errors=True)
-assert not r["error_list"], r["error_list"][:3]
-print(json.dumps({{"seconds": time.perf_counter() - t}}))
-"""
-
-STOCK_NOOP_CODE = f"""
-import sys
-sys.path.insert(0, {str(BENCH)!r})
-import pipeline
-pipeline.Trivial.populate(reserve_jobs=True)
-"""
-
-
-def _command(argv: list[str], capture: bool = False):
-    """Wall time of ``python ARGV`` in a fresh process (and its stdout with ``capture``)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    t = time.perf_counter()
-    r = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, timeout=900)
-    took = time.perf_counter() - t
-    if r.returncode:
-        raise RuntimeError(f"{argv} failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
-    return (took, r.stdout) if capture else took
-
-
-def _each(values: list[float]) -> str:
-    return "" if len(values) == 1 else f" (best of {len(values)}: {', '.join(f'{x:.2f}' for x in values)} s)"
-
-
-def _subprocess_json(code: str) -> dict:
-    r = subprocess.run([sys.executable, "-c", code], env=os.environ.copy(), capture_output=True, text=True, timeout=600)
-    if r.returncode:
-        raise RuntimeError(f"subprocess failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def _ratio(ours: float, stock: float) -> str:
-    if not stock:
-        return "—"
-    r = ours / stock
-    return f"{r:.3f}×" if r < 0.1 else f"{r:.2f}×"
-
-
-def _met(ok: bool) -> str:
-    return "yes" if ok else "**NO**"
-
-
 def run_one(backend: str, quick: bool, out: str, only: set[str] | None) -> None:
     """Child process: one database, a fresh schema, dropped at the end."""
-    schema = f"djo_bench_{uuid.uuid4().hex[:8]}"
-    os.environ.update(DATABASES[backend])
-    os.environ.update({"DJ_USE_TLS": "false", "DJO_BENCH_SCHEMA": schema, "DJO_LEDGER_SCHEMA": f"{schema}_ledger"})
+    schema = fresh_schema("djo_bench")
+    os.environ.update(database_env(backend, schema))
     os.environ.pop("DJO_EMBEDDED_DIR", None)
-    sys.path.insert(0, str(ROOT))
     from dj_orchestrate import db
 
     db.quiet_datajoint()
@@ -608,26 +499,8 @@ def run_one(backend: str, quick: bool, out: str, only: set[str] | None) -> None:
         bench.run(only)
     finally:
         if bench is not None:
-            _drop(bench, schema)
+            drop_schemas(bench.conn, [schema, f"{schema}_ledger"])
     Path(out).write_text(json.dumps(result))
-
-
-def _drop(bench: Bench, schema: str) -> None:
-    """Drop the benchmark's schemas; retried for a while, in case the step failed because
-    the database server was restarting."""
-    for attempt in range(10):
-        try:
-            bench.conn.connect()  # a fresh connection: the old one may have died with a failed step
-            for name in (schema, f"{schema}_ledger"):
-                bench.conn.query(f"DROP {'DATABASE' if bench.mysql else 'SCHEMA'} IF EXISTS {bench.q(name)}"
-                                 + ("" if bench.mysql else " CASCADE"))
-            log(f"{bench.backend}: dropped schema {schema}")
-            return
-        except Exception as err:
-            if attempt == 9:
-                log(f"could not drop {schema}: {err}; drop it by hand")
-                return
-            time.sleep(3)
 
 
 # ================================================================ parent
@@ -662,19 +535,11 @@ def render(results: list[dict], quick: bool, load: tuple, seconds: float) -> str
                  f"CPU; both systems ran back to back or interleaved, under the same conditions; benchmark took {seconds:.0f} s")
     lines += [f"- {r['backend']}: {r['version']} on 127.0.0.1, same server for both systems" for r in results]
     lines.append("")
-    cols = ["what", "target", "DB", "dj-orchestrate", "stock DataJoint", "ours ÷ stock", "met?", "notes"]
     keys = ["what", "target", "db", "ours", "stock", "ratio", "met", "notes"]
-    lines.append("| " + " | ".join(cols) + " |")
-    lines.append("|" + "|".join("---" for _ in cols) + "|")
     rows = [row for r in results for row in r["rows"]]
-    order = []
-    for row in rows:  # group each measurement's databases together
-        if row["what"] not in order:
-            order.append(row["what"])
-    for what in order:
-        for row in rows:
-            if row["what"] == what:
-                lines.append("| " + " | ".join(str(row[k]).replace("|", "\\|") for k in keys) + " |")
+    order = list(dict.fromkeys(row["what"] for row in rows))  # group each measurement's databases together
+    lines.append(markdown(["what", "target", "DB", "dj-orchestrate", "stock DataJoint", "ours ÷ stock", "met?", "notes"],
+                          [[row[k] for k in keys] for what in order for row in rows if row["what"] == what]))
     return "\n".join(lines)
 
 

@@ -35,12 +35,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_slurm import PIPELINE, ROOT, TABLES, Bench, log, print_table  # noqa: E402
+from harness import ROOT, Comparison, log  # noqa: E402
 
 from dj_orchestrate.db import is_lost  # noqa: E402
 
 
-class AirflowBench(Bench):
+class AirflowBench(Comparison):
     def airflow(self) -> dict:
         home = self.tmp / "airflow"
         env = {**self.env, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
@@ -56,7 +56,7 @@ class AirflowBench(Bench):
         out, migrate = timed(sys.executable, "-m", "airflow", "db", "migrate")
         if out.returncode:
             sys.exit(f"bench_airflow: airflow db migrate failed:\n{out.stderr[-3000:]}")
-        out, render = timed(sys.executable, "-m", "dj_orchestrate", "airflow", "render", PIPELINE, "--out",
+        out, render = timed(sys.executable, "-m", "dj_orchestrate", "airflow", "render", self.PIPELINE, "--out",
                             str(home / "dags"), "--dag-id", "bench", "--config", str(config))
         if out.returncode:
             sys.exit(f"bench_airflow: render failed:\n{out.stderr}")
@@ -68,10 +68,8 @@ class AirflowBench(Bench):
             self.conn.connect()
         with sqlite3.connect(home / "airflow.db") as airflow_db:
             tasks = airflow_db.execute("SELECT COUNT(*) FROM task_instance WHERE dag_id = 'bench'").fetchone()[0]
-        made = {t: self.made(t) for t in TABLES}
-        log(f"airflow: complete in {complete:.1f} s, {tasks} task instances ({made})")
-        return {"complete": complete, "made": made, "left": self.leftovers(), "tasks": tasks,
-                "migrate": migrate, "render": render}
+        log(f"airflow: {tasks} task instances")
+        return self.outcome("airflow", complete, tasks=tasks, migrate=migrate, render=render)
 
 
 def main() -> None:
@@ -81,7 +79,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="workers (shards) per table (default: the CPUs)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="djo-bench-airflow-") as tmp:
-        bench = AirflowBench(args.db, args.keys, args.workers, Path(tmp), count_sbatch=False)
+        bench = AirflowBench(args.db, args.keys, args.workers, Path(tmp))
         try:
             log(f"{args.db}: filling Source with {args.keys:,} keys (schema {bench.schema})")
             bench.fill()
@@ -92,16 +90,17 @@ def main() -> None:
             stock = bench.stock()
         finally:
             bench.drop()
-    n = args.keys * len(TABLES)
+    tables = len(bench.TABLES)
+    n = args.keys * tables
     runs = {"airflow": airflow, "local": local, "stock": stock}
-    limit = len(TABLES) + 1 + len(TABLES) * args.workers  # an enqueue per table, the check, the shards
+    limit = tables + 1 + tables * args.workers  # an enqueue per table, the check, the shards
     import airflow as airflow_pkg
 
     print(f"\n{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"Airflow {airflow_pkg.__version__}\n{args.db}, {len(TABLES)} tables x {args.keys:,} keys = {n:,} makes, "
+          f"Airflow {airflow_pkg.__version__}\n{args.db}, {tables} tables x {args.keys:,} keys = {n:,} makes, "
           f"{args.workers} workers (shards) per table\n")
-    print_table(runs, args.keys, [
-        ("task instances", f"≤ {limit} ({len(TABLES)} enqueue + 1 check + {len(TABLES) * args.workers} shards)", str(airflow["tasks"]), "—", "—", "", "",
+    bench.print_table(runs, [
+        ("task instances", f"≤ {limit} ({tables} enqueue + 1 check + {tables * args.workers} shards)", str(airflow["tasks"]), "—", "—", "", "",
          airflow["tasks"] <= limit),
         ("once per deployment: db migrate, render", "—", f"{airflow['migrate']:.1f} s, {airflow['render']:.1f} s", "—", "—",
          "", "", None),

@@ -31,7 +31,7 @@ import distributed
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_slurm import DATABASES, PIPELINE, TABLES, Bench, log, print_table  # noqa: E402
+from harness import DATABASES, Comparison, log  # noqa: E402
 
 
 class TaskCounter(SchedulerPlugin):
@@ -45,20 +45,19 @@ class TaskCounter(SchedulerPlugin):
             self.started.add(str(key))
 
 
-class DaskBench(Bench):
+class DaskBench(Comparison):
     def dask(self, address: str, counter: TaskCounter) -> dict:
         log(f"dask: {self.workers} worker processes, scheduler {address}")
-        out, complete = self.cli("run", PIPELINE, "--backend", "dask", "--scheduler", address, "--wait", "--no-progress",
+        out, complete = self.cli("run", self.PIPELINE, "--backend", "dask", "--scheduler", address, "--wait", "--no-progress",
                                  "--config", str(self.config))
         if out.returncode:
             sys.exit(f"bench_dask: dask run failed ({out.returncode}):\n{out.stderr}")
         from dj_orchestrate import ledger
 
         run = self.db(lambda: ledger.recent_runs(limit=1)[0])
-        made = {t: self.made(t) for t in TABLES}
         tasks = {k for k in counter.started if k.startswith(f"djo-{run['run_id']}-")}
-        log(f"dask: complete in {complete:.1f} s ({made}); {len(tasks)} tasks, {run['shards']} slots")
-        return {"complete": complete, "made": made, "left": self.leftovers(), "tasks": len(tasks), "slots": run["shards"]}
+        log(f"dask: {len(tasks)} tasks, {run['shards']} slots")
+        return self.outcome("dask", complete, tasks=len(tasks), slots=run["shards"])
 
 
 def machine() -> str:
@@ -74,7 +73,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="Dask worker processes, local workers, stock processes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="djo-bench-dask-") as tmp:
-        bench = DaskBench(args.db, args.keys, args.workers, Path(tmp), count_sbatch=False)  # (sets the environment the workers inherit)
+        bench = DaskBench(args.db, args.keys, args.workers, Path(tmp))  # (sets the environment the workers inherit)
         bench.config.write_text("")
         cluster = distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                                            dashboard_address=":0", silence_logs=40)
@@ -87,9 +86,10 @@ def main() -> None:
             bench.drop()
     dask = runs["dask"]
     t = {k: r["complete"] for k, r in runs.items()}
-    print(f"\n{machine()}\n{args.db}, {len(TABLES)} tables x {args.keys:,} keys = {args.keys * len(TABLES):,} makes, "
+    tables = len(bench.TABLES)
+    print(f"\n{machine()}\n{args.db}, {tables} tables x {args.keys:,} keys = {args.keys * tables:,} makes, "
           f"{args.workers} workers\n")
-    print_table(runs, args.keys, [
+    bench.print_table(runs, [
         ("Dask tasks the scheduler saw", "≤ slots (not keys)", f"{dask['tasks']} ({dask['slots']} slots)", "—", "—", "", "",
          dask["tasks"] <= dask["slots"]),
     ], "dask ≤ 1.1 × local", t["dask"] <= 1.1 * t["local"])

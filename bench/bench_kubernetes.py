@@ -15,7 +15,7 @@ Measured:
     Job's pods run here as processes (their exact command and env, JOB_COMPLETION_INDEX
     set, ``pod_here``), all W of a Job at once, Job after Job in release order (what
     the conductor does in a cluster); against ``run --backend local --workers W`` and
-    W processes of plain ``populate(reserve_jobs=True)`` per table (bench_slurm's runs).
+    W processes of plain ``populate(reserve_jobs=True)`` per table (harness.Comparison).
 
 Needs the database; uses fresh schemas (``djo_bench_*``), dropped at the end.
 """
@@ -30,34 +30,19 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]  # this checkout's dj_orchestrate, and bench_slurm
-from bench_slurm import DATABASES, PIPELINE, TABLES, Bench, log, machine  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import BENCH, DATABASES, Comparison, log, machine, markdown, together  # noqa: E402
 
 IMAGE = "dj-orchestrate:0.1.0"
 
 
-def generated_pipeline(path: Path, tables: int) -> None:
-    """``tables`` computed tables over one manual table, in five levels; each table of
-    a later level depends on two of the level before (a fan-in)."""
-    width = max(1, tables // 5)
-    lines = ["import os", "import datajoint as dj", "schema = dj.Schema(os.environ['DJO_BENCH_SCHEMA'] + '_wide')", "",
-             "@schema", "class Source(dj.Manual):", "    definition = 'key_id : int32'", ""]
-    for i in range(tables):
-        prev = i - width  # the same column, one level up; and its right neighbour (a fan-in)
-        parents = ["Source"] if i < width else sorted({f"T{prev:02d}", f"T{prev + 1 if (i + 1) % width else prev:02d}"})
-        definition = "\\n".join(f"-> {p}" for p in parents)
-        lines += ["@schema", f"class T{i:02d}(dj.Computed):", f"    definition = '{definition}'",
-                  "    def make(self, key):", "        self.insert1(key)", ""]
-    path.write_text("\n".join(lines))
-
-
-def render_bench(bench: Bench, tables: int) -> dict:
-    path = bench.tmp / "wide.py"
-    generated_pipeline(path, tables)
+def render_bench(bench: Comparison, tables: int) -> dict:
+    """``k8s render`` of bench/wide_pipeline.py with ``tables`` tables."""
     out_dir = bench.tmp / f"k8s-{tables}"
     log(f"render: {tables} tables")
-    out, seconds = bench.cli("k8s", "render", str(path), "--out", str(out_dir), "--image", IMAGE, "--secret", "db")
+    bench.env["DJO_BENCH_TABLES"] = str(tables)
+    out, seconds = bench.cli("k8s", "render", str(BENCH / "wide_pipeline.py"), "--out", str(out_dir), "--image", IMAGE,
+                             "--secret", "db")
     if out.returncode:
         sys.exit(f"bench_kubernetes: render failed ({out.returncode}):\n{out.stderr}")
     files = sorted(out_dir.glob("*.yaml"))
@@ -65,28 +50,25 @@ def render_bench(bench: Bench, tables: int) -> dict:
     return {"seconds": seconds, "files": len(files), "objects": objects}
 
 
-def pods(bench: Bench) -> dict:
+def pods(bench: Comparison) -> dict:
     """Render bench/slurm_pipeline.py, then run every table Job's pods here."""
     from dj_orchestrate.backends.kubernetes import pod_here
 
     config = bench.tmp / "dj_orchestrate.toml"
     config.write_text(f"[kubernetes]\nparallelism = {bench.workers}\n")
     out_dir = bench.tmp / "k8s-chain"
-    log(f"pods: {len(TABLES)} Jobs x {bench.workers} pods")
+    log(f"pods: {len(bench.TABLES)} Jobs x {bench.workers} pods")
     start = time.perf_counter()
-    out, _ = bench.cli("k8s", "render", PIPELINE, "--out", str(out_dir), "--image", IMAGE, "--secret", "db",
+    out, _ = bench.cli("k8s", "render", bench.PIPELINE, "--out", str(out_dir), "--image", IMAGE, "--secret", "db",
                        "--config", str(config))
     if out.returncode:
         sys.exit(f"bench_kubernetes: render failed ({out.returncode}):\n{out.stderr}")
     jobs = [d for f in sorted(out_dir.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())
             if d and d["kind"] == "Job" and "conductor" not in d["metadata"]["name"]]
     for job in jobs:
-        bench.together([pod_here(job, index, bench.env) for index in range(job["spec"]["completions"])],
-                       f"a pod of {job['metadata']['name']}")
-    complete = time.perf_counter() - start
-    made = {t: bench.made(t) for t in TABLES}
-    log(f"pods: complete in {complete:.1f} s ({made})")
-    return {"complete": complete, "made": made, "left": bench.leftovers()}
+        together([pod_here(job, index, bench.env) for index in range(job["spec"]["completions"])],
+                 f"a pod of {job['metadata']['name']}", cwd=bench.tmp)
+    return bench.outcome("pods", time.perf_counter() - start)
 
 
 def main() -> None:
@@ -97,32 +79,24 @@ def main() -> None:
     parser.add_argument("--tables", type=int, default=50, help="tables of the generated pipeline to render")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="djo-bench-k8s-") as tmp:
-        bench = Bench(args.db, args.keys, args.workers, Path(tmp), count_sbatch=False)
-        bench.env["PYTHONPATH"] = str(ROOT)  # the CLI and the pods run this checkout too
+        bench = Comparison(args.db, args.keys, args.workers, Path(tmp))
         try:
             rendered = render_bench(bench, args.tables)
             runs = bench.compare("pods", lambda: pods(bench))
         finally:
-            bench.drop()
-            try:
-                bench.dj.Schema(bench.schema + "_wide", create_schema=False).drop(prompt=False)
-            except Exception as err:  # best effort
-                log(f"could not drop {bench.schema}_wide: {err}")
-    n = args.keys * len(TABLES)
+            bench.drop(bench.schema + "_wide")
+    tables = len(bench.TABLES)
+    n = args.keys * tables
     ok = {k: all(v == args.keys for v in r["made"].values()) and not r["left"] for k, r in runs.items()}
     t = {k: r["complete"] for k, r in runs.items()}
-    print(f"\n{machine()}\n{args.db}; render: {args.tables} tables; run: {len(TABLES)} tables x {args.keys:,} keys "
+    print(f"\n{machine()}\n{args.db}; render: {args.tables} tables; run: {tables} tables x {args.keys:,} keys "
           f"= {n:,} makes, {args.workers} workers\n")
-    print(f"| render ({args.tables} tables, whole CLI) | files | objects |\n|---|---|---|")
-    print(f"| {rendered['seconds']:.2f} s | {rendered['files']} | {rendered['objects']} |\n")
-    print("| metric | k8s pods | local | stock populate(reserve_jobs=True) | pods ÷ local | pods ÷ stock |")
-    print("|---|---|---|---|---|---|")
-    print("| time to complete | " + " | ".join(f"{t[k]:.1f} s" for k in runs)
-          + f" | {t['pods'] / t['local']:.2f}× | {t['pods'] / t['stock']:.2f}× |")
-    print("| throughput | " + " | ".join(f"{n / t[k]:.0f} makes/s" for k in runs) + " | | |")
-    print("| every key made, nothing left | " + " | ".join("yes" if ok[k] else f"no {runs[k]['left']}" for k in runs)
-          + " | | |")
-
+    print(markdown([f"render ({args.tables} tables, whole CLI)", "files", "objects"],
+                   [[f"{rendered['seconds']:.2f} s", rendered["files"], rendered["objects"]]]) + "\n")
+    print(markdown(["metric", "k8s pods", "local", "stock populate(reserve_jobs=True)", "pods ÷ local", "pods ÷ stock"], [
+        ["time to complete", *(f"{t[k]:.1f} s" for k in runs), f"{t['pods'] / t['local']:.2f}×", f"{t['pods'] / t['stock']:.2f}×"],
+        ["throughput", *(f"{n / t[k]:.0f} makes/s" for k in runs), "", ""],
+        ["every key made, nothing left", *("yes" if ok[k] else f"no {runs[k]['left']}" for k in runs), "", ""]]))
 
 if __name__ == "__main__":
     main()

@@ -30,40 +30,24 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (BENCH, database_env, drop_schemas, fresh_schema, log, markdown, python_env,  # noqa: E402
+                     stock_argv, together)
+
 PIPELINE = str(BENCH / "straggler_pipeline.py")
 TABLES = ("A", "B", "C")
-sys.path.insert(0, str(BENCH))
-from bench import DATABASES  # noqa: E402
 SYSTEMS = ("upstream", "downstream", "levels", "stock")
-STOCK = """
-import sys
-sys.path.insert(0, {bench!r})
-import straggler_pipeline as p
-getattr(p, sys.argv[1]).populate(reserve_jobs=True, suppress_errors=True)
-"""
-T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 def run_system(system: str, workers: int) -> float:
     """One run from empty tables; returns the whole command's wall time."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = python_env()
     start = time.perf_counter()
     if system == "stock":
         for table in TABLES:
-            procs = [subprocess.Popen([sys.executable, "-c", STOCK.format(bench=str(BENCH)), table], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(workers)]
-            for p in procs:
-                if p.wait():
-                    raise RuntimeError(p.stderr.read().decode()[-2000:])
+            together([([sys.executable, *stock_argv(PIPELINE, table)], env)] * workers, f"stock populate of {table}")
     else:
         r = subprocess.run([sys.executable, "-m", "dj_orchestrate", "run", PIPELINE, "--workers", str(workers),
                             "--no-progress", "--order", system], env=env, capture_output=True, text=True)
@@ -74,10 +58,8 @@ def run_system(system: str, workers: int) -> float:
 
 def one_database(backend: str, args: argparse.Namespace) -> list[dict]:
     """Child process: every system on one database, in a fresh schema dropped at the end."""
-    schema = f"djo_bench_pipe_{uuid.uuid4().hex[:8]}"
-    os.environ.update({**DATABASES[backend], "DJ_USE_TLS": "false", "DJO_BENCH_SCHEMA": schema,
-                       "DJO_LEDGER_SCHEMA": f"{schema}_ledger", "DJO_BENCH_T": str(args.t)})
-    sys.path.insert(0, str(ROOT))
+    schema = fresh_schema("djo_bench_pipe")
+    os.environ.update({**database_env(backend, schema), "DJO_BENCH_T": str(args.t)})
     from dj_orchestrate import db, pipeline
     from dj_orchestrate.jobs import JobTable
 
@@ -85,7 +67,6 @@ def one_database(backend: str, args: argparse.Namespace) -> list[dict]:
     import datajoint as dj
 
     conn = dj.conn()
-    q = conn.adapter.quote_identifier
     m = pipeline.load(PIPELINE)
     m.Source.insert({"key_id": i} for i in range(args.keys))
     rows = []
@@ -112,18 +93,15 @@ def one_database(backend: str, args: argparse.Namespace) -> list[dict]:
                                  critical=sum(s["end"] - s["start"] for s in spans
                                               if s["key_id"] == int(os.environ["DJO_BENCH_SLOW"]))))
     finally:
-        conn.query(f"DROP {'DATABASE' if conn.adapter.backend == 'mysql' else 'SCHEMA'} IF EXISTS {q(schema)}"
-                   + ("" if conn.adapter.backend == "mysql" else " CASCADE"))
-        conn.query(f"DROP {'DATABASE' if conn.adapter.backend == 'mysql' else 'SCHEMA'} IF EXISTS {q(schema + '_ledger')}"
-                   + ("" if conn.adapter.backend == "mysql" else " CASCADE"))
+        drop_schemas(conn, [schema, f"{schema}_ledger"])
     return rows
 
 
 def render(rows: list[dict], args: argparse.Namespace) -> str:
     out = [f"3-table chain, {args.keys} keys per table, make {args.t * 1000:.0f} ms, one key of the first table "
            f"40× slower, {args.workers} workers; load average {os.getloadavg()[0]:.1f}", "",
-           "| DB | straggler | system | makespan | lower bound | ÷ bound | first C | median C | whole command | target ≤ 1.15× |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           ]
+    cells = []
     for r in rows:
         # the bound from the ideal durations (what the makes were asked to sleep), and
         # from the measured ones when they are longer (a loaded machine stretches sleeps)
@@ -135,8 +113,10 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
         name = {"upstream": "dj-orchestrate, --order upstream (default)", "downstream": "dj-orchestrate, --order downstream",
                 "levels": "dj-orchestrate, --order levels (level barrier)",
                 "stock": "stock populate(reserve_jobs=True), table after table"}[r["system"]]
-        out.append(f"| {r['db']} | {r['slow']} | {name} | {r['makespan']:.2f} s | {bound:.2f} s | {ratio:.2f}× | "
-                   f"{r['first_c']:.2f} s | {r['median_c']:.2f} s | {r['wall']:.2f} s | {met} |")
+        cells.append([r["db"], r["slow"], name, f"{r['makespan']:.2f} s", f"{bound:.2f} s", f"{ratio:.2f}×",
+                      f"{r['first_c']:.2f} s", f"{r['median_c']:.2f} s", f"{r['wall']:.2f} s", met])
+    out.append(markdown(["DB", "straggler", "system", "makespan", "lower bound", "÷ bound", "first C", "median C",
+                         "whole command", "target ≤ 1.15×"], cells))
     return "\n".join(out)
 
 

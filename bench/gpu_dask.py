@@ -5,7 +5,7 @@
     python bench/gpu_dask.py [--keys 64]    # the database from DJ_HOST, DJ_USER, DJ_PASS
 
 What it does, through the whole CLI:
-  1. writes a small pipeline (a temp module): ``Signal`` (manual) -> ``Spectrum`` (a GPU
+  1. its pipeline (bench/gpu_pipeline.py): ``Signal`` (manual) -> ``Spectrum`` (a GPU
      table: ``dask = {"resources": {"GPU": 1}}``, its make runs an FFT on the GPU with
      PyTorch, or CuPy when PyTorch is missing, and records the device it used and
      ``CUDA_VISIBLE_DEVICES``) -> ``Peak`` (a CPU table);
@@ -24,72 +24,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-PIPELINE = '''
-import os
-import numpy as np
-import datajoint as dj
-
-schema = dj.Schema(os.environ["DJO_GPU_SCHEMA"])
-
-
-def gpu_fft(x):
-    """|FFT| on the GPU: PyTorch if present, else CuPy. Returns (magnitudes, device name)."""
-    try:
-        import torch
-        t = torch.as_tensor(x, device="cuda")
-        return torch.fft.rfft(t).abs().cpu().numpy(), torch.cuda.get_device_name(t.device)
-    except ImportError:
-        import cupy
-        return cupy.asnumpy(cupy.abs(cupy.fft.rfft(cupy.asarray(x)))), cupy.cuda.runtime.getDeviceProperties(
-            cupy.cuda.Device().id)["name"].decode()
-
-
-@schema
-class Signal(dj.Manual):
-    definition = """
-    signal_id : int32
-    ---
-    samples   : <blob>
-    """
-
-
-@schema
-class Spectrum(dj.Computed):
-    definition = """
-    -> Signal
-    ---
-    magnitude : <blob>
-    device    : varchar(255)
-    cuda      : varchar(64)   # CUDA_VISIBLE_DEVICES the make saw
-    """
-
-    dask = {"resources": {"GPU": 1}}
-
-    def make(self, key):
-        x = (Signal & key).fetch1("samples")
-        magnitude, device = gpu_fft(x)
-        self.insert1({**key, "magnitude": magnitude, "device": device,
-                      "cuda": os.environ.get("CUDA_VISIBLE_DEVICES", "")})
-
-
-@schema
-class Peak(dj.Computed):
-    definition = """
-    -> Spectrum
-    ---
-    peak_bin : int32
-    """
-
-    def make(self, key):
-        self.insert1({**key, "peak_bin": int(np.argmax((Spectrum & key).fetch1("magnitude")))})
-'''
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PIPELINE = BENCH / "gpu_pipeline.py"
 
 
 def main() -> None:
@@ -100,13 +41,11 @@ def main() -> None:
 
     schema = f"djo_gpu_{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="djo-gpu-") as tmp:
-        module = Path(tmp) / "gpu_pipeline.py"
-        module.write_text(textwrap.dedent(PIPELINE))
         env = {**os.environ, "DJO_GPU_SCHEMA": schema, "DJO_LEDGER_SCHEMA": f"{schema}_ledger",
                "DJO_LOG_DIR": str(Path(tmp) / "logs"),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), tmp, os.environ.get("PYTHONPATH")]))}
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(BENCH), os.environ.get("PYTHONPATH")]))}
         os.environ.update({k: env[k] for k in ("DJO_GPU_SCHEMA", "DJO_LEDGER_SCHEMA")})
-        sys.path[:0] = [str(ROOT), tmp]
+        sys.path[:0] = [str(ROOT), str(BENCH)]
         import datajoint as dj
 
         import gpu_pipeline as m
@@ -116,7 +55,7 @@ def main() -> None:
         m.Signal.insert({"signal_id": i, "samples": x} for i, x in signals.items())
         try:
             started = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "dj_orchestrate", "run", str(module), "--backend", "dask",
+            out = subprocess.run([sys.executable, "-m", "dj_orchestrate", "run", str(PIPELINE), "--backend", "dask",
                                   "--cluster", "cuda", "--no-progress"], env=env, capture_output=True, text=True, cwd=tmp)
             seconds = time.perf_counter() - started
             rows = m.Spectrum.to_dicts()

@@ -1,6 +1,7 @@
-"""Three-level pipeline for bench/bench_slurm.py: Source -> Stage1 -> Stage2 -> Stage3.
+"""Three-level pipeline for the backend benches (bench_slurm, bench_dask, bench_airflow, bench_kubernetes):
+Source -> Stage1 -> Stage2 -> Stage3.
 
-The schema name comes from ``DJO_BENCH_SCHEMA`` (bench_slurm.py picks a unique one and
+The schema name comes from ``DJO_BENCH_SCHEMA`` (harness.Comparison picks a unique one and
 drops it at the end). Every make is trivial (one fetch, one insert), so the bench
 measures orchestration: submission, scheduling, claims, commits.
 """

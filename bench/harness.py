@@ -1,0 +1,295 @@
+"""What every bench shares: the databases, timing, a fresh schema and its drop, the
+stock DataJoint baselines, the comparison run of a chained pipeline and its table.
+
+A bench is a scenario (bench_*.py) over a pipeline (*_pipeline.py, pipeline.py) that
+measures through the whole CLI, as a user runs it, against what users do without
+dj-orchestrate: ``populate(reserve_jobs=True)`` (bench/stock.py, in a fresh process) and,
+for scale, DataJoint's own floor, ``populate()`` with no jobs table (``floor``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+STOCK = str(BENCH / "stock.py")
+sys.path.insert(0, str(ROOT))  # a bench measures this checkout's dj_orchestrate (its processes too: python_env)
+
+DATABASES = {
+    "mysql": {"DJ_HOST": "127.0.0.1", "DJ_PORT": "3306", "DJ_USER": "root", "DJ_PASS": "", "DJ_BACKEND": "mysql"},
+    "postgresql": {"DJ_HOST": "127.0.0.1", "DJ_PORT": "5432", "DJ_USER": "postgres", "DJ_PASS": "",
+                   "DJ_BACKEND": "postgresql"},
+}
+
+T0 = time.perf_counter()
+T = TypeVar("T")
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr: a bench's stdout is its table only."""
+    print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ databases
+def fresh_schema(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def database_env(database: str, schema: str) -> dict[str, str]:
+    """What a bench process and every process it starts need: the server, the pipeline's
+    schema (``DJO_BENCH_SCHEMA``, read by the bench pipelines) and the run ledger's."""
+    return {**DATABASES[database], "DJ_USE_TLS": "false", "DJO_BENCH_SCHEMA": schema,
+            "DJO_LEDGER_SCHEMA": f"{schema}_ledger"}
+
+
+def drop_schemas(conn: Any, names: list[str]) -> None:
+    """Drop a bench's schemas, also after a failed step; retried for a while on a fresh
+    connection, in case the step failed because the database server was restarting."""
+    q, mysql = conn.adapter.quote_identifier, conn.adapter.backend == "mysql"
+    for attempt in range(10):
+        try:
+            conn.connect()  # a fresh connection: the old one may have died with a failed step
+            for name in names:
+                conn.query(f"DROP {'DATABASE' if mysql else 'SCHEMA'} IF EXISTS {q(name)}" + ("" if mysql else " CASCADE"))
+            log(f"dropped {', '.join(names)}")
+            return
+        except Exception as err:
+            if attempt == 9:
+                log(f"could not drop {', '.join(names)}: {err}; drop them by hand")
+                return
+            time.sleep(3)
+
+
+# ------------------------------------------------------------------ timing
+def python_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this one) with this checkout first on PYTHONPATH: the CLI measured is this code."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def command(argv: list[str], capture: bool = False, env: dict | None = None, cwd: Path | None = None,
+            timeout: float = 900):
+    """Wall time of ``python ARGV`` in a fresh process, interpreter start included (and its
+    stdout with ``capture``); a failure ends the bench (a timing of a failed run means nothing)."""
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, *argv], env=python_env(env), cwd=cwd, capture_output=True, text=True,
+                       timeout=timeout)
+    took = time.perf_counter() - t
+    if r.returncode:
+        raise RuntimeError(f"{argv} failed ({r.returncode}):\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+    return (took, r.stdout) if capture else took
+
+
+def command_json(argv: list[str], env: dict | None = None) -> dict:
+    """The JSON last line ``python ARGV`` prints."""
+    return json.loads(command(argv, capture=True, env=env)[1].strip().splitlines()[-1])
+
+
+def together(processes: list[tuple[list[str], dict]], what: str, cwd: Path | None = None) -> None:
+    """Start every (argv, env) at once and wait for all; any failure ends the bench."""
+    procs = [subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for argv, env in processes]
+    for proc in procs:
+        _, err = proc.communicate(timeout=3600)
+        if proc.returncode:
+            sys.exit(f"bench: {what} failed ({proc.returncode}):\n{err}")
+
+
+def each(values: list[float]) -> str:
+    """Every run of a best-of, for the notes."""
+    return "" if len(values) == 1 else f" (best of {len(values)}: {', '.join(f'{x:.2f}' for x in values)} s)"
+
+
+def ratio(ours: float, stock: float) -> str:
+    if not stock:
+        return "—"
+    r = ours / stock
+    return f"{r:.3f}×" if r < 0.1 else f"{r:.2f}×"
+
+
+def met(ok: bool) -> str:
+    return "yes" if ok else "**NO**"
+
+
+def machine() -> str:
+    """One line: the host, its CPUs and memory, SLURM's version where there is one, Python."""
+    cpus = os.cpu_count()
+    mem = ""
+    try:
+        kb = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 1024 / 1024:.0f} GiB"
+    except (OSError, StopIteration):
+        pass
+    version = subprocess.run(["sbatch", "--version"], capture_output=True, text=True).stdout.strip() \
+        if shutil.which("sbatch") else ""
+    return f"{platform.node()}: {platform.machine()}, {cpus} CPUs{mem}, {version + ', ' if version else ''}Python {platform.python_version()}"
+
+
+# ------------------------------------------------------------------ stock DataJoint
+def stock_argv(pipeline: str, table: str) -> list[str]:
+    """Stock ``populate(reserve_jobs=True)`` of one table in a fresh process (bench/stock.py)."""
+    return [STOCK, pipeline, table]
+
+
+def floor(table: Any) -> float:
+    """DataJoint's own per-key floor: ``populate()`` with no jobs table at all, in this
+    process (a transaction, a "key already in table" check, the insert, a commit)."""
+    t = time.perf_counter()
+    table.populate()
+    return time.perf_counter() - t
+
+
+# ------------------------------------------------------------------ tables
+def markdown(columns: list[str], rows: list[list[Any]]) -> str:
+    """A markdown table; a ``|`` inside a cell is escaped."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def print_table(runs: dict[str, dict], keys: int, tables: int, rows: list[tuple], complete_target: str,
+                complete_met: bool | None = None) -> None:
+    """The comparison every backend's bench prints: its own ``rows`` (metric, target, three
+    cells, two ratios, met), then time to complete, throughput and leftovers for the backend
+    (the first of ``runs``), local and stock."""
+    name = next(iter(runs))
+    n = keys * tables
+    t = {k: r["complete"] for k, r in runs.items()}
+    ok = {k: all(v == keys for v in r["made"].values()) and not r["left"] for k, r in runs.items()}
+    rows = [
+        *rows,
+        ("time to complete (CLI wall time)", complete_target, *(f"{t[k]:.1f} s" for k in runs),
+         f"{t[name] / t['local']:.2f}×", f"{t[name] / t['stock']:.2f}×", complete_met),
+        ("throughput", "—", *(f"{n / t[k]:.0f} makes/s" for k in runs), "", "", None),
+        ("every key made, nothing left", "yes", *("yes" if ok[k] else f"no {runs[k]['left']}" for k in runs), "", "",
+         all(ok.values())),
+    ]
+    print(markdown(["metric", "target", name, "local", "stock populate(reserve_jobs=True)", f"{name} ÷ local",
+                    f"{name} ÷ stock", "met"],
+                   [[*cells, "" if ok_ is None else ("yes" if ok_ else "NO")] for *cells, ok_ in rows]))
+
+
+# ------------------------------------------------------------------ the chained comparison
+class Comparison:
+    """One database, a fresh schema, a chained pipeline (bench/slurm_pipeline.py: Source ->
+    Stage1 -> Stage2 -> Stage3, ``keys`` keys each): fill it, then time the backend a bench
+    measures, ``run --backend local`` and stock populate on the same keys, each from empty
+    tables (``compare``). Backends' benches subclass it with their own run."""
+
+    PIPELINE = str(BENCH / "slurm_pipeline.py")
+    TABLES = ("Stage1", "Stage2", "Stage3")
+
+    def __init__(self, database: str, keys: int, workers: int, tmp: Path) -> None:
+        self.keys, self.workers, self.tmp = keys, workers, tmp
+        self.schema = fresh_schema("djo_bench_slurm")
+        self.ledger = f"{self.schema}_ledger"
+        self.env = python_env({**os.environ, **database_env(database, self.schema), "DJO_LOG_DIR": str(tmp / "logs")})
+        for k, v in self.env.items():  # this process counts rows on the same database
+            if k.startswith(("DJ_", "DJO_")):
+                os.environ[k] = v
+        self.config = tmp / "dj_orchestrate.toml"
+        self.config.write_text(f"[slurm]\narray_parallelism = {workers}\npull_workers = {workers}\n")
+        import datajoint as dj
+
+        from dj_orchestrate import db, pipeline
+
+        db.connect()
+        self.dj = dj
+        self.conn = dj.conn()
+        self.q = self.conn.adapter.quote_identifier
+        self.m = pipeline.load(self.PIPELINE)
+        self.mysql = self.conn.adapter.backend == "mysql"
+
+    def cli(self, *args: str, timeout: float = 3600) -> tuple[subprocess.CompletedProcess, float]:
+        t = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "dj_orchestrate", *args], env=self.env, cwd=self.tmp,
+                             capture_output=True, text=True, timeout=timeout)
+        return out, time.perf_counter() - t
+
+    def fill(self) -> None:
+        self.m.Source.insert(({"key_id": i} for i in range(self.keys)), skip_duplicates=True)
+
+    def db(self, action: Callable[[], T]) -> T:
+        """This process's queries outlive a database restart (a shared machine's tests
+        restart the servers): run again on a new connection."""
+        from dj_orchestrate.db import retrying
+
+        return retrying(self.conn, action, "bench", 300)
+
+    def made(self, table: str) -> int:
+        return self.db(lambda: len(getattr(self.m, table)()))
+
+    def reset(self) -> None:
+        """Empty the computed tables and their jobs tables (downstream first)."""
+        from dj_orchestrate.jobs import JobTable
+
+        def empty() -> None:
+            for name in reversed(self.TABLES):
+                t = getattr(self.m, name)()
+                self.conn.query(f"DELETE FROM {t.full_table_name}")
+                jt = JobTable(t)
+                if jt.declared:
+                    self.conn.query(f"DELETE FROM {jt.name}")
+
+        self.db(empty)
+
+    def leftovers(self) -> dict:
+        from dj_orchestrate.jobs import JobTable
+
+        counts = self.db(lambda: {name: JobTable(getattr(self.m, name)()).status_counts() for name in self.TABLES})
+        return {name: {k: v for k, v in c.items() if v} for name, c in counts.items() if any(c.values())}
+
+    def outcome(self, what: str, complete: float, **extra: Any) -> dict:
+        """What every run reports: its time, the rows of each table, what its jobs tables kept."""
+        made = {t: self.made(t) for t in self.TABLES}
+        log(f"{what}: complete in {complete:.1f} s ({made})")
+        return {"complete": complete, "made": made, "left": self.leftovers(), **extra}
+
+    def local(self) -> dict:
+        log(f"local: {self.workers} workers")
+        out, complete = self.cli("run", self.PIPELINE, "--backend", "local", "--workers", str(self.workers), "--no-progress")
+        if out.returncode:
+            sys.exit(f"bench: local run failed ({out.returncode}):\n{out.stderr}")
+        return self.outcome("local", complete)
+
+    def stock(self) -> dict:
+        """What users do today without dj-orchestrate: per table, W processes running plain
+        DataJoint's ``populate(reserve_jobs=True)``, one table after the other (a table's
+        keys exist only once the table before it is done). Interpreter start-up is timed,
+        as in every sbatch loop around populate()."""
+        log(f"stock: {self.workers} x populate(reserve_jobs=True) per table")
+        start = time.perf_counter()
+        for name in self.TABLES:
+            together([([sys.executable, *stock_argv(self.PIPELINE, name)], self.env)] * self.workers,
+                     f"stock populate of {name}", cwd=self.tmp)
+        return self.outcome("stock", time.perf_counter() - start)
+
+    def compare(self, name: str, run: Callable[[], dict]) -> dict[str, dict]:
+        """Fill Source, then ``run`` (the backend measured), ``run --backend local`` and
+        stock populate on the same keys, each from empty tables: {name, local, stock}."""
+        log(f"filling Source with {self.keys:,} keys (schema {self.schema})")
+        self.fill()
+        runs = {name: run()}
+        self.reset()
+        runs["local"] = self.local()
+        self.reset()
+        runs["stock"] = self.stock()
+        return runs
+
+    def drop(self, *more: str) -> None:
+        drop_schemas(self.conn, [self.schema, self.ledger, *more])
+
+    def print_table(self, runs: dict[str, dict], rows: list[tuple], complete_target: str,
+                    complete_met: bool | None = None) -> None:
+        print_table(runs, self.keys, len(self.TABLES), rows, complete_target, complete_met)
