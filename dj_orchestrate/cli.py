@@ -188,7 +188,8 @@ def launch(backend: Backend, request: RunRequest) -> tuple[int, str]:
     ended = request.wait and code in (0, 1)
     left = keys_left(request.tables, request.restriction) if ended else {}
     # what keys wait for (the no-progress guard: also a fan-in's, which key_source hides), else that nobody claimed them
-    for line in (waiting(request.tables) if ended else []) or ([left_message(request.run_id, left, request.tables)] if left else []):
+    waits = waiting(request.tables, request.restriction) if ended else []
+    for line in waits or ([left_message(request.run_id, left, request.tables)] if left else []):
         click.echo(f"dj-orchestrate: {line}", err=True)
     state = "incomplete" if left else {0: "done", 1: "errors", 130: "interrupted", SUBMITTED: "submitted"}.get(code, "failed")
     ledger.finish_run(request.run_id, state)

@@ -107,21 +107,21 @@ def open_gates(nodes: list[Node], activity: dict[Node, tuple[bool, bool]], restr
     enqueue it whole. ``activity``: (keys due, keys reserved) per node. True when one opened."""
     opened = False
     for n in sorted(nodes, key=lambda n: (n.info.level, n.info.order)):
-        if not n.opened and all(g.opened and not any(activity[g]) for g in n.gates) and not _blocked(n):
+        if not n.opened and all(g.opened and not any(activity[g]) for g in n.gates) and not _blocked(n, restriction):
             n.jt.enqueue(restriction)
             n.opened = opened = True
             activity[n] = (True, False)
     return opened
 
 
-def _blocked(n: Node) -> list[tuple[JobTable, dict[str, int]]]:
+def _blocked(n: Node, restriction: Restriction) -> list[tuple[JobTable, dict[str, int]]]:
     """The tables outside the worker that ``n``'s make reads and that are not finished
-    (keys missing or reserved); remembered on the node."""
-    n.blocked = [(jt, c) for jt in n.outside if (c := jt.counts())["missing"] or c["reserved"]]
+    (keys missing or reserved, within the run's ``--key``); remembered on the node."""
+    n.blocked = [(jt, c) for jt in n.outside if (c := jt.counts(restriction))["missing"] or c["reserved"]]
     return n.blocked
 
 
-def waiting(infos: list[TableInfo]) -> list[str]:
+def waiting(infos: list[TableInfo], restriction: Restriction = Restriction()) -> list[str]:
     """What the selected tables wait for when nothing can make progress: one line per
     table with pending keys that no claim can reach (behind a table it reads that is not
     selected and has keys missing, or behind a gate that itself cannot open), and one per
@@ -137,7 +137,7 @@ def waiting(infos: list[TableInfo]) -> list[str]:
     def can_open(n: Node) -> bool:
         if n not in memo:
             memo[n] = True  # (a cycle through key_source: not stuck on that account)
-            memo[n] = not _blocked(n) and all(can_open(g) for g in n.gates)
+            memo[n] = not _blocked(n, restriction) and all(can_open(g) for g in n.gates)
         return memo[n]
 
     if any(c["reserved"] for n in nodes if not can_open(n) for _, c in n.blocked):

@@ -320,10 +320,16 @@ def _leveled(classes: list[type], topo: dict[str, int], declared: dict[str, int]
     infos = [TableInfo(c, c.__name__, c.full_table_name, topo.get(c.full_table_name, 0), levels[c.full_table_name],
                        frozenset(upstream[c.full_table_name]), frozenset(class_name[h] for h in hidden[c.full_table_name]),
                        declared.get(c.full_table_name, 0), frozenset(reads[c.full_table_name]),
-                       tuple(known[r] for r in sorted(reads[c.full_table_name] - names)),
+                       tuple(known[r] for r in sorted(reads[c.full_table_name] - names - ancestors(c))),
                        tuple(dropped[c.full_table_name]))
              for c in classes]
     return sorted(infos, key=lambda t: (t.level, t.order))
+
+
+def ancestors(cls: type) -> set[str]:
+    """A table's foreign-key ancestors: a make that reads one reads rows its key already
+    needs (key_source shows them), so such a read gates nothing, selected or not."""
+    return set(cls.connection.dependencies.ancestors(cls.full_table_name))
 
 
 def in_declared_order(tables: list[TableInfo]) -> list[TableInfo]:

@@ -85,7 +85,7 @@ async def _kubernetes(db, tmp_path: Path) -> Outcome:
     async with km.KubernetesEmulator() as kmock, km.Server(kmock):
         k8s_cluster(kmock)
         config = tmp_path / "dj_orchestrate.toml"
-        config.write_text(f'[kubernetes]\nimage = "{IMAGE}"\nsecret = "{SECRET}"\nparallelism = 2\n')
+        config.write_text("\n".join(["[kubernetes]", f'image = "{IMAGE}"', f'secret = "{SECRET}"', "parallelism = 2", ""]))
         env = {**db.env, "KUBECONFIG": str(kubeconfig(tmp_path, kmock))}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         proc = await asyncio.create_subprocess_exec(

@@ -165,7 +165,7 @@ async def test_kubernetes_pods_without_the_schema_variable_exit_2(envschema, db,
 
     k8s.cluster(kmock)
     config = tmp_path / "dj_orchestrate.toml"
-    config.write_text(f'[kubernetes]\nimage = "{k8s.IMAGE}"\nsecret = "{k8s.SECRET}"\n')
+    config.write_text("\n".join(["[kubernetes]", f'image = "{k8s.IMAGE}"', f'secret = "{k8s.SECRET}"', ""]))
     env = {**db.env, "LAB_SCHEMA": db.schema, "KUBECONFIG": str(k8s.kubeconfig(tmp_path, kmock))}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     proc = await asyncio.create_subprocess_exec(

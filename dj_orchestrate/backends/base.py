@@ -209,7 +209,7 @@ def rerun_levels(request: RunRequest, ended_jobs: Callable[[set[str]], set[str]]
     run again: the first that has work left and every level after it (its new rows are
     the downstream's new keys). None when nothing can make progress (``flow.waiting``)."""
     reconcile_run(request, ended_jobs)
-    if waiting(request.tables):  # keys are left that no worker can reach: another round cannot help
+    if waiting(request.tables, request.restriction):  # keys are left that no worker can reach: another round cannot help
         return []
     levels = levels_of(request.tables)
     first = next((i for i, level in enumerate(levels) if has_work(level, request.restriction)), None)

@@ -94,7 +94,8 @@ class LocalBackend(Backend):
                 for t in request.tables:  # upstream first: each sees the keys made so far
                     self._db(request, lambda t=t: JobTable(t.instance()).enqueue(request.restriction))
                 ready = self._db(request, lambda: ready_keys(request.tables))
-                stuck = bool(ready and self._db(request, lambda: waiting(request.tables)))  # ready, yet no claim can reach them
+                # keys ready, yet no claim can reach them: not done, and no worker can help
+                stuck = bool(ready and self._db(request, lambda: waiting(request.tables, request.restriction)))
                 if not ready or stuck:
                     break
                 progress = progress or Progress(request, self._db)
