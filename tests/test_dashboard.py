@@ -139,13 +139,20 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
 
         page.goto(base + f"/?token={TOKEN}")  # the URL printed at start: a cookie, and the token gone from the URL
         assert "token" not in page.url
+        page.goto(base + "/tables/Square?status=error")  # a table's keys, filtered: retry one of them
+        assert page.locator("table.keys tbody tr").count() == 3
+        page.locator("table.keys tr", has_text='"item_id": 7').locator("button.retry").click()
+        assert "1 keys back to pending" in page.locator("#msg").inner_text()
+        assert page.locator("table.keys tbody tr").count() == 2
         page.goto(base + "/failures")
         shot(page, tmp_path, "dashboard-failures.png")
         page.locator("tr.group button.retry").click()
-        page.wait_for_selector("#msg")
-        assert "3 keys back to pending" in page.locator("#msg").inner_text()
+        assert "2 keys back to pending" in page.locator("#msg").inner_text()
         assert sorted((r["item_id"], r["status"]) for r in jobs_rows(chain.Square) if r["item_id"] in (2, 5, 7)) == \
             [(2, "pending"), (5, "pending"), (7, "pending")]
+
+        page.goto(base + "/runs")
+        assert page.locator("table.runs tbody tr").count() == 1 and "errors" in page.locator("table.runs").inner_text()
 
         api = json.loads(get(base + "/api/status")[1])
         cli = json.loads(db.cli("status", CHAIN, "--json", env=secret_env, cwd=tmp_path).stdout)

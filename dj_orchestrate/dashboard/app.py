@@ -43,6 +43,8 @@ class Dashboard:
         self.identity = pipeline.identity(pipeline.load(spec))
         self.aliases = {spec, pipeline.resolve_spec(spec), self.identity[0]}
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape())
+        self.templates.filters["keyjson"] = lambda key: json.dumps(key, default=str)  # a str: escaped where it goes
+        self.templates.filters["when"] = lambda t: t.strftime("%Y-%m-%d %H:%M:%S") if t else ""
         self.templates.globals.update(colours=COLOURS, statuses=["done", "pending", "reserved", "error", "ignore"],
                                       spec=spec, database=target.describe())
         self._missing: tuple[float, str | None] = (0.0, None)

@@ -78,7 +78,7 @@ def error_groups(jts: dict[str, JobTable], samples: int = 3) -> list[Group]:
             f"WHERE x.rn <= {int(samples)}").fetchall()
         for r in picked:
             if r[n] in groups and len(groups[r[n]].samples) < samples:
-                groups[r[n]].samples.append({"table": name, **jt._decode(r[:n])})
+                groups[r[n]].samples.append({"table": name, "key": jt._decode(r[:n])})
     return sorted(groups.values(), key=lambda g: -g.count)
 
 
