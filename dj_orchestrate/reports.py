@@ -20,7 +20,8 @@ def status_rows(infos: list[TableInfo], restriction: Restriction) -> list[dict[s
         c = jt.counts(restriction)
         rows.append({"table": name, "total": c["total"], "done": c["done"], "pending": c["missing"],
                      "reserved": c["reserved"], "error": c["error"], "ignore": c["ignore"]})
-    eta = durations.etas(infos, rows, queries.live_workers(jts))
+    busy = {r["table"]: jts[r["table"]] for r in rows if r["reserved"]}  # only these can have workers now
+    eta = durations.etas(infos, rows, queries.live_workers(busy))
     for r in rows:
         r["eta"] = eta[r["table"]]
     return rows

@@ -127,7 +127,7 @@ def key_page(jt: JobTable, status: str | None, restriction: Restriction, after: 
 def orphans(jts: dict[str, JobTable]) -> list[dict]:
     """Reserved keys per owner whose database connection is gone: what reconcile releases."""
     found: list[dict] = []
-    live = None
+    live, alive = None, set()
     for name, jt in jts.items():
         if not jt.declared:
             continue
@@ -139,8 +139,9 @@ def orphans(jts: dict[str, JobTable]) -> list[dict]:
         ).fetchall()
         if not rows:
             continue
-        live = live or LiveConnections(jt.conn)
-        alive = live.snapshot()
+        if live is None:  # once per call: one look at the server's sessions
+            live = LiveConnections(jt.conn)
+            alive = live.snapshot()
         for host, pid, cid, user, job_id, count, since in rows:
             found.append({"table": name, "host": host, "pid": int(pid), "connection_id": int(cid), "user": user,
                           "backend_job_id": job_id, "keys": int(count), "since": since,

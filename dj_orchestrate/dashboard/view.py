@@ -71,7 +71,7 @@ def metrics(dash: Any) -> bytes:
     up = GaugeMetricFamily("djo_database_up", "1 when the database answered this scrape")
     try:
         rows = reports.status_rows(dash.infos, Restriction())
-        workers = queries.live_workers(dash.jts)
+        workers = queries.live_workers({r["table"]: dash.jts[r["table"]] for r in rows if r["reserved"]})
         stats = durations.totals([t.name for t in dash.infos])
         up.add_metric([], 1)
     except Exception:
