@@ -153,6 +153,14 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
 
         page.goto(base + "/runs")
         assert page.locator("table.runs tbody tr").count() == 1 and "errors" in page.locator("table.runs").inner_text()
+        jt = JobTable(chain.Square())  # a worker that died holding item 2: its owner is gone, reconcile releases it
+        jt._query(f"UPDATE {jt.name} SET status = 'reserved', connection_id = 999999999, host = 'gone-node' "
+                  f"WHERE item_id = 2")
+        page.goto(base + "/runs")
+        assert "gone-node" in page.locator("#owners tr.gone").inner_text()
+        page.locator("button.reconcile").click()
+        assert "1 keys back to pending" in page.locator("#msg").inner_text()
+        assert page.locator("#owners tr.gone").count() == 0
 
         api = json.loads(get(base + "/api/status")[1])
         cli = json.loads(db.cli("status", CHAIN, "--json", env=secret_env, cwd=tmp_path).stdout)
