@@ -99,19 +99,21 @@ def populate_history(n_keys: int) -> str:
         jt.ensure()
         conn.query(f"INSERT INTO {jt.target} (session_id) SELECT session_id FROM {module.Session().full_table_name} "
                    f"WHERE session_id < %s", (done,))
-        status = (f"CASE WHEN session_id < {done} THEN 'success' WHEN session_id < {done + errors} THEN 'error' "
-                  f"WHEN session_id < {done + errors + reserved} THEN 'reserved' ELSE 'pending' END")
         cause = f"MOD(session_id, {CAUSES})"
         words = "CASE " + " ".join(f"WHEN {cause} = {c} THEN '{cause_text(c)}'" for c in range(CAUSES)) + " END"
         cast = "CHAR" if jt.mysql else "TEXT"
-        message = (f"CASE WHEN session_id >= {done} AND session_id < {done + errors} THEN "
-                   f"CONCAT({words}, ' at /data/s', CAST(session_id AS {cast}), '/raw.bin, value ', "
-                   f"CAST(session_id * 7 AS {cast})) ELSE '' END")
         conn.query(
-            f"INSERT INTO {jt.name} (session_id, status, priority, error_message, host, pid, connection_id, reserved_time, "
-            f"completed_time, attempts) SELECT session_id, {status}, 5, {message}, 'node{n % 8}', 1000 + session_id, "
+            f"INSERT INTO {jt.name} (session_id, status, priority, host, pid, connection_id, reserved_time, "
+            f"completed_time, attempts) SELECT session_id, 'pending', 5, 'node{n % 8}', 1000 + session_id, "
             f"999999 + session_id, CURRENT_TIMESTAMP(3), CURRENT_TIMESTAMP(3), 1 "
             f"FROM {module.Session().full_table_name}")
+        # statuses as literals (PostgreSQL's enum takes a literal, not a CASE's text)
+        conn.query(f"UPDATE {jt.name} SET status = 'success' WHERE session_id < %s", (done,))
+        conn.query(f"UPDATE {jt.name} SET status = 'error', error_message = CONCAT({words}, ' at /data/s', "
+                   f"CAST(session_id AS {cast}), '/raw.bin, value ', CAST(session_id * 7 AS {cast})) "
+                   f"WHERE session_id >= %s AND session_id < %s", (done, done + errors))
+        conn.query(f"UPDATE {jt.name} SET status = 'reserved' WHERE session_id >= %s AND session_id < %s",
+                   (done + errors, done + errors + reserved))
     ident = pipeline.identity(module)
     Run, Shard, RunPipeline = ledger.tables()
     runs = [dict(run_id=f"bench-{i:06d}", pipeline=str(path), backend="local", tables="T00", state="done",

@@ -171,6 +171,12 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
         assert 'djo_keys{status="done",table="Square"} 21.0' in metrics and "djo_database_up 1.0" in metrics
         assert 'djo_make_duration_seconds_count{table="Square"} 21.0' in metrics
 
+        bearer = {"Authorization": f"Bearer {TOKEN}"}  # a machine's POST: the token in a header, no Origin
+        assert context.request.post(base + "/actions/ignore", form={"table": "Square"}, headers=bearer).status == 400
+        bad = context.request.post(base + "/actions/retry", form={"key": '{"nope": 1}'}, headers=bearer)
+        assert bad.status == 400 and "unknown attribute" in bad.text()
+        assert context.request.get(base + "/tables/Square?key=%7B%22item_id%22%3A%20%22x%22%7D").status == 400
+
         assert {urllib.parse.urlsplit(u).hostname for u in urls} == {"127.0.0.1"}, urls
         password = secret_env.get("DJ_PASS")
         if password:

@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import ledger, pipeline, reports
+from ..errors import UsageError
 from ..jobs import STATUSES, JobTable, Policy, Restriction, reconcile_all
 from . import queries, view
 
@@ -155,7 +156,7 @@ def build(dash: Dashboard) -> Starlette:
         try:
             restriction = Restriction(pipeline.check_key_attributes(keys_of(request.query_params.get("key")), [info]))
             after = json.loads(request.query_params["after"]) if request.query_params.get("after") else None
-        except (ValueError, Exception) as err:
+        except (UsageError, ValueError) as err:
             return PlainTextResponse(f"bad key: {getattr(err, 'message', err)}", status_code=400)
         rows = queries.key_page(dash.jts[info.name], status, restriction, after)
         return dash.render(request, "keys.html", table=info.name, rows=rows, status=status or "",
@@ -179,10 +180,12 @@ def build(dash: Dashboard) -> Starlette:
                                           f"{r['completed']} already done, {r['errors']} became errors")
         if verb not in ("retry", "ignore"):
             return PlainTextResponse(f"no action {verb}", status_code=404)
+        if verb == "ignore" and not form.get("key") and form.get("cause") is None:
+            return PlainTextResponse("ignore needs a key or a cause (as the CLI's ignore needs --key)", status_code=400)
         try:
-            chosen = keys_of(form.get("key"))
-        except Exception as err:
-            return PlainTextResponse(f"bad key: {getattr(err, 'message', err)}", status_code=400)
+            chosen = pipeline.check_key_attributes(keys_of(form.get("key")), tables)
+        except UsageError as err:
+            return PlainTextResponse(f"bad key: {err.message}", status_code=400)
         moved = 0
         for t in tables:
             jt = dash.jts[t.name]
@@ -190,7 +193,7 @@ def build(dash: Dashboard) -> Starlette:
                 found = [item["key"] for item in queries.group_keys(jt, form["cause"], limit=None, stack=False)]
                 batches = [found[i:i + 1000] for i in range(0, len(found), 1000)]
             else:
-                batches = [pipeline.check_key_attributes(chosen, [t]) if chosen is not None else None]
+                batches = [chosen]
             for batch in batches:
                 restriction = Restriction(batch)
                 moved += jt.retry(restriction) if verb == "retry" else jt.ignore(restriction)
