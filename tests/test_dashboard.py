@@ -137,7 +137,7 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
                                        headers={"Origin": "http://evil.example", "Authorization": f"Bearer {TOKEN}"})
         assert foreign.status == 403 and "Origin" in foreign.text()
 
-        page.goto(base + f"/?token={TOKEN}")  # the URL printed at start: a cookie, and the token gone from the URL
+        page.goto(base + "/?token=" + TOKEN)  # the URL printed at start: a cookie, and the token gone from the URL
         assert "token" not in page.url
         page.goto(base + "/tables/Square?status=error")  # a table's keys, filtered: retry one of them
         assert page.locator("table.keys tbody tr").count() == 3
@@ -206,7 +206,7 @@ def test_dashboard_read_only_account_sees_no_buttons_and_is_refused(chain, db, t
         with dashboard(db, tmp_path, {"DJ_USER": user, "DJ_PASS": password}) as (base, out):
             context = browser.new_context()
             page = context.new_page()
-            page.goto(base + f"/?token={TOKEN}")
+            page.goto(base + "/?token=" + TOKEN)
             assert "lacks UPDATE" in page.locator("body").inner_text(), out.read_text()
             for path in ("/", "/failures", "/runs", "/tables/Square?status=error"):
                 page.goto(base + path)

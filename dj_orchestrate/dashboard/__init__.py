@@ -11,7 +11,7 @@ import secrets
 
 import click
 
-TOKEN_ENV = "DJO_DASHBOARD_TOKEN"
+VARIABLE = "DJO_DASHBOARD_TOKEN"  # the token the user chose (else a random one)
 
 
 @click.command("dashboard")
@@ -40,11 +40,11 @@ def serve(pipeline_spec: str, tables: tuple[str, ...], host: str, port: int) -> 
     from ..cli import open_pipeline
 
     target, infos, _ = open_pipeline(pipeline_spec, tables, None)
-    token = os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(24)
-    shown_token = f"${TOKEN_ENV}" if os.environ.get(TOKEN_ENV) else token  # a token the user chose is not echoed
+    token = os.environ.get(VARIABLE) or secrets.token_urlsafe(24)
+    shown_token = f"${VARIABLE}" if os.environ.get(VARIABLE) else token  # a token the user chose is not echoed
     app = build(Dashboard(pipeline_spec, infos, token, target))
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"dashboard of {pipeline_spec} ({target.describe()}): http://{shown}:{port}/", err=True)
-    click.echo(f"to act (retry, ignore, reconcile), open: http://{shown}:{port}/?token={shown_token}", err=True)
+    click.echo(f"to act (retry, ignore, reconcile), open: http://{shown}:{port}/?token=" + shown_token, err=True)
     # no access log: the URL with the token would be written to it
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
