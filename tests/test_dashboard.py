@@ -222,3 +222,23 @@ def test_dashboard_read_only_account_sees_no_buttons_and_is_refused(chain, db, t
     finally:
         for sql in drops:
             conn.query(sql)
+
+
+def test_make_durations_add_up_across_flushes_in_one_row_per_worker(db):
+    """A worker's sums grow in its own row (not a row per key); what a flush wrote is not
+    written again; the ETA is keys left × mean duration ÷ workers."""
+    from dj_orchestrate import ledger
+    from dj_orchestrate.dashboard import durations
+
+    for seconds in (0.05, 2.0, 30.0):
+        durations.note("run-a", "Square", seconds)
+    durations.flush()
+    durations.note("run-a", "Square", 0.5)
+    durations.flush()
+    [row] = ledger.make_stats().to_dicts()
+    assert (row["n"], row["total"], row["longest"]) == (4, 32.55, 30.0)
+    assert json.loads(row["buckets"]) == [1, 1, 1, 1, 0, 0, 0]
+    assert durations.totals(["Square"])["Square"]["n"] == 4
+    rows = [{"table": "Square", "total": 10, "pending": 4, "reserved": 0}]
+    infos = [type("Info", (), {"name": "Square"})()]
+    assert durations.etas(infos, rows, {"Square": 2}) == {"Square": durations.human(4 * 32.55 / 4 / 2)}

@@ -34,22 +34,29 @@ def note(run_id: str | None, table: str, seconds: float) -> None:
 
 
 def flush() -> None:
-    """Write this worker's sums (its own rows: no other process writes them)."""
+    """Add what this worker noted since its last flush to its own rows (no other process
+    writes them), then forget it: nothing noted carries over into another run or ledger."""
     _written[0] = time.monotonic()
+    noted = dict(_pending)
+    _pending.clear()
+    if not noted:
+        return
     try:
         # a worker of a run declares the table; one started without a run writes only into a ledger that exists
-        table = ledger.make_stats(create=any(run_id for run_id, _ in _pending))
+        table = ledger.make_stats(create=any(run_id for run_id, _ in noted))
         if table is None:
             return
         worker = f"{platform.node()}:{os.getpid()}"[:255]
-        for (run_id, name), s in _pending.items():
-            row = {"run_id": run_id, "table_name": name, "worker": worker, "n": s["n"], "total": s["total"],
-                   "longest": s["longest"], "buckets": json.dumps(s["buckets"]), "updated": ledger.now()}
-            key = {k: row[k] for k in ("run_id", "table_name", "worker")}
-            if table & key:
-                table.update1(row)
-            else:
-                table.insert1(row)
+        for (run_id, name), s in noted.items():
+            key = {"run_id": run_id, "table_name": name, "worker": worker}
+            old = (table & key).to_dicts()
+            if old:
+                o = old[0]
+                s = {"n": s["n"] + o["n"], "total": s["total"] + o["total"], "longest": max(s["longest"], o["longest"]),
+                     "buckets": [a + b for a, b in zip(s["buckets"], json.loads(o["buckets"]))]}
+            row = {**key, "n": s["n"], "total": s["total"], "longest": s["longest"],
+                   "buckets": json.dumps(s["buckets"]), "updated": ledger.now()}
+            (table.update1 if old else table.insert1)(row)
     except Exception:  # the statistics are a courtesy: a worker never fails for them
         pass
 
