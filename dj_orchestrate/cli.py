@@ -42,7 +42,7 @@ except UsageError as _err:
 
 from datajoint.errors import AccessError  # noqa: E402
 
-from . import __version__, ledger, pipeline  # noqa: E402
+from . import __version__, ledger, pipeline, reports  # noqa: E402
 from .config import BackendConfig, timeouts  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .flow import ORDERS, waiting  # noqa: E402
@@ -231,10 +231,8 @@ def main(debug: bool) -> None:
 def plan(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, shard_size: int | None,
          shards: int | None, as_json: bool) -> None:
     """Dry run: per table, what is done, missing, failed, and in how many shards. Writes nothing."""
-    from .planner import plan_table
-
     target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json, warn=True)
-    plans = [plan_table(t, restriction, shard_size, shards) for t in infos]
+    plans = reports.plan_rows(infos, restriction, shard_size, shards)
     if as_json:
         emit_json([p.as_json() for p in plans])
         return
@@ -375,17 +373,13 @@ def backend_job_id_from_env() -> str:
 def status(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, as_json: bool) -> None:
     """Per table: total, done, pending, reserved, error, ignore; and recent runs."""
     target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
-    rows = []
-    for t in infos:
-        jt = JobTable(t.instance())
-        c = jt.counts(restriction)
-        rows.append({"table": t.name, "total": c["total"], "done": c["done"], "pending": c["missing"],
-                     "reserved": c["reserved"], "error": c["error"], "ignore": c["ignore"],
-                     "progress": f"{100 * c['done'] / c['total']:.0f}%" if c["total"] else "-"})
+    rows = reports.status_rows(infos, restriction)
     if as_json:
-        emit_json([{k: v for k, v in r.items() if k != "progress"} for r in rows])
+        emit_json(rows)
         return
-    click.echo(render_table(rows, ["table", "total", "done", "pending", "reserved", "error", "ignore", "progress"]))
+    for r in rows:
+        r["progress"] = f"{100 * r['done'] / r['total']:.0f}%" if r["total"] else "-"
+    click.echo(render_table(rows, ["table", "total", "done", "pending", "reserved", "error", "ignore", "progress", "eta"]))
     runs = ledger.recent_runs(*identity_of(pipeline_spec))
     for r in runs:
         if r["backend"] != "local" and r["state"] in ("submitted", "running"):
@@ -409,7 +403,7 @@ def errors(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, ma
            stack: bool, as_json: bool) -> None:
     """Failed keys: table, key, message, attempts, host, backend job id, log path."""
     _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
-    found = [{"table": t.name, **e} for t in infos for e in JobTable(t.instance()).errors(restriction, match, stack)]
+    found = reports.error_rows(infos, restriction, match, stack)
     if as_json:
         emit_json(found)
         return
@@ -770,3 +764,8 @@ def airflow_check(pipeline_spec: str, tables: tuple[str, ...], key_json: str | N
         click.echo("\n".join(lines + [f"{len(lines)} problem(s); `dj-orchestrate errors {pipeline_spec}` lists the failed keys"]))
         sys.exit(1)
     click.echo(f"every key of {', '.join(t.name for t in infos)} is made")
+
+
+from .dashboard import command as _dashboard  # noqa: E402
+
+main.add_command(_dashboard)

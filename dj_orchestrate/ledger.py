@@ -312,3 +312,41 @@ def key_failures(create: bool = False) -> Any | None:
         return None
     table = _define_key_failures(schema)
     return table if table().is_declared else None
+
+
+def _define_make_stats(schema: Any) -> Any:
+    @schema
+    class MakeStat(dj.Manual):
+        definition = """
+        # make durations of a table's keys in one run by one worker: sums, not a row per key
+        run_id            : varchar(32)       # "" for a worker started without a run
+        table_name        : varchar(255)      # the table's class name
+        worker            : varchar(255)      # host:pid (each worker writes its own row)
+        ---
+        n                 : int32             # keys made
+        total             : float64           # seconds, summed
+        longest           : float64           # seconds
+        buckets           : varchar(255)      # JSON counts per bound of dashboard.durations.BOUNDS
+        updated           : datetime(3)
+        """
+
+    return MakeStat
+
+
+@lru_cache(maxsize=None)
+def _declared_make_stats(name: str) -> Any:
+    return _define_make_stats(dj.Schema(name))
+
+
+def make_stats(create: bool = False) -> Any | None:
+    """The ``MakeStat`` table: declared by a worker that records (``create``); else None
+    where it does not exist (readers create nothing)."""
+    name = os.environ.get(LEDGER_SCHEMA_ENV, "dj_orchestrate")
+    if create:
+        return _declared_make_stats(name)
+    try:
+        schema = dj.Schema(name, create_schema=False, create_tables=False)
+    except dj.DataJointError:
+        return None
+    table = _define_make_stats(schema)
+    return table if table().is_declared else None

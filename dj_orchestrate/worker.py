@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import flow, ledger, pipeline, serial
+from .dashboard import durations
 from .db import is_lost as _is_lost, reconnect
 from .errors import UsageError
 from .flow import Node
@@ -240,6 +241,7 @@ class Worker:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         tally.stop_signal = self.stop_signal
+        durations.flush()
         self._record(state="interrupted" if self.stopping else "done", ended=ledger.now(),
                      keys_done=tally.done, keys_failed=tally.failed)
         return tally
@@ -367,6 +369,7 @@ class Worker:
             self._seconds_per_key[node] = elapsed if not seconds else 0.7 * seconds + 0.3 * elapsed
             if handle.outcome == "done":
                 tally.done += 1
+                durations.note(self.run_id, node.info.name, elapsed)  # make durations for the ETA (the ledger's MakeStat)
             else:
                 tally.failed += handle.outcome == "error"
             self._flush(node)

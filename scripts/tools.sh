@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the command-line tools the tests use that pip cannot: Debian's docker-compose
-# (tests/test_compose.py validates docker-compose.yml with it; no Docker engine is needed).
+# (tests/test_compose.py validates docker-compose.yml with it; no Docker engine is needed)
+# and Debian's chromium (tests/test_dashboard.py drives it headless through Playwright).
 # hadolint and check-jsonschema come with the `dev` extra. Idempotent: a tool already on
 # PATH is left alone. Where it cannot install (no apt-get, not root), it says so; in CI
 # (CI=true) that is an error, elsewhere the tests that need the tool skip.
@@ -8,6 +9,7 @@ set -u
 say() { echo "[tools] $*"; }
 missing=()
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v chromium >/dev/null || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

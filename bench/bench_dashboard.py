@@ -1,0 +1,224 @@
+#!/usr/bin/env python
+"""The dashboard on a large history: server time of each page and of /metrics.
+
+    python bench/bench_dashboard.py                 # MariaDB and PostgreSQL, full size
+    python bench/bench_dashboard.py --quick         # a tenth of the rows
+    python bench/bench_dashboard.py --db mysql
+
+A 60-table pipeline (three levels of 20) whose jobs tables hold 1,000,000 rows in all:
+per table about 8,000 keys done (their rows and 'success' jobs rows), 1,667 errors (100,000
+in all, 50 causes whose messages differ in numbers and paths too), 100 reserved by gone
+workers, the rest pending; 1,000 runs in the ledger with a shard each, and make
+durations. A real ``dj-orchestrate dashboard`` serves it; each URL is fetched 20 times
+(after one warm-up) and the median and worst time to the last byte are printed, with
+``status --json`` (a process of its own, as a user runs it) for comparison. Each database
+runs in a child process with fresh schemas, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATABASES = {
+    "mysql": {"DJ_HOST": "127.0.0.1", "DJ_PORT": "3306", "DJ_USER": "root", "DJ_PASS": "", "DJ_BACKEND": "mysql"},
+    "postgresql": {"DJ_HOST": "127.0.0.1", "DJ_PORT": "5432", "DJ_USER": "postgres", "DJ_PASS": "",
+                   "DJ_BACKEND": "postgresql"},
+}
+TABLES, CAUSES, RUNS, REPS = 60, 50, 1000, 20
+WORDS = ("disk", "quota", "cuda", "memory", "nwb", "probe", "kilosort", "spike", "timeout", "socket")
+
+PIPELINE = '''
+import os
+import datajoint as dj
+
+schema = dj.Schema(os.environ["DJO_BENCH_SCHEMA"])
+
+
+@schema
+class Session(dj.Manual):
+    definition = """
+    session_id : int32
+    """
+
+'''
+TABLE = '''
+@schema
+class T{i:02d}(dj.Computed):
+    definition = """
+    -> {parent}
+    ---
+    value=0 : int32
+    """
+
+    def make(self, key):
+        self.insert1(key)
+
+'''
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def cause_text(c: int) -> str:
+    """The 50 causes: words (not numbers: those are normalised away) tell them apart."""
+    return f"{WORDS[c % 10].title()}Error: {WORDS[c // 10]} failed"
+
+
+def populate_history(n_keys: int) -> str:
+    """Declare the pipeline and fill its tables, jobs tables and ledger by SQL."""
+    import datajoint as dj
+
+    from dj_orchestrate import ledger, pipeline
+    from dj_orchestrate.jobs import JobTable
+
+    path = Path(tempfile.mkdtemp()) / "dash_pipeline.py"
+    path.write_text(PIPELINE + "".join(TABLE.format(i=i, parent="Session" if i < 20 else f"T{i - 20:02d}")
+                                       for i in range(TABLES)))
+    module = pipeline.load(str(path))
+    conn = dj.conn()
+    q = conn.adapter.quote_identifier
+    done, errors, reserved = int(n_keys * 0.48), n_keys // 10, 100
+    module.Session.insert(({"session_id": i} for i in range(n_keys)))
+    for n, info in enumerate(pipeline.discover(module)):
+        jt = JobTable(info.instance())
+        jt.ensure()
+        conn.query(f"INSERT INTO {jt.target} (session_id) SELECT session_id FROM {module.Session().full_table_name} "
+                   f"WHERE session_id < %s", (done,))
+        cause = f"MOD(session_id, {CAUSES})"
+        words = "CASE " + " ".join(f"WHEN {cause} = {c} THEN '{cause_text(c)}'" for c in range(CAUSES)) + " END"
+        cast = "CHAR" if jt.mysql else "TEXT"
+        conn.query(
+            f"INSERT INTO {jt.name} (session_id, status, priority, host, pid, connection_id, reserved_time, "
+            f"completed_time, attempts) SELECT session_id, 'pending', 5, 'node{n % 8}', 1000 + session_id, "
+            f"999999 + session_id, CURRENT_TIMESTAMP(3), CURRENT_TIMESTAMP(3), 1 "
+            f"FROM {module.Session().full_table_name}")
+        # statuses as literals (PostgreSQL's enum takes a literal, not a CASE's text)
+        conn.query(f"UPDATE {jt.name} SET status = 'success' WHERE session_id < %s", (done,))
+        conn.query(f"UPDATE {jt.name} SET status = 'error', error_message = CONCAT({words}, ' at /data/s', "
+                   f"CAST(session_id AS {cast}), '/raw.bin, value ', CAST(session_id * 7 AS {cast})) "
+                   f"WHERE session_id >= %s AND session_id < %s", (done, done + errors))
+        conn.query(f"UPDATE {jt.name} SET status = 'reserved' WHERE session_id >= %s AND session_id < %s",
+                   (done + errors, done + errors + reserved))
+    ident = pipeline.identity(module)
+    Run, Shard, RunPipeline = ledger.tables()
+    runs = [dict(run_id=f"bench-{i:06d}", pipeline=str(path), backend="local", tables="T00", state="done",
+                 host="h", user="u", started=ledger.now(), ended=ledger.now()) for i in range(RUNS)]
+    Run.insert(runs)
+    RunPipeline.insert([dict(run_id=r["run_id"], pipeline_id=ledger.pipeline_id(*ident), module_file=ident[0][:1023],
+                             schemas=",".join(ident[1])) for r in runs])
+    Shard.insert([dict(run_id=r["run_id"], table_name="T00", shard=0, keys_done=10) for r in runs])
+    ledger.make_stats(create=True).insert(
+        [dict(run_id=r["run_id"], table_name=f"T{i:02d}", worker="h:1", n=10, total=12.5, longest=3.0,
+              buckets=json.dumps([0, 5, 5, 0, 0, 0, 0]), updated=ledger.now())
+         for r in runs[:50] for i in range(TABLES)])
+    rows = sum(int(conn.query(f"SELECT COUNT(*) FROM {JobTable(t.instance()).name}").fetchone()[0])
+               for t in pipeline.discover(module))
+    log(f"{rows} jobs rows, {errors * TABLES} errors in {CAUSES} causes, {RUNS} runs")
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def timed(url: str) -> float:
+    t = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=600) as r:
+        r.read()
+        assert r.status == 200, (url, r.status)
+    return time.perf_counter() - t
+
+
+def one_database(backend: str, quick: bool) -> list[dict]:
+    tag = uuid.uuid4().hex[:8]
+    env = {**os.environ, **DATABASES[backend], "DJ_USE_TLS": "false", "DJO_BENCH_SCHEMA": f"djo_bench_{tag}",
+           "DJO_LEDGER_SCHEMA": f"djo_bench_{tag}_ledger", "PYTHONPATH": str(ROOT)}
+    os.environ.update(env)
+    sys.path.insert(0, str(ROOT))  # this checkout's dj_orchestrate, as the server's PYTHONPATH says
+    from dj_orchestrate import db
+
+    db.connect()
+    import datajoint as dj
+
+    try:
+        spec = populate_history(1_000_000 // TABLES // (10 if quick else 1))
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "dj_orchestrate", "dashboard", spec, "--port", str(port)],
+                                  env=env, stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(600):
+                try:
+                    timed(base + "/healthz")
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            cause = urllib.parse.quote(f"{WORDS[0].title()}Error: {WORDS[0]} failed at <path>, value <n>")
+            pages = ["/", "/fragment/overview", "/failures", f"/failures/group?cause={cause}", "/runs",
+                     "/tables/T00?status=error", "/api/status", "/api/plan", "/metrics", "/healthz"]
+            out = []
+            for page in pages:
+                timed(base + page)  # warm-up
+                times = [timed(base + page) for _ in range(REPS)]
+                out.append({"db": backend, "what": page.split("?")[0] + ("?..." if "?" in page else ""),
+                            "median_ms": 1000 * statistics.median(times), "worst_ms": 1000 * max(times)})
+                log(f"{backend} {page}: {out[-1]['median_ms']:.0f} ms")
+        finally:
+            server.terminate()
+            server.wait()
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "dj_orchestrate", "status", spec, "--json"], env=env, check=True,
+                           capture_output=True)
+            times.append(time.perf_counter() - t)
+        out.append({"db": backend, "what": "status --json (whole process, 5 runs)",
+                    "median_ms": 1000 * statistics.median(times), "worst_ms": 1000 * max(times)})
+        return out
+    finally:
+        for name in (env["DJO_LEDGER_SCHEMA"], env["DJO_BENCH_SCHEMA"]):
+            q = dj.conn().adapter.quote_identifier
+            dj.conn().query(f"DROP {'DATABASE' if backend == 'mysql' else 'SCHEMA'} IF EXISTS {q(name)}"
+                            + ("" if backend == "mysql" else " CASCADE"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db", choices=sorted(DATABASES), action="append")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--_one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._one:
+        print(json.dumps(one_database(args._one, args.quick)))
+        return
+    rows = []
+    for backend in args.db or sorted(DATABASES):
+        child = subprocess.run([sys.executable, __file__, "--_one", backend] + (["--quick"] if args.quick else []),
+                               stdout=subprocess.PIPE, text=True, check=True)
+        rows += json.loads(child.stdout.strip().splitlines()[-1])
+    print(f"{platform.node()}: {os.cpu_count()} cores, {platform.python_version()}"
+          f"{' (--quick: a tenth of the rows)' if args.quick else ''}\n")
+    print("| database | page | median ms | worst ms |\n|---|---|---:|---:|")
+    for r in rows:
+        print(f"| {r['db']} | `{r['what']}` | {r['median_ms']:.0f} | {r['worst_ms']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

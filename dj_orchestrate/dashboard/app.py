@@ -1,0 +1,234 @@
+"""The dashboard's web application: Starlette, pages rendered by Jinja2 on the server.
+
+One DataJoint connection serves every request, so database work is serialised by a
+lock (requests run in Starlette's thread pool). GET only reads. Every action is a POST
+that must pass ``Dashboard.refusal``: the account may write, the Origin is this
+server's, and the caller holds the token (a cookie set by the URL printed at start, or
+``Authorization: Bearer TOKEN``)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Callable
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .. import ledger, pipeline, reports
+from ..errors import UsageError
+from ..jobs import STATUSES, JobTable, Policy, Restriction, reconcile_all
+from . import queries, view
+
+HERE = Path(__file__).parent
+COOKIE = "djo_dashboard_token"
+COLOURS = {"done": "#3a9a50", "pending": "#9aa5b1", "reserved": "#3c78c8", "error": "#d0453a", "ignore": "#c9a227"}
+
+
+class Dashboard:
+    """What the pages show (one pipeline, its tables) and who may act on it."""
+
+    def __init__(self, spec: str, infos: list[pipeline.TableInfo], token: str, target: Any) -> None:
+        self.spec, self.infos, self.token, self.target = spec, infos, token, target
+        self.lock = threading.Lock()
+        self.jts = {t.name: JobTable(t.instance()) for t in infos}
+        self.identity = pipeline.identity(pipeline.load(spec))
+        self.aliases = {spec, pipeline.resolve_spec(spec), self.identity[0]}
+        self.templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape())
+        self.templates.filters["keyjson"] = lambda key: json.dumps(key, default=str)  # a str: escaped where it goes
+        self.templates.filters["when"] = lambda t: t.strftime("%Y-%m-%d %H:%M:%S") if t else ""
+        self.templates.globals.update(colours=COLOURS, statuses=["done", "pending", "reserved", "error", "ignore"],
+                                      spec=spec, database=target.describe())
+        self._missing: tuple[float, str | None] = (0.0, None)
+
+    # ------------------------------------------------------------- who may act
+    def missing_privilege(self) -> str | None:
+        """The privilege this account lacks to change the jobs tables (None: it has them).
+        Asked again after a minute: a grant may come while the dashboard runs."""
+        at, missing = self._missing
+        if time.monotonic() - at > 60:
+            missing = next((m for m in map(queries.can_write, self.jts.values()) if m), None)
+            self._missing = (time.monotonic(), missing)
+        return missing
+
+    def holds_token(self, request: Request) -> bool:
+        given = request.cookies.get(COOKIE, "")
+        auth = request.headers.get("authorization", "")
+        if auth.startswith("Bearer "):
+            given = auth[len("Bearer "):]
+        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+
+    def refusal(self, request: Request) -> str | None:
+        """Why this POST may not act (None: it may)."""
+        missing = self.missing_privilege()
+        if missing:
+            return f"the database account lacks the privilege {missing}: the dashboard only reads"
+        origin = request.headers.get("origin")
+        own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+        if origin is not None and origin != own:
+            return f"Origin {origin} is not this dashboard ({own})"
+        if origin is None and not request.headers.get("authorization"):
+            return "a browser's POST must say its Origin"
+        if not self.holds_token(request):
+            return "this action needs the dashboard's token (open the URL printed at start, or send Authorization: Bearer TOKEN)"
+        return None
+
+    # ---------------------------------------------------------------- helpers
+    def render(self, request: Request, name: str, **context: Any) -> HTMLResponse:
+        may_act = self.holds_token(request) and not self.missing_privilege()
+        page = self.templates.get_template(name).render(
+            request=request, may_act=may_act, readonly=self.missing_privilege(), path=request.url.path,
+            here=request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+            msg=request.query_params.get("msg", ""), **context)
+        return HTMLResponse(page)
+
+    def table(self, name: str) -> pipeline.TableInfo | None:
+        return next((t for t in self.infos if t.name == name), None)
+
+    def overview(self) -> dict[str, Any]:
+        rows = reports.status_rows(self.infos, Restriction())
+        return {"rows": rows, "graph": view.graph(self.infos, {r["table"]: r for r in rows})}
+
+
+def keys_of(text: str | None) -> list[dict] | None:
+    """A key restriction from a form or query (JSON, as --key takes it)."""
+    return pipeline.parse_keys(text) if text else None
+
+
+def back(request_next: str | None, msg: str) -> RedirectResponse:
+    """Redirect after an action, to a path on this server only."""
+    target = request_next if request_next and request_next.startswith("/") and not request_next.startswith("//") else "/"
+    sep = "&" if "?" in target else "?"
+    return RedirectResponse(f"{target}{sep}msg={urllib.parse.quote(msg)}", status_code=303)
+
+
+def build(dash: Dashboard) -> Starlette:
+    """The application: pages, fragments, actions, the API, /metrics and /healthz."""
+
+    def locked(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+        def run(request: Request) -> Response:
+            with dash.lock:
+                return handler(request)
+
+        return run
+
+    def overview(request: Request) -> Response:
+        if request.query_params.get("token") is not None:  # the URL printed at start: keep the token, drop it from the URL
+            response = RedirectResponse("/", status_code=303)
+            if hmac.compare_digest(request.query_params["token"].encode(), dash.token.encode()):
+                response.set_cookie(COOKIE, dash.token, httponly=True, samesite="strict")
+            return response
+        return dash.render(request, "overview.html", **dash.overview())
+
+    def overview_fragment(request: Request) -> Response:
+        return dash.render(request, "overview_body.html", **dash.overview())
+
+    def failures(request: Request) -> Response:
+        return dash.render(request, "failures.html", groups=queries.error_groups(dash.jts))
+
+    def failure_group(request: Request) -> Response:
+        cause = request.query_params.get("cause", "")
+        keys = [{"table": name, **item, "log": queries.log_of(item)}
+                for name, jt in dash.jts.items() for item in queries.group_keys(jt, cause)]
+        return dash.render(request, "group.html", cause=cause, keys=keys)
+
+    def runs(request: Request) -> Response:
+        found = ledger.recent_runs(dash.identity, dash.aliases, limit=50)
+        shards = [s for r in found if r["state"] in ("running", "submitted") for s in ledger.shards_of(r["run_id"])]
+        return dash.render(request, "runs.html", runs=found, shards=shards, owners=queries.orphans(dash.jts))
+
+    def keys(request: Request) -> Response:
+        info = dash.table(request.path_params["name"])
+        if info is None:
+            return PlainTextResponse(f"no table {request.path_params['name']} in {dash.spec}", status_code=404)
+        status = request.query_params.get("status") or None
+        if status is not None and status not in STATUSES:
+            return PlainTextResponse(f"status must be one of {', '.join(STATUSES)}", status_code=400)
+        try:
+            restriction = Restriction(pipeline.check_key_attributes(keys_of(request.query_params.get("key")), [info]))
+            after = json.loads(request.query_params["after"]) if request.query_params.get("after") else None
+        except (UsageError, ValueError) as err:
+            return PlainTextResponse(f"bad key: {getattr(err, 'message', err)}", status_code=400)
+        rows = queries.key_page(dash.jts[info.name], status, restriction, after)
+        return dash.render(request, "keys.html", table=info.name, rows=rows, status=status or "",
+                           key=request.query_params.get("key", ""),
+                           next_after=json.dumps(rows[-1]["raw"], default=str) if len(rows) == queries.PAGE else "")
+
+    async def act(request: Request) -> Response:
+        form = await request.form()  # read here (async); the database work in the thread pool, under the lock
+        return await run_in_threadpool(locked(lambda r: perform(r, request.path_params["verb"], dict(form))), request)
+
+    def perform(request: Request, verb: str, form: dict) -> Response:
+        refused = dash.refusal(request)
+        if refused:
+            return PlainTextResponse(f"403 Forbidden: {refused}", status_code=403)
+        tables = [t for t in dash.infos if not form.get("table") or t.name == form["table"]]
+        if verb == "reconcile":
+            from ..cli import ended_jobs
+
+            r = reconcile_all([t.instance() for t in tables], Policy(), ended_jobs(tables))
+            return back(form.get("next"), f"reconcile: {r['released'] + r['charged'] - r['errors']} keys back to pending, "
+                                          f"{r['completed']} already done, {r['errors']} became errors")
+        if verb not in ("retry", "ignore"):
+            return PlainTextResponse(f"no action {verb}", status_code=404)
+        if verb == "ignore" and not form.get("key") and form.get("cause") is None:
+            return PlainTextResponse("ignore needs a key or a cause (as the CLI's ignore needs --key)", status_code=400)
+        try:
+            chosen = pipeline.check_key_attributes(keys_of(form.get("key")), tables)
+        except UsageError as err:
+            return PlainTextResponse(f"bad key: {err.message}", status_code=400)
+        moved = 0
+        for t in tables:
+            jt = dash.jts[t.name]
+            if form.get("cause") is not None:  # a group: its keys, in bounded chunks
+                found = [item["key"] for item in queries.group_keys(jt, form["cause"], limit=None, stack=False)]
+                batches = [found[i:i + 1000] for i in range(0, len(found), 1000)]
+            else:
+                batches = [chosen]
+            for batch in batches:
+                restriction = Restriction(batch)
+                moved += jt.retry(restriction) if verb == "retry" else jt.ignore(restriction)
+        word = "back to pending" if verb == "retry" else "now ignored"
+        return back(form.get("next"), f"{moved} keys {word}")
+
+    def api_status(request: Request) -> Response:
+        rows = reports.status_rows(dash.infos, Restriction())
+        return JSONResponse(ledger.as_json(rows))
+
+    def api_errors(request: Request) -> Response:
+        return JSONResponse(ledger.as_json(reports.error_rows(dash.infos, Restriction(),
+                                                             request.query_params.get("match"),
+                                                             request.query_params.get("stack") == "1")))
+
+    def api_plan(request: Request) -> Response:
+        return JSONResponse(ledger.as_json([p.as_json() for p in reports.plan_rows(dash.infos, Restriction())]))
+
+    def metrics(request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(view.metrics(dash), media_type=CONTENT_TYPE_LATEST)
+
+    def healthz(request: Request) -> Response:
+        try:
+            dash.infos[0].instance().connection.query("SELECT 1").fetchone() if dash.infos else None
+        except Exception as err:
+            return PlainTextResponse(f"database unreachable: {type(err).__name__}", status_code=503)
+        return PlainTextResponse("ok")
+
+    pages = [("/", overview), ("/fragment/overview", overview_fragment), ("/failures", failures),
+             ("/failures/group", failure_group), ("/runs", runs), ("/tables/{name}", keys),
+             ("/api/status", api_status), ("/api/errors", api_errors), ("/api/plan", api_plan),
+             ("/metrics", metrics), ("/healthz", healthz)]
+    routes = [Route(p, locked(h), methods=["GET"]) for p, h in pages]
+    routes += [Route("/actions/{verb}", act, methods=["POST"]),
+               Mount("/static", StaticFiles(directory=HERE / "static"), name="static")]
+    return Starlette(routes=routes)

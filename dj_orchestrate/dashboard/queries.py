@@ -1,0 +1,201 @@
+"""The dashboard's read queries that the CLI has no use for: errors grouped by cause,
+a page of a table's keys, reservations whose owner is gone. Each is bounded (grouped
+aggregates, LIMIT, keyset pagination) so a page costs the same on a million keys.
+They work on ``jobs.JobTable``'s own helpers (quoting, binding, decoding keys)."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from datajoint import blob
+
+from ..jobs import JobTable, LiveConnections, Restriction
+
+# What is normalised away from an error message, in this order, to find its cause:
+# (pattern, replacement). No backslashes: the same text is a valid regular expression
+# and string literal for MariaDB (PCRE) and PostgreSQL (ARE).
+NORMALISE = (
+    ("[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", "<uuid>"),
+    ("0x[0-9a-fA-F]+", "<addr>"),
+    ("'[^']*'", "'<s>'"),
+    ("[{][^}]*[}]", "{<key>}"),
+    ("/[^ :,;)]+", "<path>"),
+    ("[0-9]+([.][0-9]+)?", "<n>"),
+)
+GROUP_LIMIT = 200  # causes per table: beyond it, the page says so
+PAGE = 50
+
+
+def cause_sql(jt: JobTable, column: str) -> str:
+    """SQL: ``column`` (an error message) with numbers, paths, keys and addresses replaced."""
+    expr, flags = column, "" if jt.mysql else ", 'g'"  # MariaDB replaces every match; PostgreSQL with 'g'
+    for pattern, repl in NORMALISE:
+        expr = f"REGEXP_REPLACE({expr}, {literal(pattern)}, {literal(repl)}{flags})"
+    return expr
+
+
+def literal(text: str) -> str:
+    """A constant of ours as an SQL string (never text from outside: that is bound)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass
+class Group:
+    """One cause of failures, over the selected tables."""
+
+    cause: str
+    count: int = 0
+    tables: dict[str, int] = field(default_factory=dict)
+    first: datetime.datetime | None = None
+    last: datetime.datetime | None = None
+    example: str = ""
+    samples: list[dict] = field(default_factory=list)
+
+
+def error_groups(jts: dict[str, JobTable], samples: int = 3) -> list[Group]:
+    """Failed keys grouped by cause: one GROUP BY per table, a few sample keys each."""
+    groups: dict[str, Group] = {}
+    for name, jt in jts.items():
+        if not jt.declared:
+            continue
+        q, n = jt.q, len(jt.pk)
+        cause = cause_sql(jt, f"j.{q('error_message')}")
+        rows = jt._query(
+            f"SELECT c, COUNT(*), MIN(t), MAX(t), MIN(m) FROM (SELECT {cause} AS c, j.{q('completed_time')} AS t, "
+            f"j.{q('error_message')} AS m FROM {jt.name} AS j WHERE j.{q('status')} = 'error') AS x "
+            f"GROUP BY c ORDER BY COUNT(*) DESC LIMIT {GROUP_LIMIT}").fetchall()
+        for c, count, first, last, example in rows:
+            g = groups.setdefault(c, Group(c, example=example))
+            g.count += int(count)
+            g.tables[name] = int(count)
+            g.first = min(x for x in (g.first, first) if x is not None) if first or g.first else None
+            g.last = max(x for x in (g.last, last) if x is not None) if last or g.last else None
+        picked = jt._query(
+            f"SELECT * FROM (SELECT {jt._cols('j')}, {cause} AS c, ROW_NUMBER() OVER (PARTITION BY {cause} "
+            f"ORDER BY {jt._cols('j')}) AS rn FROM {jt.name} AS j WHERE j.{q('status')} = 'error') AS x "
+            f"WHERE x.rn <= {int(samples)}").fetchall()
+        for r in picked:
+            if r[n] in groups and len(groups[r[n]].samples) < samples:
+                groups[r[n]].samples.append({"table": name, "key": jt._decode(r[:n])})
+    return sorted(groups.values(), key=lambda g: -g.count)
+
+
+def group_keys(jt: JobTable, cause: str, limit: int | None = 200, stack: bool = True) -> list[dict]:
+    """The failed keys of one cause in one table, with attempts, host, job id, log and stack."""
+    if not jt.declared:
+        return []
+    cols = ["error_message", "attempts", "host", "pid", "backend_job_id", "log_path", "completed_time"]
+    if stack:
+        cols.append("error_stack")
+    rows = jt._query(
+        f"SELECT {jt._cols('j')}, {', '.join(jt._col(c) for c in cols)} FROM {jt.name} AS j "
+        f"WHERE j.{jt.q('status')} = 'error' AND {cause_sql(jt, 'j.' + jt.q('error_message'))} = %s "
+        f"ORDER BY {jt._cols('j')}" + (f" LIMIT {int(limit)}" if limit else ""), [cause]).fetchall()
+    n = len(jt.pk)
+    out = []
+    for r in rows:
+        item = {"key": jt._decode(r[:n]), **dict(zip(cols, r[n:]))}
+        if stack and item.get("error_stack") is not None:
+            item["error_stack"] = blob.unpack(bytes(item["error_stack"]))
+        out.append(item)
+    return out
+
+
+def key_page(jt: JobTable, status: str | None, restriction: Restriction, after: Sequence | None,
+             limit: int = PAGE) -> list[dict]:
+    """One page of the jobs table's keys in primary-key order, after the key ``after``."""
+    if not jt.declared:
+        return []
+    cond, args = restriction.sql("j", jt.pk, jt.q, jt._bind)
+    if status:
+        cond += f" AND j.{jt.q('status')} = %s"
+        args.append(status)
+    if after:
+        row = "(" + ", ".join(["%s"] * len(jt.pk)) + ")"
+        cond += f" AND ({jt._cols('j')}) > {row}"
+        args += [jt._bind(c, v) for c, v in zip(jt.pk, after)]
+    cols = ["status", "attempts", "host", "backend_job_id", "error_message"]
+    rows = jt._query(
+        f"SELECT {jt._cols('j')}, {', '.join(jt._col(c) for c in cols)} FROM {jt.name} AS j WHERE {cond} "
+        f"ORDER BY {jt._cols('j')} LIMIT {int(limit)}", args).fetchall()
+    n = len(jt.pk)
+    return [{"key": jt._decode(r[:n]), "raw": list(r[:n]), **dict(zip(cols, r[n:]))} for r in rows]
+
+
+def orphans(jts: dict[str, JobTable]) -> list[dict]:
+    """Reserved keys per owner whose database connection is gone: what reconcile releases."""
+    found: list[dict] = []
+    live, alive = None, set()
+    for name, jt in jts.items():
+        if not jt.declared:
+            continue
+        q = jt.q
+        rows = jt._query(
+            f"SELECT {q('host')}, {q('pid')}, {q('connection_id')}, {q('user')}, {jt._col('backend_job_id', jt.name)}, "
+            f"COUNT(*), MIN({q('reserved_time')}) FROM {jt.name} WHERE {q('status')} = 'reserved' "
+            "GROUP BY 1, 2, 3, 4, 5"  # by position: a stock jobs table's backend_job_id is a constant
+        ).fetchall()
+        if not rows:
+            continue
+        if live is None:  # once per call: one look at the server's sessions
+            live = LiveConnections(jt.conn)
+            alive = live.snapshot()
+        for host, pid, cid, user, job_id, count, since in rows:
+            found.append({"table": name, "host": host, "pid": int(pid), "connection_id": int(cid), "user": user,
+                          "backend_job_id": job_id, "keys": int(count), "since": since,
+                          "gone": live.is_dead(int(cid), user, alive)})
+    return found
+
+
+def live_workers(jts: dict[str, JobTable]) -> dict[str, int]:
+    """Per table: owners of reserved keys whose connection is alive (workers now making it)."""
+    out: dict[str, int] = {}
+    for o in orphans(jts):
+        if not o["gone"]:
+            out[o["table"]] = out.get(o["table"], 0) + 1
+    return out
+
+
+def can_write(jt: JobTable) -> str | None:
+    """None when this account may change the jobs table; else the privilege it lacks.
+    Asked of the database without changing anything (PostgreSQL: has_table_privilege;
+    MariaDB: an UPDATE that matches no row, refused as any UPDATE would be)."""
+    if not jt.declared:
+        return None
+    if jt.mysql:
+        try:
+            jt._query(f"UPDATE {jt.name} SET {jt.q('status')} = {jt.q('status')} WHERE 1 = 0")
+        except Exception as err:  # AccessError, or pymysql's own for a table-level grant
+            if "denied" in str(err).lower() or "1142" in str(err):
+                return f"UPDATE on {jt.name}"
+            raise
+        return None
+    ok = jt._query("SELECT has_table_privilege(%s, 'UPDATE')", [f"{jt.name}"]).fetchone()[0]
+    return None if ok else f"UPDATE on {jt.name}"
+
+
+def log_of(item: dict, lines: int = 100) -> tuple[str, str]:
+    """("tail", text) when this machine can read the key's log, else ("command", how to see it)."""
+    path, job_id = item.get("log_path") or "", item.get("backend_job_id") or ""
+    if path:
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 64 * 1024))
+                return "tail", b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")
+        except OSError:
+            pass
+    if job_id.startswith("kubernetes:"):
+        ns, _, pod = job_id[len("kubernetes:"):].partition("/")
+        return "command", f"kubectl logs -n {ns} {pod}"
+    if path:
+        return "command", f"ssh {item.get('host') or 'HOST'} tail -n {lines} {path}"
+    if job_id:
+        return "command", f"sacct -j {job_id} -o JobID,State,ExitCode,NodeList  # SLURM; or your scheduler's log"
+    return "command", "no log path was recorded for this key"
+
+
+def stack_text(value: Any) -> str:
+    return "" if value is None else str(value)

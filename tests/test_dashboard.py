@@ -1,0 +1,244 @@
+"""The dashboard in a real browser: Debian's chromium, headless, driven by Playwright for
+Python (``executable_path``: no browser download), against a real ``dj-orchestrate
+dashboard`` process on both databases."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import datajoint as dj
+import pytest
+from conftest import PIPELINES, ROOT, jobs_rows, password_env, require, seed, wait_for
+
+from dj_orchestrate.jobs import JobTable
+
+CHAIN = str(PIPELINES / "chain.py")
+CHROMIUM = "/usr/bin/chromium"
+TOKEN = "tok-" + secrets.token_hex(8)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dashboard(db, tmp_path: Path, env: dict | None = None):
+    """A dashboard process on a free port; yields its base URL and its output file."""
+    port = free_port()
+    out = tmp_path / f"dashboard-{port}.log"
+    with open(out, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "dj_orchestrate", "dashboard", CHAIN, "--port", str(port)],
+                                env={**db.env, "DJO_DASHBOARD_TOKEN": TOKEN, **(env or {})}, cwd=tmp_path,
+                                stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: proc.poll() is None and get(base + "/healthz")[0] == 200 or proc.poll() is not None, 60,
+                 "the dashboard to answer", detail=out.read_text)
+        assert proc.poll() is None, out.read_text()
+        yield base, out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError:
+        return 0, ""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    require(Path(CHROMIUM).exists(), f"Debian's chromium at {CHROMIUM} (scripts/tools.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def recorded(context) -> list[str]:
+    """Every URL a page of ``context`` requests, to show none leaves 127.0.0.1."""
+    urls: list[str] = []
+    context.on("request", lambda r: urls.append(r.url))
+    return urls
+
+
+def shot(page, tmp_path: Path, name: str) -> None:
+    page.screenshot(path=str(tmp_path / name), full_page=True)
+    if os.environ.get("DJO_UPDATE_SCREENSHOTS") == "1":
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copy(tmp_path / name, ROOT / "docs" / name)
+
+
+def counts_of(page, table: str) -> dict[str, str]:
+    cells = page.locator(f"#counts tr[data-table='{table}'] td").all_inner_texts()
+    return dict(zip(["table", "total", "done", "pending", "reserved", "error", "ignore", "eta"], cells))
+
+
+def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path, browser):
+    """The overview updates itself while a run progresses; the failures page groups the
+    three failed keys under one cause and opens to their stacks; without the token no
+    button shows and a POST is refused; the token holder retries the group and its keys
+    go back to pending. No request leaves 127.0.0.1; no password is shown anywhere."""
+    seed(chain, 24)
+    with password_env(db) as secret_env, dashboard(db, tmp_path, secret_env) as (base, out):
+        context = browser.new_context()
+        urls = recorded(context)
+        page = context.new_page()
+        page.goto(base + "/")
+        assert counts_of(page, "Square")["done"] == "0"
+        assert page.locator("svg g.table").count() == 2 and page.locator("svg path.edge").count() == 1
+        run = subprocess.Popen([sys.executable, "-m", "dj_orchestrate", "run", CHAIN, "--workers", "2", "--no-progress"],
+                               env={**db.env, **secret_env, "DJO_TEST_SLEEP": "0.4", "DJO_TEST_FAIL": "2,5,7"},
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            # the page is not reloaded: the poller swaps the counts in while keys are made
+            wait_for(lambda: 0 < int(counts_of(page, "Square")["done"]) < 21, 120, "the overview to show progress",
+                     detail=lambda: counts_of(page, "Square"))
+        finally:
+            output = run.communicate(timeout=240)[0]
+        assert run.returncode == 1, output
+        wait_for(lambda: counts_of(page, "Square")["error"] == "3" and counts_of(page, "Total")["done"] == "21", 60,
+                 "the overview to show the run's end", detail=lambda: counts_of(page, "Square"))
+        assert counts_of(page, "Square")["eta"] == "done"  # and durations were recorded
+        shot(page, tmp_path, "dashboard-overview.png")
+
+        page.goto(base + "/failures")
+        groups = page.locator("tr.group")
+        assert groups.count() == 1 and "item <n> is bad" in groups.inner_text() and groups.locator("td").first.inner_text() == "3"
+        assert page.locator("button.act").count() == 0  # no token: no buttons
+        page.locator("a.cause").click()
+        assert page.locator("details.failed").count() == 3
+        assert "Traceback" in page.locator("pre.stack").first.inner_text()
+        assert "ValueError: item 2 is bad" in page.locator("pre.stack").first.inner_text()
+
+        forged = context.request.post(base + "/actions/retry", form={"cause": "item <n> is bad"},
+                                      headers={"Origin": base})
+        assert forged.status == 403 and "token" in forged.text()
+        foreign = context.request.post(base + "/actions/retry", form={"cause": "item <n> is bad"},
+                                       headers={"Origin": "http://evil.example", "Authorization": f"Bearer {TOKEN}"})
+        assert foreign.status == 403 and "Origin" in foreign.text()
+
+        page.goto(base + "/?token=" + TOKEN)  # the URL printed at start: a cookie, and the token gone from the URL
+        assert "token" not in page.url
+        page.goto(base + "/tables/Square?status=error")  # a table's keys, filtered: retry one of them
+        assert page.locator("table.keys tbody tr").count() == 3
+        page.locator("table.keys tr", has_text='"item_id": 7').locator("button.retry").click()
+        assert "1 keys back to pending" in page.locator("#msg").inner_text()
+        assert page.locator("table.keys tbody tr").count() == 2
+        page.goto(base + "/failures")
+        shot(page, tmp_path, "dashboard-failures.png")
+        page.locator("tr.group button.retry").click()
+        assert "2 keys back to pending" in page.locator("#msg").inner_text()
+        assert sorted((r["item_id"], r["status"]) for r in jobs_rows(chain.Square) if r["item_id"] in (2, 5, 7)) == \
+            [(2, "pending"), (5, "pending"), (7, "pending")]
+
+        page.goto(base + "/runs")
+        assert page.locator("table.runs tbody tr").count() == 1 and "errors" in page.locator("table.runs").inner_text()
+        jt = JobTable(chain.Square())  # a worker that died holding item 2: its owner is gone, reconcile releases it
+        jt._query(f"UPDATE {jt.name} SET status = 'reserved', connection_id = 999999999, host = 'gone-node' "
+                  f"WHERE item_id = 2")
+        page.goto(base + "/runs")
+        assert "gone-node" in page.locator("#owners tr.gone").inner_text()
+        page.locator("button.reconcile").click()
+        assert "1 keys back to pending" in page.locator("#msg").inner_text()
+        assert page.locator("#owners tr.gone").count() == 0
+
+        api = json.loads(get(base + "/api/status")[1])
+        cli = json.loads(db.cli("status", CHAIN, "--json", env=secret_env, cwd=tmp_path).stdout)
+        assert api == cli
+        assert json.loads(get(base + "/api/errors")[1]) == []
+        assert [p["table"] for p in json.loads(get(base + "/api/plan")[1])] == ["Square", "Total"]
+        metrics = get(base + "/metrics")[1]
+        assert 'djo_keys{status="done",table="Square"} 21.0' in metrics and "djo_database_up 1.0" in metrics
+        assert 'djo_make_duration_seconds_count{table="Square"} 21.0' in metrics
+
+        bearer = {"Authorization": f"Bearer {TOKEN}"}  # a machine's POST: the token in a header, no Origin
+        assert context.request.post(base + "/actions/ignore", form={"table": "Square"}, headers=bearer).status == 400
+        bad = context.request.post(base + "/actions/retry", form={"key": '{"nope": 1}'}, headers=bearer)
+        assert bad.status == 400 and "unknown attribute" in bad.text()
+        assert context.request.get(base + "/tables/Square?key=%7B%22item_id%22%3A%20%22x%22%7D").status == 400
+
+        assert {urllib.parse.urlsplit(u).hostname for u in urls} == {"127.0.0.1"}, urls
+        password = secret_env.get("DJ_PASS")
+        if password:
+            pages = [get(base + p)[1] for p in ("/", "/failures", "/runs", "/tables/Square", "/api/status", "/metrics")]
+            assert not any(password in text for text in pages + [out.read_text()])
+        context.close()
+
+
+def test_dashboard_read_only_account_sees_no_buttons_and_is_refused(chain, db, tmp_path, browser, monkeypatch):
+    """A SELECT-only account: the pages work, show no action, and a POST with the token
+    gets 403 naming the privilege it lacks; nothing changes."""
+    monkeypatch.setenv("DJO_TEST_FAIL", "2")
+    seed(chain, 4)
+    chain.Square.populate(reserve_jobs=True, suppress_errors=True)
+    user, password = f"djo_ro_{db.schema[-8:]}", secrets.token_hex(8)
+    conn, q = dj.conn(), dj.conn().adapter.quote_identifier
+    if db.backend == "mysql":
+        grants = [f"CREATE USER '{user}'@'%%' IDENTIFIED BY '{password}'", f"GRANT SELECT ON {q(db.schema)}.* TO '{user}'@'%%'"]
+        drops = [f"DROP USER IF EXISTS '{user}'@'%%'"]
+    else:
+        grants = [f"CREATE ROLE {user} LOGIN PASSWORD '{password}'", f"GRANT USAGE ON SCHEMA {q(db.schema)} TO {user}",
+                  f"GRANT SELECT ON ALL TABLES IN SCHEMA {q(db.schema)} TO {user}"]
+        drops = [f"DROP OWNED BY {user}", f"DROP ROLE IF EXISTS {user}"]
+    for sql in grants:
+        conn.query(sql)
+    try:
+        with dashboard(db, tmp_path, {"DJ_USER": user, "DJ_PASS": password}) as (base, out):
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(base + "/?token=" + TOKEN)
+            assert "lacks UPDATE" in page.locator("body").inner_text(), out.read_text()
+            for path in ("/", "/failures", "/runs", "/tables/Square?status=error"):
+                page.goto(base + path)
+                assert page.locator("button.act").count() == 0, path
+            page.goto(base + "/failures")
+            assert "item <n> is bad" in page.locator("tr.group").inner_text()
+            forged = context.request.post(base + "/actions/retry", form={"cause": "item <n> is bad"},
+                                          headers={"Origin": base})
+            assert forged.status == 403 and "UPDATE" in forged.text(), forged.text()
+            assert [r["status"] for r in jobs_rows(chain.Square)] == ["error"]
+            assert password not in out.read_text() and password not in page.content()
+            context.close()
+    finally:
+        for sql in drops:
+            conn.query(sql)
+
+
+def test_make_durations_add_up_across_flushes_in_one_row_per_worker(db):
+    """A worker's sums grow in its own row (not a row per key); what a flush wrote is not
+    written again; the ETA is keys left × mean duration ÷ workers."""
+    from dj_orchestrate import ledger
+    from dj_orchestrate.dashboard import durations
+
+    for seconds in (0.05, 2.0, 30.0):
+        durations.note("run-a", "Square", seconds)
+    durations.flush()
+    durations.note("run-a", "Square", 0.5)
+    durations.flush()
+    [row] = ledger.make_stats().to_dicts()
+    assert (row["n"], row["total"], row["longest"]) == (4, 32.55, 30.0)
+    assert json.loads(row["buckets"]) == [1, 1, 1, 1, 0, 0, 0]
+    assert durations.totals(["Square"])["Square"]["n"] == 4
+    rows = [{"table": "Square", "total": 10, "pending": 4, "reserved": 0}]
+    infos = [type("Info", (), {"name": "Square"})()]
+    assert durations.etas(infos, rows, {"Square": 2}) == {"Square": durations.human(4 * 32.55 / 4 / 2)}
