@@ -323,7 +323,7 @@ def work(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, enqu
     settings = worker_settings(**policy, backend_job_id=backend_job_id or backend_job_id_from_env(),
                                log_path=log_path or os.environ.get("DJO_LOG_PATH", ""))
     _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
-    record_identity(run_id, infos)  # before anything is written to the pipeline's tables
+    record_identity(run_id, infos, pipeline.load(pipeline_spec))  # before anything is written to the pipeline's tables
     if settings.order == "declared":  # as the driver ordered them: each table after those declared before it
         infos = pipeline.in_declared_order(infos)
     if enqueue:

@@ -128,10 +128,10 @@ def waiting(infos: list[TableInfo], restriction: Restriction = Restriction()) ->
     table downstream of keys in error (a fan-in's key never appears while a part failed).
     Empty while any key is reserved (here or in a table read from outside) or a key is
     ready in a table that can open: then work goes on."""
-    from . import serial  # (it builds on these nodes) tables with no jobs table are served under their lock
-
-    nodes = serial.adopt(build(infos), restriction)
-    activity = {n: n.jt.activity() for n in nodes}
+    nodes = build(infos)
+    # a table with no jobs table (made under its lock) is due while it has keys missing
+    activity = {n: n.jt.activity() if n.jt.supported else (bool(n.jt.counts(restriction)["missing"]), False)
+                for n in nodes}
     if any(reserved for _, reserved in activity.values()):
         return []
     memo: dict[Node, bool] = {}

@@ -206,9 +206,12 @@ class SerialTable:
         left = len(keys) if recorded else len(todo)
         statuses = [recorded[h]["status"] for h in map(key_hash, keys) if h in recorded]
         error, ignore = statuses.count("error"), statuses.count("ignore")
-        missing = left - error - ignore
-        return {"total": total, "done": total - left, **dict.fromkeys(STATUSES, 0), "pending": missing,
-                "error": error, "ignore": ignore, "missing": missing}
+        todo_now = left - error - ignore
+        if todo_now and not self.locked and self.held():  # another worker is making them: in flight, not left
+            return {"total": total, "done": total - left, **dict.fromkeys(STATUSES, 0), "reserved": todo_now,
+                    "error": error, "ignore": ignore, "missing": 0}
+        return {"total": total, "done": total - left, **dict.fromkeys(STATUSES, 0), "pending": todo_now,
+                "error": error, "ignore": ignore, "missing": todo_now}
 
     def status_counts(self) -> dict[str, int]:
         """As ``JobTable.status_counts``; ``ready``: one worker can start (it holds the lock)."""

@@ -52,7 +52,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 _DATABASE_CALLS = ("pymysql", "psycopg2", "datajoint.connection", "datajoint.adapters")  # not to be interrupted
 
 
-def record_identity(run_id: str | None, tables: list[TableInfo]) -> None:
+def record_identity(run_id: str | None, tables: list[TableInfo], module: Any) -> None:
     """Record in the ledger what this worker connected to and imported, before it writes to
     the pipeline's tables; refuse to work (exit 2) when the run's driver imported the
     pipeline against other schemas (an environment variable that names the schema, which
@@ -60,7 +60,7 @@ def record_identity(run_id: str | None, tables: list[TableInfo]) -> None:
     driver compares too, and stops the run (``backends.base.check_identity``)."""
     if run_id is None or ledger.run_row(run_id) is None:
         return  # no run to compare with (a ledger that is not the driver's: the driver finds nothing made)
-    module_file, schemas = pipeline.identity(sys.modules[tables[0].cls.__module__])
+    module_file, schemas = pipeline.identity(module)  # the pipeline module, as the driver saw it (not its tables' modules)
     ledger.record_identity(run_id, f"{platform.node()}:{os.getpid()}", tables[0].cls.connection.conn_info,
                            module_file, schemas)
     expected = ledger.run_schemas(run_id)
