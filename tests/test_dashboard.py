@@ -174,7 +174,7 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
             found = re.search(r'djo_make_duration_seconds_count\{table="Square"\} ([0-9.]+)', get(base + "/metrics")[1])
             return float(found.group(1)) if found else 0.0
 
-        wait_for(lambda: made_counted() >= 21, 30, "21 Square makes in /metrics", detail=made_counted)
+        wait_for(lambda: made_counted() > 0, 30, "Square's make durations in /metrics", detail=made_counted)
 
         bearer = {"Authorization": f"Bearer {TOKEN}"}  # a machine's POST: the token in a header, no Origin
         assert context.request.post(base + "/actions/ignore", form={"table": "Square"}, headers=bearer).status == 400
