@@ -308,3 +308,28 @@ def makes(chain) -> dict[tuple[str, int], int]:
     """Committed makes per (table, item_id), from the chain pipeline's side ledger
     (written inside each make's transaction: a key made twice shows up twice)."""
     return dict(collections.Counter((r["tbl"], r["item_id"]) for r in chain.MakeLog.to_dicts()))
+
+
+@contextlib.contextmanager
+def read_only_user(db: DB):
+    """A database account that may only SELECT the test's schema: (user, password); dropped after."""
+    import secrets
+
+    import datajoint as dj
+
+    user, password = f"djo_ro_{db.schema[-8:]}", secrets.token_hex(8)
+    conn, q = dj.conn(), dj.conn().adapter.quote_identifier
+    if db.backend == "mysql":
+        grants = [f"CREATE USER '{user}'@'%%' IDENTIFIED BY '{password}'", f"GRANT SELECT ON {q(db.schema)}.* TO '{user}'@'%%'"]
+        drops = [f"DROP USER IF EXISTS '{user}'@'%%'"]
+    else:
+        grants = [f"CREATE ROLE {user} LOGIN PASSWORD '{password}'", f"GRANT USAGE ON SCHEMA {q(db.schema)} TO {user}",
+                  f"GRANT SELECT ON ALL TABLES IN SCHEMA {q(db.schema)} TO {user}"]
+        drops = [f"DROP OWNED BY {user}", f"DROP ROLE IF EXISTS {user}"]
+    for sql in grants:
+        conn.query(sql)
+    try:
+        yield user, password
+    finally:
+        for sql in drops:
+            conn.query(sql)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import datajoint as dj
 import pytest
-from conftest import PIPELINES, ROOT, jobs_rows, password_env, require, seed, wait_for
+from conftest import PIPELINES, ROOT, jobs_rows, password_env, read_only_user, require, seed, wait_for
 
 from dj_orchestrate.jobs import JobTable
 
@@ -196,18 +196,7 @@ def test_dashboard_read_only_account_sees_no_buttons_and_is_refused(chain, db, t
     monkeypatch.setenv("DJO_TEST_FAIL", "2")
     seed(chain, 4)
     chain.Square.populate(reserve_jobs=True, suppress_errors=True)
-    user, password = f"djo_ro_{db.schema[-8:]}", secrets.token_hex(8)
-    conn, q = dj.conn(), dj.conn().adapter.quote_identifier
-    if db.backend == "mysql":
-        grants = [f"CREATE USER '{user}'@'%%' IDENTIFIED BY '{password}'", f"GRANT SELECT ON {q(db.schema)}.* TO '{user}'@'%%'"]
-        drops = [f"DROP USER IF EXISTS '{user}'@'%%'"]
-    else:
-        grants = [f"CREATE ROLE {user} LOGIN PASSWORD '{password}'", f"GRANT USAGE ON SCHEMA {q(db.schema)} TO {user}",
-                  f"GRANT SELECT ON ALL TABLES IN SCHEMA {q(db.schema)} TO {user}"]
-        drops = [f"DROP OWNED BY {user}", f"DROP ROLE IF EXISTS {user}"]
-    for sql in grants:
-        conn.query(sql)
-    try:
+    with read_only_user(db) as (user, password):
         with dashboard(db, tmp_path, {"DJ_USER": user, "DJ_PASS": password}) as (base, out):
             context = browser.new_context()
             page = context.new_page()
@@ -224,9 +213,6 @@ def test_dashboard_read_only_account_sees_no_buttons_and_is_refused(chain, db, t
             assert [r["status"] for r in jobs_rows(chain.Square)] == ["error"]
             assert password not in out.read_text() and password not in page.content()
             context.close()
-    finally:
-        for sql in drops:
-            conn.query(sql)
 
 
 def test_make_durations_add_up_across_flushes_in_one_row_per_worker(db):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import traceback
 import datajoint as dj
 import pytest
 from click.testing import CliRunner
-from conftest import DATABASES, PIPELINES, ROOT, jobs_rows, makes, seed
+from conftest import DATABASES, PIPELINES, ROOT, jobs_rows, makes, read_only_user, seed
 
 from dj_orchestrate import ledger, pipeline
 from dj_orchestrate.cli import main
@@ -225,18 +224,7 @@ def test_select_only_account_reads_and_is_refused_writes(chain, db, tmp_path, mo
     monkeypatch.setenv("DJO_TEST_FAIL", "2")
     seed(chain, 4)
     chain.Square.populate(reserve_jobs=True, suppress_errors=True)
-    user, password = f"djo_ro_{db.schema[-8:]}", secrets.token_hex(8)
-    conn, q = dj.conn(), dj.conn().adapter.quote_identifier
-    if db.backend == "mysql":
-        grants = [f"CREATE USER '{user}'@'%%' IDENTIFIED BY '{password}'", f"GRANT SELECT ON {q(db.schema)}.* TO '{user}'@'%%'"]
-        drops = [f"DROP USER IF EXISTS '{user}'@'%%'"]
-    else:
-        grants = [f"CREATE ROLE {user} LOGIN PASSWORD '{password}'", f"GRANT USAGE ON SCHEMA {q(db.schema)} TO {user}",
-                  f"GRANT SELECT ON ALL TABLES IN SCHEMA {q(db.schema)} TO {user}"]
-        drops = [f"DROP OWNED BY {user}", f"DROP ROLE IF EXISTS {user}"]
-    for sql in grants:
-        conn.query(sql)
-    try:
+    with read_only_user(db) as (user, password):
         env = {"DJ_USER": user, "DJ_PASS": password}
         before = footprint(chain, db)
         for command in ("status", "errors", "plan"):
@@ -253,9 +241,6 @@ def test_select_only_account_reads_and_is_refused_writes(chain, db, tmp_path, mo
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 2
         assert footprint(chain, db) == before
         assert [r["status"] for r in jobs_rows(chain.Square)] == ["error"]
-    finally:
-        for sql in drops:
-            conn.query(sql)
 
 
 BROKEN = {
