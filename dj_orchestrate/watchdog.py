@@ -29,7 +29,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 from .jobs import Claim, JobTable, Owner, Policy
 

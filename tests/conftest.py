@@ -99,6 +99,14 @@ def service(fixture: str):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session) -> None:
+    """Run every test, every service and every subprocess they start in a scratch
+    directory, never in the checkout (where a run leaves its logs, Hypothesis its
+    database); then start the selected tests' services."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    scratch = session.config._tmp_path_factory.mktemp("cwd-session")  # (pytest's own temporary root)
+    os.chdir(scratch)
+    set_hypothesis_home_dir(scratch / ".hypothesis")
     used = {name for item in session.items for name in getattr(item, "fixturenames", ())}
     for name, start in SERVICES.items():
         if name in used and not session.config.option.collectonly:

@@ -17,7 +17,6 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import datajoint as dj
 import pytest
 from conftest import PIPELINES, ROOT, jobs_rows, password_env, read_only_user, require, seed, wait_for
 

@@ -172,7 +172,7 @@ print(json.dumps(lab.contents()))
 lab.schema.drop(prompt=False)
 """
     out = subprocess.run([sys.executable, "-c", code], env={**db.env, **env, "DJO_TEST_SCHEMA": db.schema + "_ref"},
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1])
 
@@ -266,7 +266,7 @@ def test_sigkilled_worker_mid_make_run_completes(lab, db, dask_run):
         [sys.executable, "-m", "dj_orchestrate", "run", LAB, "--backend", "dask", "--scheduler", dask_run.cluster.address,
          "--wait", "--no-progress", "--max-attempts", "1", "--config", str(dask_run.config)],
         env={**dask_run.db.env, "DJO_LOG_DIR": str(dask_run.logs), "DJO_TEST_SLEEP": "1"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: any(r["backend_job_id"].startswith(f"dask:{address}/") for r in jobs_rows(lab.Preprocess)
                              if r["status"] == "reserved"), 120, "a key in the making on the doomed worker", interval=0.2)
@@ -366,7 +366,7 @@ def test_dask_not_installed_names_the_extra(db, tmp_path):
     since the package is installed here): exit 2 naming the extra."""
     code = "import sys; sys.modules['distributed'] = None; sys.argv[0] = 'dj-orchestrate'; from dj_orchestrate.cli import main; main()"
     out = subprocess.run([sys.executable, "-c", code, "run", LAB, "--backend", "dask", "--scheduler", "tcp://x:1"],
-                         env=db.env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+                         env=db.env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out.stderr
     assert "pip install 'dj-orchestrate[dask]'" in out.stderr and "Traceback" not in out.stderr
 
@@ -441,7 +441,7 @@ def test_cluster_slurm_runs_the_demo(db, cluster, tmp_path):  # noqa: F811
     two broken recordings fail on purpose: exit 1)."""
     env = {"DJO_DEMO_SCHEMA": db.schema, "DJO_LOG_DIR": str(tmp_path / "logs")}
     seeded = subprocess.run([sys.executable, "-c", "from dj_orchestrate.examples import demo; demo.seed(6)"],
-                            env={**db.env, **env}, capture_output=True, text=True, timeout=60, cwd=ROOT)
+                            env={**db.env, **env}, capture_output=True, text=True, timeout=60)
     assert seeded.returncode == 0, seeded.stderr
     config = tmp_path / "dj_orchestrate.toml"
     config.write_text("[dask.slurm]\ncores = 1\nmemory = '1GB'\nwalltime = '00:10:00'\nmax_jobs = 2\n"

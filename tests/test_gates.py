@@ -11,7 +11,7 @@ import types
 
 import datajoint as dj
 import pytest
-from conftest import PIPELINES, ROOT
+from conftest import PIPELINES
 from test_dask import Run, dask_cluster  # noqa: F401  (a real scheduler and workers)
 
 from dj_orchestrate import pipeline
@@ -40,7 +40,7 @@ print(json.dumps({c.__name__: sorted(json.dumps(r, sort_keys=True, default=str) 
 
 
 def dump(db, spec: str, schema: str, action: str, env: dict, seed: tuple = ()) -> dict:
-    out = subprocess.run([sys.executable, "-c", DUMP, spec, schema, action, *seed], env={**db.env, **env}, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-c", DUMP, spec, schema, action, *seed], env={**db.env, **env},
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1])  # (DataJoint logs its connection on stdout)

@@ -13,16 +13,14 @@ what really reaches stdout, another database user) runs as a subprocess.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 import traceback
 
 import datajoint as dj
 import pytest
 from click.testing import CliRunner
-from conftest import DATABASES, PIPELINES, ROOT, jobs_rows, makes, read_only_user, seed
+from conftest import PIPELINES, jobs_rows, makes, read_only_user, seed
 
 from dj_orchestrate import ledger, pipeline
 from dj_orchestrate.cli import main

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import datajoint as dj
-import pytest
 from conftest import infos, jobs_rows, seed
 
 from dj_orchestrate.jobs import JobTable, LiveConnections, Owner, Policy, Restriction, reconcile_all

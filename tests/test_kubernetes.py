@@ -66,7 +66,7 @@ def pod_process(job: dict, index: int, secret_env: dict, **popen) -> subprocess.
     from dj_orchestrate.backends.kubernetes import pod_here
 
     argv, env = pod_here(job, index, secret_env)
-    return subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
 def run_job(job: dict, secret_env: dict) -> list[tuple[int, str]]:
@@ -116,7 +116,7 @@ else:
 
 def demo(db, action: str, schema: str, n: int = 0) -> dict:
     out = subprocess.run([sys.executable, "-c", DUMP, action, str(n)], env=secret_env(db, schema),
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1]) if action in ("dump", "declared") else {}
 
@@ -340,7 +340,7 @@ def test_same_index_twice_makes_each_key_once(chain, db):
     ledger.add_shards(run_id, "Square", [(encode_bound(None), encode_bound(None))])
     cmd = [sys.executable, "-m", "dj_orchestrate", "work", CHAIN, "--table", "Square", "--run-id", run_id, "--fixed-shard"]
     env = {**db.env, "JOB_COMPLETION_INDEX": "0", "POD_NAMESPACE": NS, "DJO_TEST_SLEEP": "0.005"}
-    procs = [subprocess.Popen(cmd, env={**env, "POD_NAME": f"djo-x-square-0-{i}"}, cwd=ROOT, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(cmd, env={**env, "POD_NAME": f"djo-x-square-0-{i}"}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
@@ -628,7 +628,7 @@ async def test_run_wait_against_the_emulator_like_populate(db, kmock, tmp_path):
     assert "backoffLimitPerIndex" in jobs[f"djo-{tag}-preprocess"]["spec"]  # the server said 1.33
     assert demo(db, "dump", db.schema) == reference(db, n)
     errors = json.loads(subprocess.run([sys.executable, "-m", "dj_orchestrate", "errors", DEMO, "--json"], env=env,
-                                       capture_output=True, text=True, cwd=ROOT, timeout=120).stdout)
+                                       capture_output=True, text=True, timeout=120).stdout)
     assert len(errors) == 2 and all(e["backend_job_id"].startswith(f"kubernetes:{NS}/djo-{tag}-preprocess-") for e in errors)
     assert all(e["log_path"] == f"kubectl logs -n {NS} {e['backend_job_id'].partition('/')[2]}" for e in errors)
 

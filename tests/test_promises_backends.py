@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, jobs_rows, seed, wait_for
+from conftest import jobs_rows, seed, wait_for
 from test_airflow import airflow, load_chain, reconnect_if_lost  # noqa: F401  (fixture)
 from test_airflow import render as render_dag
 from test_dask import LAB, dask_cluster, dask_run, lab, makes, once, reserved  # noqa: F401  (fixtures)
@@ -98,7 +98,7 @@ def test_dask_worker_death_sigterms_its_child_and_forward_env(lab, db, dask_run)
         [sys.executable, "-m", "dj_orchestrate", "run", LAB, "--backend", "dask", "--scheduler", dask_run.cluster.address,
          "--wait", "--no-progress", "--grace", "30", "--config", str(dask_run.config)],
         env={**dask_run.db.env, "DJO_LOG_DIR": str(dask_run.logs), "DJO_TEST_SLEEP": "1", "CUDA_VISIBLE_DEVICES": "7"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: any(r["backend_job_id"].startswith(f"dask:{address}/") for r in jobs_rows(lab.Preprocess)
                              if r["status"] == "reserved"), 120, "a key in the making on the lonely worker")

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -140,7 +139,7 @@ print(json.dumps({{"Square": {{r["item_id"]: r["square"] for r in chain.Square.t
 chain.schema.drop(prompt=False)
 """
     out = subprocess.run([sys.executable, "-c", code], env={**db.env, **env, "DJO_TEST_SCHEMA": schema},
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return {t: {int(k): v for k, v in r.items()} for t, r in json.loads(out.stdout.splitlines()[-1]).items()}
 
@@ -470,7 +469,7 @@ def test_fixed_shards_running_together_each_finish_their_shard(chain, db):
     starts = [(i * n // shards,) for i in range(shards)] + [None]
     ledger.add_shards(run_id, "Square", [(encode_bound(starts[i]), encode_bound(starts[i + 1])) for i in range(shards)])
     cmd = [sys.executable, "-m", "dj_orchestrate", "work", CHAIN, "--table", "Square", "--run-id", run_id, "--fixed-shard"]
-    procs = [subprocess.Popen([*cmd, "--shard-index", str(i)], env=db.env, cwd=ROOT, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([*cmd, "--shard-index", str(i)], env=db.env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(shards)]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * shards, "\n".join(outputs)
@@ -484,7 +483,7 @@ def test_pull_workers_starting_together_declare_once(chain, db, tmp_path):
     a duplicate-key error from the catalog. Six at once, all succeed, every key once."""
     seed(chain, 12)
     cmd = [sys.executable, "-m", "dj_orchestrate", "work", CHAIN, "--table", "Square", "--enqueue"]
-    procs = [subprocess.Popen(cmd, env=db.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    procs = [subprocess.Popen(cmd, env=db.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(6)]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, "\n".join(outputs)

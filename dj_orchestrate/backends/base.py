@@ -64,7 +64,7 @@ class Backend(ABC):
         stray = sorted(set(given) - set(cls.options))
         if stray:
             raise UsageError(f"--{stray[0].replace('_', '-')} is not an option of --backend {cls.name}",
-                             f"leave it out, or pick the backend it belongs to (see `dj-orchestrate run --help`)")
+                             "leave it out, or pick the backend it belongs to (see `dj-orchestrate run --help`)")
         return cls.from_config(config_path, **given)
 
     @classmethod
