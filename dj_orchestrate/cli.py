@@ -13,6 +13,7 @@ import re
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,7 +43,7 @@ except UsageError as _err:
 
 from datajoint.errors import AccessError  # noqa: E402
 
-from . import __version__, ledger, pipeline, reports  # noqa: E402
+from . import __version__, backends, ledger, pipeline, reports, serve  # noqa: E402
 from .config import BackendConfig, timeouts  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .flow import ORDERS, waiting  # noqa: E402
@@ -244,7 +245,8 @@ def plan(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, shar
 
 @main.command()
 @pipeline_arg
-@click.option("--backend", default="local", show_default=True, help="local, slurm, dask or kubernetes.")
+@click.option("--backend", help="local, slurm, dask or kubernetes: every table's, but those [run.tables.X] backend routes elsewhere "
+              "(default: [run] backend, else local).")
 @click.option("--workers", default=4, show_default=True, help="Worker processes (local) or array parallelism.")
 @table_opt
 @key_opt
@@ -261,20 +263,27 @@ def plan(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, shar
 @policy_options
 @json_opt
 @friendly
-def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...], key_json: str | None,
+def run(pipeline_spec: str, backend: str | None, workers: int, tables: tuple[str, ...], key_json: str | None,
         shard_size: int | None, shards: int | None, wait: bool | None, config_path: str | None,
         no_progress: bool, scheduler: str | None, cluster: str | None, image: str | None, namespace: str | None,
         secret: str | None, as_json: bool, **policy: Any) -> None:
-    """Reconcile, then compute every missing key of the selected tables."""
-    from . import backends
+    """Reconcile, then compute every missing key of the selected tables.
 
-    backend_cls = backends.get(backend)
+    Tables that the config routes to different backends ([run.tables.X] backend) are made
+    by one run per backend, each started when its tables have keys ready."""
     settings = worker_settings(**policy)
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}", "e.g. --workers 8")
-    backend_obj = backend_cls.create(config_path, scheduler=scheduler, cluster=cluster, image=image,
-                                     namespace=namespace, secret=secret)
+    options = dict(scheduler=scheduler, cluster=cluster, image=image, namespace=namespace, secret=secret)
+    if backend is not None:
+        backends.get(backend).create(config_path, **options)  # (its options checked before connecting)
     target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json, warn=True)
+    routes = serve.routes(infos, backend, config_path)
+    if len(routes) > 1:
+        run_routes(pipeline_spec, routes, infos, restriction, key_json, config_path, workers, wait, options, settings,
+                   policy, as_json)
+    backend = routes[0].backend if routes else backend or "local"
+    backend_obj = backends.get(backend).create(config_path, **options)
     if settings.order == "declared":
         infos = pipeline.in_declared_order(infos)
     settings.timeout = timeouts(settings.timeout, getattr(backend_obj, "config", None), infos)
@@ -284,7 +293,7 @@ def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...],
     identity, _ = identity_of(pipeline_spec)
     ledger.tables()
     prepare(infos, declare=False)  # undeclared ones are declared as their keys are enqueued
-    reconcile_all([t.instance() for t in infos], settings.policy, ended_jobs(infos))
+    reconcile_all(tables := [t.instance() for t in infos], settings.policy, backends.hint(tables))
     run_id = ledger.new_run(spec, backend, [t.name for t in infos], identity=identity)
     request = RunRequest(
         pipeline=spec, tables=infos, restriction=restriction, target=target, worker=settings, run_id=run_id,
@@ -299,6 +308,123 @@ def run(pipeline_spec: str, backend: str, workers: int, tables: tuple[str, ...],
         click.echo(render_table(summary, ["table", "total", "done", "missing", "pending", "reserved", "error", "ignore"]))
         click.echo(f"run {run_id}: {state}" + ("; see `dj-orchestrate errors`" if state == "errors" else ""))
     sys.exit(0 if code == SUBMITTED else code)
+
+
+def worker_args(policy: dict[str, Any]) -> list[str]:
+    """``run``'s worker options as given (``policy_options``), for the runs a server starts."""
+    out: list[str] = []
+    for name, value in policy.items():
+        values = value if isinstance(value, tuple) else (value,)
+        out += [a for v in values for a in (f"--{name.replace('_', '-')}", str(v))]
+    return out
+
+
+def supervisor(pipeline_spec: str, routes: list[serve.Route], restriction: Restriction, key_json: str | None,
+               config_path: str | None, workers: int, settings: Settings, policy: dict[str, Any],
+               name: str, interval: float = 1.0) -> serve.Supervisor:
+    options = serve.Options(pipeline=pipeline.resolve_spec(pipeline_spec), key_json=key_json, config_path=config_path,
+                            workers=workers, worker_args=worker_args(policy), log_dir=log_dir(name))
+    return serve.Supervisor(routes, restriction, options, settings.policy, interval)
+
+
+def run_routes(pipeline_spec: str, routes: list[serve.Route], infos: list[pipeline.TableInfo], restriction: Restriction,
+               key_json: str | None, config_path: str | None, workers: int, wait: bool | None, options: dict[str, Any],
+               settings: Settings, policy: dict[str, Any], as_json: bool) -> None:
+    """``run`` over several backends: one run per route, each started once its tables
+    have keys ready, until none has; then the same end as any run (exits)."""
+    given = [name for name, value in options.items() if value]
+    where = "; ".join(map(str, routes))
+    if given:
+        raise UsageError(f"--{given[0]} belongs to one backend, and these tables go to several ({where})",
+                         "set it in that backend's section of the config file")
+    if wait is False:
+        raise UsageError(f"--no-wait: these tables go to several backends ({where}), started one after another",
+                         "leave --no-wait out, or select the tables of one backend")
+    prepare(infos, declare=False)
+    ledger.tables()
+    sup = supervisor(pipeline_spec, routes, restriction, key_json, config_path, workers, settings, policy,
+                     f"routes-{os.getpid()}")
+    try:
+        while sup.tick():
+            time.sleep(1)
+    except KeyboardInterrupt:
+        sup.stop(settings.grace)
+    left = keys_left(infos, restriction)
+    for line in waiting(infos, restriction) or ([f"{sum(left.values())} keys left ({per_table(left)})"] if left else []):
+        click.echo(f"dj-orchestrate: {line}", err=True)
+    failed = any(r["exit"] != 0 for r in sup.results)
+    state = "incomplete" if left else "errors" if failed else "done"
+    summary = [{"table": t.name, **JobTable(t.instance()).counts(restriction)} for t in infos]
+    if as_json:
+        emit_json({"runs": sup.results, "state": state, "tables": summary})
+    else:
+        click.echo(render_table(summary, ["table", "total", "done", "missing", "pending", "reserved", "error", "ignore"]))
+        click.echo(f"runs {', '.join(r['run_id'] for r in sup.results) or 'none'}: {state}")
+    sys.exit(1 if left or failed else 0)
+
+
+@main.command("serve")
+@pipeline_arg
+@click.option("--backend", help="Every table's backend, but those [run.tables.X] backend routes elsewhere "
+                                "(default: [run] backend, else local).")
+@click.option("--workers", default=4, show_default=True, help="Worker processes (local) or array parallelism, per run.")
+@table_opt
+@key_opt
+@click.option("--interval", type=float, help="Seconds between looks for new work (default: [serve] interval, else 60).")
+@click.option("--max-idle", type=float, help="Exit 0 after this many seconds with nothing to do (default: never).")
+@click.option("--until", help="Exit 0 at this time: HH:MM or an ISO date-time (an allocation's end, a cron window's).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file (dj_orchestrate.toml).")
+@policy_options
+@friendly
+def serve_command(pipeline_spec: str, backend: str | None, workers: int, tables: tuple[str, ...], key_json: str | None,
+                  interval: float | None, max_idle: float | None, until: str | None, config_path: str | None,
+                  **policy: Any) -> None:
+    """Keep the pipeline computed as data arrives, until stopped (SIGTERM: exit 0).
+
+    Every --interval it enqueues the selected tables' new keys and starts a run of the
+    tables of each backend that has keys ready and no run going. Failed keys are not
+    retried in a loop (--retries, --max-attempts hold). Several servers of one pipeline
+    may run (a restart, a standby): one leads, the others wait to take over."""
+    settings = worker_settings(**policy)
+    defaults = serve.serve_settings(config_path)
+    interval = defaults.interval if interval is None else interval
+    max_idle = defaults.max_idle if max_idle is None else max_idle
+    if not interval > 0:
+        raise UsageError(f"--interval must be a positive number of seconds, got {interval:g}", "e.g. --interval 60")
+    end = serve.parse_until(until) if until else None
+    if backend is not None:
+        backends.get(backend)
+    target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json, warn=True)
+    routes = serve.routes(infos, backend, config_path)
+    for route in routes:
+        backends.get(route.backend).create(config_path).check(route.tables, bool(target.embedded), True)
+    prepare(infos)
+    ledger.tables()
+    sup = supervisor(pipeline_spec, routes, restriction, key_json, config_path, workers, settings, policy,
+                     f"serve-{os.getpid()}", interval)
+    _, schemas = pipeline.identity(pipeline.load(pipeline_spec))
+    server = serve.Server(sup, infos[0].cls.connection, schemas, interval=interval, grace=settings.grace,
+                          max_idle=max_idle, until=end)
+    sys.exit(server.run())
+
+
+@main.command()
+@pipeline_arg
+@friendly
+def health(pipeline_spec: str) -> None:
+    """Exit 0 when a `serve` of the pipeline on this host beat within 3 of its intervals
+    (a container's healthcheck), else 1."""
+    import platform
+
+    db.connect()
+    _, schemas = pipeline.identity(pipeline.load(pipeline_spec))
+    mine = [r for r in serve.server_rows(schemas) if r["host"] == platform.node()[:255]]
+    alive = [r for r in mine if r["role"] != "lost" and r["beat_age_s"] <= serve.LOST_AFTER * r["interval_s"]]
+    if alive:
+        click.echo(f"{alive[0]['server']} {alive[0]['role']}, beat {alive[0]['beat_age_s']}s ago")
+        return
+    click.echo(f"no serve of {pipeline_spec} on this host beat recently" + (f" (last: {mine[-1]['beat_age_s']}s ago)" if mine else ""))
+    sys.exit(1)
 
 
 @main.command()
@@ -344,14 +470,6 @@ def work(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, enqu
     sys.exit(128 + tally.stop_signal if tally.stop_signal else 0)
 
 
-def ended_jobs(infos: list[pipeline.TableInfo]) -> set[str]:
-    """Schedulers' hint for reconcile: reserved keys whose backend job has ended."""
-    from . import backends
-
-    ids = {j for t in infos for j in JobTable(t.instance()).reserved_backend_ids()}
-    return backends.ended_jobs(ids) if ids else set()
-
-
 def backend_job_id_from_env() -> str:
     env = os.environ
     if env.get("SLURM_ARRAY_JOB_ID"):
@@ -374,8 +492,9 @@ def status(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, as
     """Per table: total, done, pending, reserved, error, ignore; and recent runs."""
     target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
     rows = reports.status_rows(infos, restriction)
+    servers = serve.server_rows(pipeline.identity(pipeline.load(pipeline_spec))[1])
     if as_json:
-        emit_json(rows)
+        emit_json({"tables": rows, "servers": servers})
         return
     for r in rows:
         r["progress"] = f"{100 * r['done'] / r['total']:.0f}%" if r["total"] else "-"
@@ -383,9 +502,10 @@ def status(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, as
     runs = ledger.recent_runs(*identity_of(pipeline_spec))
     for r in runs:
         if r["backend"] != "local" and r["state"] in ("submitted", "running"):
-            from . import backends
-
             r["backend_info"] = backends.get(r["backend"]).from_config().describe(r) or r["backend_info"]
+    if servers:
+        click.echo("\nservers:")
+        click.echo(render_table(servers, ["server", "role", "started", "last_beat", "beat_age_s"]))
     if runs:
         click.echo("\nrecent runs:")
         click.echo(render_table(runs, ["run_id", "backend", "state", "started", "shards", "keys_done", "keys_failed", "backend_info"]))
@@ -469,7 +589,8 @@ def per_table(counts: dict[str, int]) -> str:
 def reconcile(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, max_attempts: int, as_json: bool) -> None:
     """Release keys reserved by workers that are gone (their connection no longer exists)."""
     _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
-    r = reconcile_all([t.instance() for t in infos], Policy(max_attempts=max_attempts), ended_jobs(infos), restriction)
+    tables_ = [t.instance() for t in infos]
+    r = reconcile_all(tables_, Policy(max_attempts=max_attempts), backends.hint(tables_), restriction)
     outcome = {"back_to_pending": r["released"] + r["charged"] - r["errors"], "charged_an_attempt": r["charged"],
                "already_done": r["completed"], "became_errors": r["errors"]}
     if as_json:
@@ -544,8 +665,6 @@ def slurm_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | No
 
 def _kubernetes() -> Any:
     """The Kubernetes backend module; without its package, the error names the extra."""
-    from . import backends
-
     return sys.modules[backends.get("kubernetes").__module__]
 
 
@@ -736,7 +855,6 @@ def airflow_enqueue(pipeline_spec: str, table: str, key_json: str | None, shard_
 def airflow_progress(pipeline_spec: str, table: str, run_id: str, key_json: str | None, config_path: str | None) -> None:
     """(Run by the DAG's wait triggers.) Reconcile the table, then print as JSON its keys'
     counts and whether it is finished: no key left, or the run's workers are gone."""
-    from . import backends
     from .backends import airflow as af
 
     _, infos, restriction = open_pipeline(pipeline_spec, (table,), key_json)
@@ -745,7 +863,7 @@ def airflow_progress(pipeline_spec: str, table: str, run_id: str, key_json: str 
         raise UsageError(f"no run {run_id} in the ledger", "pass the run id that `run --no-wait --json` printed")
     check_identity(run_id, infos, f"give the {run['backend']} workers the variables that name the pipeline's schemas")
     ended = backends.get(run["backend"]).from_config(config_path).run_ended(run)  # before the keys are counted
-    reconcile_all([t.instance() for t in infos], Policy(), ended_jobs(infos))
+    reconcile_all(tables := [t.instance() for t in infos], Policy(), backends.hint(tables))
     emit_json(af.progress(infos[0], restriction, run_id, ended))
 
 

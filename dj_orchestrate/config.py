@@ -2,12 +2,13 @@
 ``[tool.dj_orchestrate]`` in ``pyproject.toml``.
 
 Each backend declares its settings as a frozen dataclass (a :class:`Settings`) and names
-its section (``[local]``, ``[slurm]``, ``[dask]``, ``[kubernetes]``, ``[airflow]``). Loading, type
+its section (``[local]``, ``[slurm]``, ``[dask]``, ``[kubernetes]``, ``[airflow]``); ``[run]``
+routes tables to backends and ``[serve]`` holds ``serve``'s defaults. Loading, type
 checks, unknown-key errors that list the valid keys, and per-table overrides live here
 once, so a backend module only says what its keys mean. A table's settings are, from
 weakest to strongest: the section's defaults, the table class's own attribute named
 after the section (``slurm = {...}``, ``dask = {"resources": {"GPU": 1}}``), then
-``[<section>.tables.<Table>]``. Every section has ``timeout`` (see ``timeouts``).
+``[<section>.tables.<Table>]``. Every backend's section has ``timeout`` (see ``timeouts``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from .errors import UsageError
 
 CONFIG_FILE = "dj_orchestrate.toml"
-SECTIONS = ("local", "slurm", "dask", "kubernetes", "airflow")
+SECTIONS = ("run", "serve", "local", "slurm", "dask", "kubernetes", "airflow")
 
 S = TypeVar("S", bound="Settings")
 

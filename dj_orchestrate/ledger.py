@@ -15,7 +15,7 @@ import os
 import platform
 import uuid
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import datajoint as dj
 
@@ -261,6 +261,16 @@ def recent_runs(identity: tuple[str, list[str]] | None = None, aliases: Iterable
     return runs
 
 
+def open_runs(pipeline: str, backend: str, table_names: list[str]) -> list[dict]:
+    """Runs of ``pipeline`` on ``backend`` not recorded as ended that made any of these
+    tables (whether their workers still run is the scheduler's to say)."""
+    found = _existing()
+    if found is None:
+        return []
+    rows = (found[0] & {"pipeline": pipeline, "backend": backend} & "ended IS NULL").to_dicts(order_by="started DESC", limit=20)
+    return [r for r in rows if set(r["tables"].split(",")) & set(table_names)]
+
+
 def shards_of(run_id: str) -> list[dict]:
     Shard = tables()[1]
     return (Shard & {"run_id": run_id}).to_dicts(order_by="table_name, shard")
@@ -294,23 +304,28 @@ def _define_key_failures(schema: Any) -> Any:
     return KeyFailure
 
 
-@lru_cache(maxsize=None)
-def _declared_key_failures(name: str) -> Any:
-    return _define_key_failures(dj.Schema(name))
-
-
 def key_failures(create: bool = False) -> Any | None:
-    """The ``KeyFailure`` table. ``create`` (a worker recording a failure): declared if
-    missing, also in a ledger an earlier version declared. Else None where it does not
-    exist: read-only commands create nothing."""
+    """The ``KeyFailure`` table (see ``_optional``)."""
+    return _optional(_define_key_failures, create)
+
+
+@lru_cache(maxsize=None)
+def _declared(define: Callable[[Any], Any], name: str) -> Any:
+    return define(dj.Schema(name))
+
+
+def _optional(define: Callable[[Any], Any], create: bool) -> Any | None:
+    """A ledger table added after the first three, a table of its own so that a ledger
+    an earlier version declared stays valid. ``create`` (a writer): declared if missing.
+    Else None where it does not exist: readers create nothing (a SELECT-only account)."""
     name = os.environ.get(LEDGER_SCHEMA_ENV, "dj_orchestrate")
     if create:
-        return _declared_key_failures(name)
+        return _declared(define, name)
     try:
         schema = dj.Schema(name, create_schema=False, create_tables=False)
     except dj.DataJointError:
         return None
-    table = _define_key_failures(schema)
+    table = define(schema)
     return table if table().is_declared else None
 
 
@@ -333,20 +348,57 @@ def _define_make_stats(schema: Any) -> Any:
     return MakeStat
 
 
-@lru_cache(maxsize=None)
-def _declared_make_stats(name: str) -> Any:
-    return _define_make_stats(dj.Schema(name))
-
-
 def make_stats(create: bool = False) -> Any | None:
-    """The ``MakeStat`` table: declared by a worker that records (``create``); else None
-    where it does not exist (readers create nothing)."""
-    name = os.environ.get(LEDGER_SCHEMA_ENV, "dj_orchestrate")
-    if create:
-        return _declared_make_stats(name)
-    try:
-        schema = dj.Schema(name, create_schema=False, create_tables=False)
-    except dj.DataJointError:
-        return None
-    table = _define_make_stats(schema)
-    return table if table().is_declared else None
+    """The ``MakeStat`` table (see ``_optional``)."""
+    return _optional(_define_make_stats, create)
+
+
+def _define_servers(schema: Any) -> Any:
+    @schema
+    class Server(dj.Manual):
+        definition = """
+        # a `dj-orchestrate serve` process: its role and its heartbeat
+        server            : varchar(64)       # host:pid:start (unique per process)
+        ---
+        pipeline_key      : char(32)          # md5 of the pipeline's schemas: what its leader lock is named after
+        pipeline          : varchar(1023)
+        host              : varchar(255)
+        pid               : int32
+        role              : varchar(16)       # leader, standby, lost (a leader found replaced)
+        interval_s        : float64
+        started           : datetime(3)
+        last_beat         : datetime(3)
+        """
+
+    return Server
+
+
+def beat(server: str, **fields: Any) -> None:
+    """Insert or refresh a serve process's row."""
+    Server = _optional(_define_servers, True)
+    row = {"server": server, **fields, "last_beat": now()}
+    if Server & {"server": server}:  # (only this process writes its row; DataJoint's replace is MySQL's alone)
+        Server.update1(row)
+    else:
+        Server.insert1(row)
+
+
+def demote_leaders(pipeline_key: str, me: str) -> None:
+    """A new leader holds the lock: any other row that says leader is a leader that lost it."""
+    Server = _optional(_define_servers, True)
+    for row in ((Server & {"pipeline_key": pipeline_key, "role": "leader"}) - {"server": me}).to_dicts():
+        Server.update1({"server": row["server"], "role": "lost"})
+
+
+def forget_server(server: str) -> None:
+    (_optional(_define_servers, True) & {"server": server}).delete_quick()
+
+
+def servers(pipeline_key: str, within: datetime.timedelta = datetime.timedelta(days=1)) -> list[dict]:
+    """The pipeline's serve processes that beat within ``within``, read only."""
+    Server = _optional(_define_servers, False)
+    if Server is None:
+        return []
+    since = now() - within
+    return (Server & {"pipeline_key": pipeline_key} & f"last_beat > '{since.isoformat(sep=' ')}'").to_dicts(
+        order_by="started")

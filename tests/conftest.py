@@ -223,6 +223,18 @@ def chain(db):
     return module
 
 
+@pytest.fixture
+def procs(db, tmp_path):
+    """Start processes (``processes.Procs``); every one is killed when the test ends."""
+    from processes import Procs
+
+    p = Procs(db, tmp_path)
+    try:
+        yield p
+    finally:
+        p.kill_all()
+
+
 def seed(module, n: int) -> None:
     module.Item.insert(({"item_id": i, "value": float(i)} for i in range(n)), skip_duplicates=True)
 

@@ -29,7 +29,7 @@ def test_plan_run_status_errors_retry(chain, db):
     assert run.returncode == 1, run.stdout + run.stderr  # two keys failed
     assert "see `dj-orchestrate errors`" in run.stdout
 
-    status = json.loads(db.cli("status", CHAIN, "--json").stdout)
+    status = json.loads(db.cli("status", CHAIN, "--json").stdout)["tables"]
     by = {r["table"]: r for r in status}
     assert {k: by["Square"][k] for k in ("total", "done", "pending", "reserved", "error", "ignore")} == \
         {"total": 40, "done": 38, "pending": 0, "reserved": 0, "error": 2, "ignore": 0}

@@ -360,7 +360,7 @@ def test_no_password_literal_in_the_repository():
 def demo_counts(db, env: dict) -> dict[str, dict]:
     out = db.cli("status", "dj_orchestrate.examples.demo", "--json", env=env)
     assert out.returncode == 0, out.stderr
-    return {r["table"]: r for r in json.loads(out.stdout)}
+    return {r["table"]: r for r in json.loads(out.stdout)["tables"]}
 
 
 def test_init_seeds_the_demo_and_keeps_what_is_there(db):

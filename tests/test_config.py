@@ -77,7 +77,7 @@ def test_no_file_means_defaults(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("text, message, hint", [
     ("[dask]\ncont = 1\n", "unknown knob 'cont' in", "valid keys: name, count, ratio, flag, lines, labels, rules"),
-    ("[dsak]\n", "unknown section [dsak]", "valid sections: [local], [slurm], [dask], [kubernetes], [airflow]"),
+    ("[dsak]\n", "unknown section [dsak]", "valid sections: [run], [serve], [local], [slurm], [dask], [kubernetes], [airflow]"),
     ("[dask]\ncount = \"2\"\n", "count in", "e.g. count = 2"),
     ("[dask]\nflag = 1\n", "flag in", "e.g. flag = true"),
     ("[dask]\nlines = \"x\"\n", "lines in", "e.g. lines = [...]"),

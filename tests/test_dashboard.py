@@ -163,7 +163,7 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
         assert page.locator("#owners tr.gone").count() == 0
 
         api = json.loads(get(base + "/api/status")[1])
-        cli = json.loads(db.cli("status", CHAIN, "--json", env=secret_env, cwd=tmp_path).stdout)
+        cli = json.loads(db.cli("status", CHAIN, "--json", env=secret_env, cwd=tmp_path).stdout)["tables"]
         assert api == cli
         assert json.loads(get(base + "/api/errors")[1]) == []
         assert [p["table"] for p in json.loads(get(base + "/api/plan")[1])] == ["Square", "Total"]

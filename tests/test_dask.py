@@ -208,7 +208,7 @@ def test_wait_pipeline_same_rows_as_populate_gpu_table_on_gpu_worker(lab, db, da
 
     gpu = {r["cuda"] for r in lab.MakeLog.to_dicts() if r["tbl"] == "Sorting"}
     assert gpu == {"0"}  # the GPU worker's CUDA_VISIBLE_DEVICES, in every Sorting make
-    status = json.loads(dask_run.cli("status", LAB, "--json").stdout)
+    status = json.loads(dask_run.cli("status", LAB, "--json").stdout)["tables"]
     assert {r["table"]: r["reserved"] for r in status} == dict.fromkeys(TABLES, 0)
     sorting_logs = list(dask_run.logs.glob(f"{rid}/djo-{rid}-Sorting-*.log"))
     assert sorting_logs and all(p.name.endswith(".cuda-0.log") for p in sorting_logs), sorting_logs
@@ -450,7 +450,7 @@ def test_cluster_slurm_runs_the_demo(db, cluster, tmp_path):  # noqa: F811
                  "--no-progress", env=env, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr  # sessions 7 and 19 (the broken ones) are not among 0-5
     assert "cluster=slurm" in out.stderr
-    status = json.loads(db.cli("status", "dj_orchestrate.examples.demo", "--json", env=env).stdout)
+    status = json.loads(db.cli("status", "dj_orchestrate.examples.demo", "--json", env=env).stdout)["tables"]
     assert all(r["pending"] == 0 and r["reserved"] == 0 and r["done"] == r["total"] > 0 for r in status), status
     scripts = list((tmp_path / "slurm").glob("*.out")) + list((tmp_path / "slurm").glob("*.err"))
     assert scripts, "the SLURM jobs wrote no logs"

@@ -40,7 +40,7 @@ def test_demo_twice_on_embedded_database(tmp_path):
         assert "2 keys failed on purpose" in out.stdout
         assert "corrupt" in out.stdout
     status = djo("status", "dj_orchestrate.examples.demo", "--json", cwd=tmp_path)
-    rows = {r["table"]: r for r in json.loads(status.stdout)}
+    rows = {r["table"]: r for r in json.loads(status.stdout)["tables"]}
     assert set(rows) == {"Preprocess", "Behavior", "SpikeSorting", "QualityMetrics", "SessionSummary"}
     assert rows["Preprocess"]["error"] == 2 and rows["SessionSummary"]["done"] == 22
     assert all(r["reserved"] == 0 and r["pending"] == 0 for r in rows.values())

@@ -33,7 +33,7 @@ def test_key_selection_ignore_retry_match_and_retries(chain, db, tmp_path):
     assert sorted((e["key"]["item_id"], e["attempts"]) for e in errs) == [(1, 2), (2, 2)]  # 1 + --retries 1
 
     nothing = db.cli("status", CHAIN, "--key", "[]", "--json", cwd=tmp_path)
-    assert [(r["table"], r["total"], r["done"], r["error"]) for r in json.loads(nothing.stdout)] == \
+    assert [(r["table"], r["total"], r["done"], r["error"]) for r in json.loads(nothing.stdout)["tables"]] == \
         [("Square", 0, 0, 0), ("Total", 0, 0, 0)], nothing.stderr
     assert json.loads(db.cli("errors", CHAIN, "--key", "[]", "--json", cwd=tmp_path).stdout) == []
     for command in ("retry", "ignore"):

@@ -137,14 +137,14 @@ def test_failures_are_listed_counted_kept_and_retried(keyless, db, tmp_path):
     assert failed["error_message"] == "ValueError: topic b is bad" and failed["log_path"] and failed["backend_job_id"]
     text = djo(db, "errors", KEYLESS, "--stack", tmp_path=tmp_path).stdout
     assert 'Item {"topic": "b"}' in text and "raise ValueError" in text
-    status = {r["table"]: r for r in json.loads(djo(db, "status", KEYLESS, "--json", tmp_path=tmp_path).stdout)}
+    status = {r["table"]: r for r in json.loads(djo(db, "status", KEYLESS, "--json", tmp_path=tmp_path).stdout)["tables"]}
     assert (status["Item"]["total"], status["Item"]["done"], status["Item"]["pending"], status["Item"]["error"]) == (3, 2, 0, 1)
 
     djo(db, "run", KEYLESS, "--table", "Item", tmp_path=tmp_path)  # a failed key is not tried again...
     assert sorted(r["topic"] for r in keyless.MakeLog.to_dicts()) == ["a", "c"]
     out = djo(db, "ignore", KEYLESS, "--table", "Item", "--key", '{"topic": "b"}', "--json", tmp_path=tmp_path)
     assert json.loads(out.stdout) == {"Item": 1}
-    status = {r["table"]: r for r in json.loads(djo(db, "status", KEYLESS, "--json", tmp_path=tmp_path).stdout)}
+    status = {r["table"]: r for r in json.loads(djo(db, "status", KEYLESS, "--json", tmp_path=tmp_path).stdout)["tables"]}
     assert (status["Item"]["error"], status["Item"]["ignore"]) == (0, 1)
     out = djo(db, "retry", KEYLESS, "--json", tmp_path=tmp_path)  # ...until it is retried
     assert json.loads(out.stdout)["Item"] == 1

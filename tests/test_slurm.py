@@ -169,7 +169,7 @@ def test_wait_multi_level_same_rows_as_plain_populate(chain, db, slurm):
     assert log.is_file() and log.is_relative_to(slurm.logs), error["log_path"]
     assert "worker done: 3 made, 1 failed" in log.read_text()
 
-    status = json.loads(slurm.cli("status", CHAIN, "--json").stdout)
+    status = json.loads(slurm.cli("status", CHAIN, "--json").stdout)["tables"]
     assert [(r["table"], r["done"], r["error"], r["reserved"]) for r in status] == [("Square", 9, 1, 0), ("Total", 9, 0, 0)]
 
 

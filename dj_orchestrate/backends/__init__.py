@@ -62,3 +62,12 @@ def ended_jobs(job_ids: set[str]) -> set[str]:
         except UsageError:
             continue
     return ended
+
+
+def hint(tables: list) -> set[str]:
+    """Reconcile's hint for these tables (instances): the backend job ids of their
+    reserved keys whose jobs have ended."""
+    from ..jobs import JobTable
+
+    ids = {j for t in tables for j in JobTable(t).reserved_backend_ids()}
+    return ended_jobs(ids) if ids else set()
