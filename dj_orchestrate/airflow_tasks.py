@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Any, AsyncIterator
 
 from airflow.sdk import BaseOperator, Connection, conf, get_current_context
@@ -34,6 +35,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 BAD_INPUT = 2  # dj-orchestrate's exit code for bad input: retrying cannot help
 BACKENDS = {"mysql": "mysql", "mariadb": "mysql", "postgres": "postgresql", "postgresql": "postgresql"}
 GRACE = 30  # seconds a stopped worker gets to release its keys
+BACKSTOP = 60  # seconds past its own deadline a trigger has to fire before Airflow's deferral timeout does
 
 
 def enqueue(pipeline: dict[str, Any], table: str, settings: dict[str, Any]) -> list[dict[str, Any]]:
@@ -80,7 +82,8 @@ def submit(pipeline: dict[str, Any], table: str, settings: dict[str, Any], slots
 class WaitForTable(BaseOperator):
     """A backend mode's wait: defers at once to ``TableProgress`` (the Airflow worker is
     free while the backend makes the keys) and fails when the run's workers ended with
-    keys of the table not made. Failed keys do not fail it: ``check`` names them."""
+    keys of the table not made, or when ``wait_timeout_s`` has passed (the workers go
+    on). Failed keys do not fail it: ``check`` names them."""
 
     template_fields = ("run",)
 
@@ -91,13 +94,23 @@ class WaitForTable(BaseOperator):
     def execute(self, context: Any) -> None:
         key = context["params"].get("key")
         timeout = self.settings.get("wait_timeout_s")  # else it waits as long as the scheduler may take
+        deadline = time.time() + timeout if timeout else None  # absolute: the same after the triggerer restarts
+        # Both: the trigger fails the wait at its deadline with a message saying what to do (`dags test`,
+        # which runs it inline, knows no other); Airflow's timeout, a little later, is the backstop a real
+        # scheduler enforces when the trigger cannot fire (a triggerer down, a progress call that hangs).
         self.defer(trigger=TableProgress(self.pipeline, self.table, self.run, json.dumps(key) if key else None,
-                                         self.settings["poll_s"], self.settings.get("python")),
-                   method_name="finish", timeout=datetime.timedelta(seconds=timeout) if timeout else None)
+                                         self.settings["poll_s"], self.settings.get("python"), deadline),
+                   method_name="finish", timeout=datetime.timedelta(seconds=timeout + BACKSTOP) if timeout else None)
 
     def finish(self, context: Any, event: dict[str, Any]) -> None:
         if "refused" in event:
             raise AirflowFailException(event["refused"])
+        if "timeout" in event:
+            left = "an unknown number of" if event["left"] is None else event["left"]
+            raise AirflowFailException(
+                f"{self.table}: waited wait_timeout_s = {self.settings['wait_timeout_s']} s for run {self.run} and "
+                f"{left} keys are still not made (its workers go on): raise wait_timeout_s in "
+                f"[airflow.tables.{self.table}] or [airflow] and render the DAG again, or see `dj-orchestrate status`")
         print(f"{self.table} (run {self.run}): {event['done']} made, {event['error']} failed, {event['ignore']} ignored, "
               f"{event['left']} left")
         if event["left"]:
@@ -107,25 +120,29 @@ class WaitForTable(BaseOperator):
 
 class TableProgress(BaseTrigger):
     """Runs in the triggerer: ``dj-orchestrate airflow progress`` every ``poll_s``
-    seconds until the table is finished (see ``backends.airflow.progress``). Its
-    arguments, which Airflow stores, are the DAG's own values and the run id: the
-    credentials are resolved from the connection each time it starts."""
+    seconds until the table is finished (see ``backends.airflow.progress``), or until
+    ``deadline`` (epoch seconds, if any) has passed: then a ``timeout`` event with the
+    keys left at the last answer. Its arguments, which Airflow stores, are the DAG's
+    own values, the run id and the deadline: the credentials are resolved from the
+    connection each time it starts."""
 
     def __init__(self, pipeline: dict[str, Any], table: str, run: str, key: str | None = None, poll_s: float = 30,
-                 python: str | None = None) -> None:
+                 python: str | None = None, deadline: float | None = None) -> None:
         super().__init__()
         self.pipeline, self.table, self.run_id, self.key, self.poll_s, self.python = pipeline, table, run, key, poll_s, python
+        self.deadline = deadline
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{__name__}.{type(self).__name__}",
                 {"pipeline": self.pipeline, "table": self.table, "run": self.run_id, "key": self.key,
-                 "poll_s": self.poll_s, "python": self.python})
+                 "poll_s": self.poll_s, "python": self.python, "deadline": self.deadline})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         command = _command(self.pipeline, ["airflow", "progress", self.pipeline["pipeline"], "--table", self.table,
                                            "--run", self.run_id, *(["--key", self.key] if self.key else []),
                                            *_config_args(self.pipeline)], self.python)
         env = {**os.environ, **_connection_env(self.pipeline["conn_id"], await _aconnection(self.pipeline["conn_id"]))}
+        left = None  # keys left at the last answer
         while True:
             proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE,
                                                         stderr=asyncio.subprocess.PIPE, env=env)
@@ -135,6 +152,7 @@ class TableProgress(BaseTrigger):
                 if state["finished"]:
                     yield TriggerEvent(state)
                     return
+                left = state["left"]
                 self.log.info("%s: %d made, %d left; the run's workers %s", self.table, state["done"], state["left"],
                               {True: "ended", False: "run", None: "did not answer"}[state["workers_ended"]])
             elif proc.returncode == BAD_INPUT:  # asking again cannot help
@@ -143,7 +161,11 @@ class TableProgress(BaseTrigger):
             else:  # a database or scheduler that does not answer now may later
                 self.log.warning("dj-orchestrate airflow progress exited with status %d: %s", proc.returncode,
                                  err.decode(errors="replace").strip()[-1000:])
-            await asyncio.sleep(self.poll_s)
+            if self.deadline is not None and time.time() >= self.deadline:
+                yield TriggerEvent({"timeout": self.deadline, "left": left})
+                return
+            # the last look is at the deadline, not up to poll_s after it
+            await asyncio.sleep(self.poll_s if self.deadline is None else min(self.poll_s, self.deadline - time.time()))
 
 
 def check(pipeline: dict[str, Any], tables: list[str]) -> None:

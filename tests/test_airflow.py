@@ -18,10 +18,12 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -472,10 +474,11 @@ def test_kubernetes_mode_dag_and_the_command_its_submit_runs(db, airflow, tmp_pa
                       "--shard-size", "1000", "--key", '{"item_id": 1}', "--config", str(config)]]
     with pytest.raises(airflow_tasks.AirflowSkipException):  # nothing to make, or a table left out by the params
         airflow_tasks.submit(dag.PIPELINE, "Square", dag.TABLES["Square"], [])
-    wait = dag.dag.get_task("Square.wait")  # defers at once, for at most wait_timeout_s
+    wait = dag.dag.get_task("Square.wait")  # defers at once: the trigger ends at the deadline, Airflow a little later
     with pytest.raises(TaskDeferred) as deferred:
         wait.execute({"params": {}})
-    assert deferred.value.timeout == datetime.timedelta(hours=1) and deferred.value.method_name == "finish"
+    assert deferred.value.timeout == datetime.timedelta(seconds=3600 + airflow_tasks.BACKSTOP)
+    assert deferred.value.method_name == "finish" and deferred.value.trigger.deadline > time.time() + 3590
     assert "wait_timeout_s" not in dag.TABLES["Total"]  # (worker mode has no wait)
 
 
@@ -499,8 +502,6 @@ def check_mode_run(run: subprocess.CompletedProcess, chain, airflow: Airflow, se
     failed key; the rows and makes of a plain populate (each key once, item 3 recorded as
     failed, nothing reserved); each wait task deferred to the trigger, whose arguments as
     Airflow stored them hold no credential. Returns the run ids the submit tasks started."""
-    import sqlite3
-
     output = run.stdout + run.stderr
     assert run.returncode == 1, output[-3000:]
     assert 'Square {"item_id": 3} failed: ValueError: item 3 is bad' in output
@@ -524,7 +525,7 @@ def check_mode_run(run: subprocess.CompletedProcess, chain, airflow: Airflow, se
     for run_id in runs:
         classpath, kwargs = triggers[run_id]
         assert classpath == "dj_orchestrate.airflow_tasks.TableProgress" and sentinel not in kwargs
-        assert set(json.loads(kwargs)) == {"pipeline", "table", "run", "key", "poll_s", "python"}
+        assert set(json.loads(kwargs)) == {"pipeline", "table", "run", "key", "poll_s", "python", "deadline"}
     for text in (output, airflow.logs(), (airflow.dags / "chain.py").read_text()):
         assert sentinel not in text
     return runs
@@ -583,6 +584,39 @@ def test_dask_mode_dags_test(db, airflow, dask_cluster, database_access, tmp_pat
     assert f"to scheduler={dask_cluster.address} tasks=Square:" in run.stdout + run.stderr
     failed = [r for r in jobs_rows(chain.Square) if r["status"] == "error"][0]
     assert failed["backend_job_id"].startswith("dask:"), failed["backend_job_id"]
+
+
+@pytest.mark.timeout(600)  # a `dags test` (allowed 1000 s, takes ~20 s) and a 30 s make
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_wait_timeout_fails_the_wait_and_the_worker_goes_on(db, airflow, cluster, database_access, tmp_path):  # noqa: F811
+    """``wait_timeout_s`` under `dags test`, which runs the trigger inline and knows no
+    deferral timeout: the trigger's own deadline fails Square's wait with one line saying
+    what to do, though its only make (one SLURM task) takes 30 s and poll_s is ten
+    minutes. The worker is not stopped: it makes the key (once) after the run ended."""
+    sentinel, access = database_access
+    chain = load_chain()
+    seed(chain, 1)
+    config = '[airflow]\nmode = "slurm"\npoll_s = 600\n\n[airflow.tables.Square]\nwait_timeout_s = 2\n'
+    run = mode_dags_test(db, airflow, tmp_path, access, config=config, env={"DJO_TEST_SLEEP": "30"})
+    output = run.stdout + run.stderr
+    run_id = re.search(r"Returned value was: (\d{8}-\d{6}-[0-9a-f]+)", output).group(1)
+    assert (f"Square: waited wait_timeout_s = 2 s for run {run_id} and 1 keys are still not made (its workers go on): "
+            "raise wait_timeout_s in [airflow.tables.Square] or [airflow] and render the DAG again, or see "
+            "`dj-orchestrate status`") in output  # (the last look, at the deadline, found the make still running)
+    with sqlite3.connect(airflow.home / "airflow.db") as meta:
+        state, start, end = meta.execute(
+            "SELECT state, julianday(start_date), julianday(end_date) FROM task_instance WHERE dag_id = 'chain' AND "
+            "task_id = 'Square.wait' AND run_id = (SELECT max(run_id) FROM dag_run WHERE dag_id = 'chain')").fetchone()
+    assert state == "failed" and (end - start) * 86400 < 15  # the deadline, not poll_s nor the make's end
+    assert run.returncode == 1, output[-3000:]  # check fails the run: the key is still being made
+    assert "Square: 1 keys still being made by workers still running" in output
+
+    [job] = jobs_rows(chain.Square)  # reserved by the live SLURM task, which goes on and makes it
+    assert job["status"] == "reserved" and re.fullmatch(r"\d+(_\d+)?", job["backend_job_id"]), job
+    wait_for(lambda: len(chain.Square()), 60, "the SLURM task's make", interval=1, detail=lambda: jobs_rows(chain.Square))
+    assert makes(chain) == {("Square", 0): 1} and not [r for r in jobs_rows(chain.Square) if r["status"] == "reserved"]
+    assert sentinel not in output + airflow.logs()
 
 
 @pytest.mark.slurm

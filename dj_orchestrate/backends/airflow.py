@@ -311,16 +311,21 @@ def progress(info: TableInfo, restriction: Restriction, run_id: str, workers_end
 
 def unfinished(infos: list[TableInfo], restriction: Restriction) -> list[str]:
     """Why the run did not make every key, one line each (none: it did). Workers that
-    died holding keys are reconciled first, so that nothing stays reserved."""
+    died holding keys are reconciled first, so that nothing stays reserved; keys still
+    reserved then are held by live workers (a wait that timed out leaves them making
+    keys): not made yet, so named too."""
     reconcile_all([t.instance() for t in infos])
     lines = []
     for t in infos:
         jt = JobTable(t.instance())
         for e in jt.errors(restriction):
             lines.append(f"{t.name} {_key(e['key'])} failed: {e['error_message']}")
-        left = jt.counts(restriction)["missing"]
-        if left:
-            lines.append(f"{t.name}: {left} keys not made (a worker failed; see the work or wait task's log)")
+        counts = jt.counts(restriction)
+        if counts["missing"]:
+            lines.append(f"{t.name}: {counts['missing']} keys not made (a worker failed; see the work or wait task's log)")
+        if counts["reserved"]:
+            lines.append(f"{t.name}: {counts['reserved']} keys still being made by workers still running "
+                         "(`dj-orchestrate status` shows them; a later run takes up any they leave)")
     return lines
 
 
