@@ -147,14 +147,20 @@ def test_database_restart_under_serve(chain, db, procs):
 
 @pytest.mark.timeout(400)
 def test_a_table_routed_to_slurm(chain, db, procs, cluster, tmp_path):
-    """``[run.tables.Total] backend = "slurm"``: Square is made by local runs, Total by
-    SLURM arrays only, never two live at once; every key once."""
+    """``[run.tables.Total] backend = "slurm"``: ``run`` and ``serve`` make Square in
+    local runs and Total in SLURM arrays only, never two live at once; every key once.
+    A backend's own option is refused when the tables go to several backends."""
     config = tmp_path / "dj_orchestrate.toml"
     config.write_text('[run.tables.Total]\nbackend = "slurm"\n\n[slurm]\npull_workers = 2\n')
     seed(chain, 4)
-    p = start(procs, "--config", str(config))
+    refused = db.cli("run", CHAIN, "--config", str(config), "--scheduler", "tcp://x:1")
+    assert refused.returncode == 2 and "--scheduler belongs to one backend" in refused.stderr, refused.stderr
     try:
-        wait_for(all_made(chain, 4), 240, "Total made on SLURM", detail=lambda: procs.output(p)[-3000:])
+        ran = db.cli("run", CHAIN, "--config", str(config), "--no-progress", "--json", env={"DJO_LOG_DIR": str(tmp_path)})
+        assert ran.returncode == 0, ran.stderr
+        assert [(r["route"], r["exit"]) for r in json.loads(ran.stdout)["runs"]] == [("local", 0), ("slurm", 0)]
+        assert_all_made(chain, 4)
+        p = start(procs, "--config", str(config))
         chain.Item.insert([{"item_id": i, "value": float(i)} for i in range(4, 7)])
         wait_for(all_made(chain, 7), 240, "later rows", detail=lambda: procs.output(p)[-3000:])
         stop(procs, p, grace=30)
@@ -165,5 +171,6 @@ def test_a_table_routed_to_slurm(chain, db, procs, cluster, tmp_path):
             subprocess.run(["scancel", *arrays], capture_output=True, timeout=60)
     assert {r["backend"]: r["tables"] for r in runs} == {"local": "Square", "slurm": "Total"}
     slurm_runs = sorted((r["started"], r["ended"]) for r in runs if r["backend"] == "slurm")
-    assert all(a[1] is not None and a[1] <= b[0] for a, b in zip(slurm_runs, slurm_runs[1:])), slurm_runs
+    assert len(slurm_runs) >= 2 and all(a[1] is not None and a[1] <= b[0] for a, b in zip(slurm_runs, slurm_runs[1:]))
+    assert_all_made(chain, 7)
     assert set(makes(chain).values()) == {1} and len(makes(chain)) == 14
