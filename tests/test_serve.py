@@ -174,3 +174,27 @@ def test_a_table_routed_to_slurm(chain, db, procs, cluster, tmp_path):
     assert len(slurm_runs) >= 2 and all(a[1] is not None and a[1] <= b[0] for a, b in zip(slurm_runs, slurm_runs[1:]))
     assert_all_made(chain, 7)
     assert set(makes(chain).values()) == {1} and len(makes(chain)) == 14
+
+
+@pytest.mark.parametrize("args, config, message", [
+    (["--interval", "0"], "", "--interval must be a positive number of seconds"),
+    (["--until", "noon"], "", "--until 'noon' is not a time"),
+    ([], '[run.tables.Total]\nbackend = "slurmm"\n', "backend 'slurmm' in"),
+    ([], '[serve]\ninterval = "soon"\n', "interval in"),
+])
+def test_serve_bad_input_one_line_exit_2_nothing_written(chain, db, tmp_path, args, config, message):
+    """Bad options and config: one line naming the mistake (and the valid values), exit 2,
+    no server started, no ledger written."""
+    path = tmp_path / "dj_orchestrate.toml"
+    path.write_text(config)
+    out = db.cli("serve", CHAIN, "--config", str(path), *args)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not servers(chain)
+    assert not ledger._existing()
+
+
+def test_until_is_the_next_such_time():
+    now = serve.datetime.datetime.now()
+    at = serve.parse_until("00:00")
+    assert at > now and at - now <= serve.datetime.timedelta(days=1) and (at.hour, at.minute) == (0, 0)
+    assert serve.parse_until("2030-01-02T03:04") == serve.datetime.datetime(2030, 1, 2, 3, 4)
