@@ -373,12 +373,13 @@ def run_routes(pipeline_spec: str, routes: list[serve.Route], infos: list[pipeli
 @click.option("--interval", type=float, help="Seconds between looks for new work (default: [serve] interval, else 60).")
 @click.option("--max-idle", type=float, help="Exit 0 after this many seconds with nothing to do (default: never).")
 @click.option("--until", help="Exit 0 at this time: HH:MM or an ISO date-time (an allocation's end, a cron window's).")
+@click.option("--http", metavar="[HOST:]PORT", help="Also serve the dashboard there (HOST default 127.0.0.1; see `dashboard`).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file (dj_orchestrate.toml).")
 @policy_options
 @friendly
 def serve_command(pipeline_spec: str, backend: str | None, workers: int, tables: tuple[str, ...], key_json: str | None,
-                  interval: float | None, max_idle: float | None, until: str | None, config_path: str | None,
-                  **policy: Any) -> None:
+                  interval: float | None, max_idle: float | None, until: str | None, http: str | None,
+                  config_path: str | None, **policy: Any) -> None:
     """Keep the pipeline computed as data arrives, until stopped (SIGTERM: exit 0).
 
     Every --interval it enqueues the selected tables' new keys and starts a run of the
@@ -392,6 +393,7 @@ def serve_command(pipeline_spec: str, backend: str | None, workers: int, tables:
     if not interval > 0:
         raise UsageError(f"--interval must be a positive number of seconds, got {interval:g}", "e.g. --interval 60")
     end = serve.parse_until(until) if until else None
+    address = serve.parse_http(http) if http else None
     if backend is not None:
         backends.get(backend)
     target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json, warn=True)
@@ -403,8 +405,13 @@ def serve_command(pipeline_spec: str, backend: str | None, workers: int, tables:
     sup = supervisor(pipeline_spec, routes, restriction, key_json, config_path, workers, settings, policy,
                      f"serve-{os.getpid()}", interval)
     _, schemas = pipeline.identity(pipeline.load(pipeline_spec))
+    dashboard = None
+    if address:
+        argv = [sys.executable, "-m", "dj_orchestrate", "dashboard", sup.options.pipeline, "--host", address[0],
+                "--port", str(address[1])]
+        dashboard = serve.Sidecar(argv + [a for t in tables for a in ("--table", t)])
     server = serve.Server(sup, infos[0].cls.connection, schemas, interval=interval, grace=settings.grace,
-                          max_idle=max_idle, until=end)
+                          max_idle=max_idle, until=end, dashboard=dashboard)
     sys.exit(server.run())
 
 

@@ -319,6 +319,46 @@ def say(line: str) -> None:
     print(f"{datetime.datetime.now().isoformat(sep=' ', timespec='seconds')} {line}", file=sys.stderr, flush=True)
 
 
+@dataclass
+class Sidecar:
+    """The dashboard beside a server (``serve --http``): a process of its own (DataJoint's
+    connection is not shared between threads), its output the server's (it prints the
+    URL with its token, as ``dashboard`` does), started again when it dies, at most every
+    ``RESTART_S`` seconds (a port in use fails at once)."""
+
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+    last_start: float = float("-inf")
+
+    RESTART_S = 30.0
+
+    def keep(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        if self.proc is not None:
+            say(f"the dashboard exited ({self.proc.returncode}); starting it again")
+            self.proc = None
+        if time.monotonic() - self.last_start >= self.RESTART_S:
+            self.last_start = time.monotonic()
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def parse_http(text: str) -> tuple[str, int]:
+    """``--http``: PORT (on 127.0.0.1) or HOST:PORT."""
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--http {text!r} is not a port or HOST:PORT", "e.g. --http 8050 or --http 0.0.0.0:8050")
+    return host or "127.0.0.1", int(port)
+
+
 # ------------------------------------------------------------------------ serve
 @dataclass
 class Server:
@@ -333,6 +373,7 @@ class Server:
     until: datetime.datetime | None = None
     stopping: str = ""
     leader: bool = False
+    dashboard: Sidecar | None = None
 
     def __post_init__(self) -> None:
         self.lock = Leadership(self.conn, self.schemas)
@@ -354,6 +395,8 @@ class Server:
             if self.until and datetime.datetime.now() >= self.until:
                 self.stopping = f"--until {self.until.isoformat(sep=' ', timespec='minutes')}"
                 break
+            if self.dashboard is not None:
+                self.dashboard.keep()
             try:
                 busy = self.tick()
                 if outage is not None:
@@ -376,6 +419,8 @@ class Server:
             self._sleep(self.interval if self.leader else min(self.interval, STANDBY_POLL_S))
         say(f"stopping ({self.stopping}): letting runs finish or release their keys (--grace {self.grace:g}s)")
         self.supervisor.stop(self.grace)
+        if self.dashboard is not None:
+            self.dashboard.stop()
         with contextlib.suppress(Exception):  # (a database that is gone took the lock with it)
             if self.leader:
                 self.lock.release()

@@ -79,6 +79,23 @@ def test_serve_makes_what_arrives_once_and_stops_on_sigterm(chain, db, procs):
     assert not servers(chain)  # a server that stopped is no longer listed
 
 
+def test_serve_http_runs_the_dashboard_beside_it(chain, db, procs):
+    """``serve --http PORT``: the dashboard answers while the server runs (its status is
+    ``status --json``'s tables) and is gone after SIGTERM."""
+    from test_dashboard import free_port, get
+
+    seed(chain, 3)
+    port = free_port()
+    p = start(procs, "--http", str(port), env={"DJO_DASHBOARD_TOKEN": "t-" + db.schema})
+    wait_for(all_made(chain, 3), 60, "the seeded keys")
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: get(base + "/healthz")[0] == 200, 60, "the dashboard", detail=lambda: procs.output(p)[-2000:])
+    assert json.loads(get(base + "/api/status")[1]) == json.loads(db.cli("status", CHAIN, "--json").stdout)["tables"]
+    stop(procs, p)
+    wait_for(lambda: get(base + "/healthz")[0] != 200, 15, "the dashboard to stop")
+    assert "t-" + db.schema not in procs.output(p)
+
+
 def test_failing_keys_stop_at_their_budget(chain, db, procs):
     """Keys that fail are not retried in a loop: over 20 intervals their attempts stop at
     the budget (--retries 1: two attempts) and few runs are started."""
