@@ -416,7 +416,7 @@ class JobTable:
                     args.extend(self._bind(c, v) for c, v in zip(self.pk, bound))
         return where, args
 
-    def ready(self, shard: tuple[tuple | None, tuple | None] | None = None) -> int:
+    def ready(self, shard: tuple[tuple | None, tuple | None] | None = None, restriction: Restriction = Restriction()) -> int:
         """Pending keys due now (within the shard), read without locking anything.
 
         A claim that comes back empty does not prove there are none: on MySQL,
@@ -425,6 +425,9 @@ class JobTable:
         until it has checked the shard bounds). A fixed-shard worker that stopped there
         left most of its shard pending."""
         where, args = self._due(shard)
+        if restriction.keys is not None:  # (by the jobs key's attributes: a key by others matches every row)
+            cond, more = restriction.sql(self.name, self.pk, self.q, self._bind)
+            where, args = [*where, cond], [*args, *more]
         source = self._by_key if shard else self.name
         return int(self._query(f"SELECT COUNT(*) FROM {source} WHERE {' AND '.join(where)}", args).fetchone()[0])
 

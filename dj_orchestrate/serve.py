@@ -218,23 +218,38 @@ class Supervisor:
             err = child.out.with_suffix(".err")
             say(f"{line}: {_last_line(err) or f'see {err}'}; next try in {wait:.0f}s")
 
-    def enqueue(self) -> None:
+    def enqueue(self) -> dict[str, int]:
         """Every selected table's new keys, one line per table that got some."""
+        added = {}
         for info in self.infos:
             jt = JobTable(info.instance())
-            if jt.supported and (added := jt.enqueue(self.restriction)):
-                say(f"+{added} keys {info.name}")
+            added[info.name] = n = jt.enqueue(self.restriction) if jt.supported else 0
+            if n:
+                say(f"+{n} keys {info.name}")
+        return added
 
-    def reconcile(self) -> None:
+    def survey(self, tables: list[TableInfo]) -> dict[str, dict[str, int]]:
+        """Each table's jobs rows per status, ``ready`` within the restriction: one or two
+        statements per table, what an idle server costs."""
+        counts = {}
+        for info in tables:
+            jt = JobTable(info.instance())
+            counts[info.name] = c = jt.status_counts()
+            if jt.supported and self.restriction.keys is not None and c["ready"]:
+                c["ready"] = jt.ready(restriction=self.restriction)
+        return counts
+
+    def reconcile(self, tables: list[TableInfo]) -> None:
         """Keys of workers that are gone back to pending (the backends' hints asked)."""
-        instances = [t.instance() for t in self.infos]
-        reconcile_all(instances, self.policy, backends.hint(instances))
+        if tables:
+            instances = [t.instance() for t in tables]
+            reconcile_all(instances, self.policy, backends.hint(instances), self.restriction)
 
-    def ready(self, route: Route) -> bool:
-        """Keys of the route a worker could claim now, or (a table with no jobs table)
-        keys missing; and not every one of them behind a table that is not made yet."""
-        due = any(c["ready"] if jt.supported else jt.counts(self.restriction)["missing"]
-                  for jt in (JobTable(t.instance()) for t in route.tables) for c in [jt.status_counts()])
+    def ready(self, route: Route, counts: dict[str, dict[str, int]], added: dict[str, int]) -> bool:
+        """Keys of the route a worker could claim now (or, a table with no jobs table,
+        keys missing), not every one of them behind a table that is not made yet."""
+        due = any(counts[t.name]["ready"] or added.get(t.name) if JobTable(t.instance()).supported
+                  else JobTable(t.instance()).counts(self.restriction)["missing"] for t in route.tables)
         if not due:
             return False
         lines = waiting(route.tables, self.restriction)
@@ -242,17 +257,20 @@ class Supervisor:
         return not lines
 
     def tick(self, launch: bool = True) -> bool:
-        """One round: reap, reconcile, enqueue, start the runs that have work. Whether
-        anything is going on (a live run, or one just started)."""
+        """One round: reap; reconcile the tables with keys reserved; enqueue; start the
+        runs that have work. Whether anything is going on (a live run, or one just started)."""
         self.reap()
         if not launch:
             return self.live()
-        self.reconcile()
-        self.enqueue()
+        counts = self.survey(self.infos)
+        held = [t for t in self.infos if counts[t.name]["reserved"]]
+        self.reconcile(held)
+        counts.update(self.survey(held))  # (keys released just now are ready now)
+        added = self.enqueue()
         for route in self.routes:
             if self.not_before.get(route.backend, 0) > time.monotonic() or route.backend in self.children:
                 continue
-            if not self._remote_live(route) and self.ready(route):
+            if not self._remote_live(route) and self.ready(route, counts, added):
                 self.start(route)
         return self.live()
 
