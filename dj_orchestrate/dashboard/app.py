@@ -173,9 +173,10 @@ def build(dash: Dashboard) -> Starlette:
             return PlainTextResponse(f"403 Forbidden: {refused}", status_code=403)
         tables = [t for t in dash.infos if not form.get("table") or t.name == form["table"]]
         if verb == "reconcile":
-            from ..cli import ended_jobs
+            from .. import backends
 
-            r = reconcile_all([t.instance() for t in tables], Policy(), ended_jobs(tables))
+            instances = [t.instance() for t in tables]
+            r = reconcile_all(instances, Policy(), backends.hint(instances))
             return back(form.get("next"), f"reconcile: {r['released'] + r['charged'] - r['errors']} keys back to pending, "
                                           f"{r['completed']} already done, {r['errors']} became errors")
         if verb not in ("retry", "ignore"):
