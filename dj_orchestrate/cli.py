@@ -44,7 +44,7 @@ except UsageError as _err:
 from datajoint.errors import AccessError  # noqa: E402
 
 from . import __version__, backends, ledger, pipeline, reports, serve  # noqa: E402
-from .config import BackendConfig, timeouts  # noqa: E402
+from .config import BackendConfig, read as read_config, timeouts  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .flow import ORDERS, waiting  # noqa: E402
 from .jobs import JobTable, Policy, Restriction, reconcile_all  # noqa: E402
@@ -686,18 +686,25 @@ def k8s() -> None:
 @click.option("--image", help="The worker image (default: [kubernetes] image).")
 @click.option("--namespace", help="The namespace (default: [kubernetes] namespace, else default).")
 @click.option("--secret", help="The Secret with the database credentials (default: [kubernetes] secret).")
+@click.option("--serve", "always_on", is_flag=True,
+              help="Also write OUT/serve/: a Deployment running `dj-orchestrate serve --backend kubernetes` "
+                   "(its config in a ConfigMap), its ServiceAccount, and a Role for Jobs in the namespace only.")
 @friendly
 def k8s_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, config_path: str | None,
-               out_dir: str, image: str | None, namespace: str | None, secret: str | None) -> None:
+               out_dir: str, image: str | None, namespace: str | None, secret: str | None, always_on: bool) -> None:
     """Write the manifests that run the pipeline with `kubectl apply -f OUT`: the
-    conductor and its RBAC, and one Indexed Job per table. Writes nothing to the database.
-    They target Kubernetes 1.35 (the oldest minor release upstream maintains), or
-    cluster_version in [kubernetes] (1.28 at the oldest)."""
+    conductor and its RBAC, and one Indexed Job per table; with --serve, those that
+    keep it computed as data arrives (`kubectl apply -f OUT/serve`). Writes nothing to
+    the database. They target Kubernetes 1.35 (the oldest minor release upstream
+    maintains), or cluster_version in [kubernetes] (1.28 at the oldest)."""
     backend = _kubernetes().KubernetesBackend.from_config(config_path, image=image, namespace=namespace, secret=secret)
     request = render_request(pipeline_spec, tables, key_json, out_dir)
     request.worker.timeout = timeouts({}, backend.config, request.tables)
     warn_unknown_tables(backend.config, pipeline_spec)
     paths = backend.render(request, Path(out_dir))
+    if always_on:
+        paths += backend.render_serve(request, Path(out_dir) / "serve", read_config(config_path)[0],
+                                      serve.serve_settings(config_path).interval, tables)
     major, minor = backend.render_version()
     click.echo(f"manifests for Kubernetes {major}.{minor} (older cluster: set cluster_version in [kubernetes])")
     for path in paths:

@@ -14,6 +14,8 @@ after the section (``slurm = {...}``, ``dask = {"resources": {"GPU": 1}}``), the
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import tomllib
 import types
 import typing
@@ -50,6 +52,35 @@ def read(path: str | None) -> tuple[dict[str, Any], str]:
                              f"valid sections: {', '.join(f'[{s}]' for s in SECTIONS)}")
         return data, str(candidate)
     return {}, "defaults"
+
+
+def dumps(data: dict[str, dict[str, Any]]) -> str:
+    """A config (as ``read`` returns it) as TOML again: what a rendered Kubernetes
+    ConfigMap hands the pods. Each section and each ``[<section>.tables.<Table>]`` under
+    a header, their values inline (strings, numbers, booleans, lists and tables)."""
+    blocks = []
+    for name, section in data.items():
+        tables = section.get("tables", {})
+        blocks.append(_block([name], {k: v for k, v in section.items() if k != "tables"}))
+        blocks += [_block([name, "tables", table], values) for table, values in tables.items()]
+    return "\n".join(blocks)
+
+
+def _block(path: list[str], values: dict[str, Any]) -> str:
+    return "".join([f"[{'.'.join(map(_key, path))}]\n", *(f"{_key(k)} = {_value(v)}\n" for k, v in values.items())])
+
+
+def _key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
+def _value(value: Any) -> str:
+    """JSON's strings, numbers and booleans are TOML's; lists and tables differ in their punctuation."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }" if value else "{}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_value, value)) + "]"
+    return json.dumps(value, ensure_ascii=False)
 
 
 @dataclass(frozen=True)

@@ -271,19 +271,21 @@ GOLDEN_INPUTS = {"dj_orchestrate.toml", "README.md"}  # what a golden folder hol
 
 
 def check_golden(out: Path, golden: Path) -> list[str]:
-    """What ``render`` wrote to ``out`` is ``golden``'s file set, byte for byte (a file
-    missing or extra fails too). DJO_UPDATE_GOLDEN=1 rewrites the golden files instead;
+    """What ``render`` wrote to ``out`` (its folders too) is ``golden``'s file set, byte
+    for byte (a file missing or extra fails too). DJO_UPDATE_GOLDEN=1 rewrites the golden files instead;
     refused in CI, where every golden test would compare the output with itself."""
-    written = sorted(p.name for p in out.iterdir())
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     if os.environ.get("DJO_UPDATE_GOLDEN"):
         if CI:
             pytest.fail("DJO_UPDATE_GOLDEN is set in CI: the golden tests would check nothing", pytrace=False)
-        for old in golden.iterdir():
-            if old.name not in GOLDEN_INPUTS:
+        for old in golden.rglob("*"):
+            if old.is_file() and old.name not in GOLDEN_INPUTS:
                 old.unlink()
         for name in written:
+            (golden / name).parent.mkdir(parents=True, exist_ok=True)
             (golden / name).write_text((out / name).read_text())
-    assert written == sorted(p.name for p in golden.iterdir() if p.name not in GOLDEN_INPUTS), written
+    assert written == sorted(str(p.relative_to(golden)) for p in golden.rglob("*")
+                             if p.is_file() and p.name not in GOLDEN_INPUTS), written
     for name in written:
         assert (out / name).read_text() == (golden / name).read_text(), name
     return written

@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,9 +29,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, require
+from conftest import ROOT, require, wait_for
 
 COMPOSE = ROOT / "docker-compose.yml"
+DEMO = "dj_orchestrate.examples.demo"
 PROFILES = ("airflow", "gpu", "postgres")
 # what each variable of .env.example is set to in these tests: a value that must reach the
 # services through interpolation and appear nowhere in the repository
@@ -206,11 +208,36 @@ def test_dask_scheduler_workers_and_gpu_worker(services):
     assert gpu["profiles"] == ["gpu"]
     assert "GPU=1" in gpu["command"][gpu["command"].index("--resources") + 1]
     assert {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]} in gpu["deploy"]["resources"]["reservations"]["devices"]
-    run = services["run"]["command"]
-    assert run[:2] == ["run", "dj_orchestrate.examples.demo"] and "--wait" in run
-    assert run[run.index("--backend") + 1] == "dask"
-    assert run[run.index("--scheduler") + 1] == "tcp://scheduler:8786"
     assert services["postgres"]["profiles"] == ["postgres"]
+
+
+def seconds(duration: str) -> float:
+    """A compose duration of whole units: "30s", "2m"."""
+    value, unit = re.fullmatch(r"(\d+)([sm])", duration).groups()
+    return int(value) * (60 if unit == "m" else 1)
+
+
+def test_serve_keeps_the_demo_computed_on_the_dask_workers(services):
+    """The pipeline is served, not run once: `serve` on the Dask cluster (its scheduler
+    from DASK_SCHEDULER_ADDRESS, the scheduler service's port), restarted unless
+    stopped, after init and the workers; healthy while `dj-orchestrate health` says it
+    beat, checked every --interval, with time to start; `docker compose stop` leaves it
+    --grace for its runs (+3 s) before SIGKILL."""
+    assert "run" not in services
+    svc = services["serve"]
+    command = svc["command"]
+    assert command[:2] == ["serve", DEMO] and command[command.index("--backend") + 1] == "dask"
+    assert svc["environment"]["DASK_SCHEDULER_ADDRESS"] == "tcp://scheduler:8786"
+    assert services["scheduler"]["command"][services["scheduler"]["command"].index("--port") + 1] == "8786"
+    assert svc["restart"] == "unless-stopped"
+    assert svc["depends_on"] == {"init": {"condition": "service_completed_successfully"}, "worker": {"condition": "service_healthy"}}
+    check = svc["healthcheck"]
+    assert check["test"] == ["CMD", "dj-orchestrate", "health", DEMO]
+    interval = float(command[command.index("--interval") + 1])
+    assert seconds(check["interval"]) == interval and seconds(check["timeout"]) < interval
+    assert seconds(check["start_period"]) >= 2 * interval and check["retries"] >= 2
+    grace = float(command[command.index("--grace") + 1]) if "--grace" in command else 5.0
+    assert seconds(svc["stop_grace_period"]) >= grace + 3
 
 
 def test_published_ports_are_local_only(services):
@@ -243,14 +270,27 @@ def argv_of(svc: dict) -> list[str]:
 
 
 def worker_image_services() -> list:
-    return [pytest.param(argv_of(svc), id=name) for name, svc in yaml.safe_load(COMPOSE.read_text())["services"].items()
-            if svc.get("build", {}).get("dockerfile", "Dockerfile") == "Dockerfile"]
+    """Each worker-image service's command, and its healthcheck's when that runs dj-orchestrate."""
+    params = []
+    for name, svc in yaml.safe_load(COMPOSE.read_text())["services"].items():
+        if svc.get("build", {}).get("dockerfile", "Dockerfile") == "Dockerfile":
+            params.append(pytest.param(argv_of(svc), id=name))
+            test = svc["healthcheck"]["test"]
+            if test[:2] == ["CMD", "dj-orchestrate"]:
+                params.append(pytest.param(test[1:], id=f"{name}-healthcheck"))
+    return params
 
 
 @pytest.mark.parametrize("argv", worker_image_services())
 def test_service_command_is_a_real_command(argv):
-    """Each worker-image service's command: its subcommand's --help works here, lists every
-    option the service passes, and a --backend it names exists."""
+    """Each worker-image service's command (and a healthcheck that runs dj-orchestrate)
+    is a real command line (``check_command``)."""
+    check_command(argv)
+
+
+def check_command(argv: list[str]) -> None:
+    """A command line a container runs: its subcommand's --help works here, lists every
+    option it passes, and a --backend it names exists."""
     program, rest = argv[0], argv[1:]
     sub = [rest[0]] if rest and not rest[0].startswith("-") else []
     if program == "dj-orchestrate":
@@ -444,3 +484,25 @@ def test_init_waits_for_a_database_that_starts_late(db):
     assert proc.returncode == 0, "".join(stderr)
     assert opened.is_set(), "".join(stderr)
     assert demo_counts(db, {"DJO_DEMO_SCHEMA": db.schema})["Preprocess"]["total"] == 3
+
+
+def test_the_serve_healthcheck_follows_the_server(db, procs, services):
+    """The serve service's healthcheck as the container runs it (``dj-orchestrate
+    health``), on a real database: unhealthy (exit 1) before a server beats, healthy
+    (exit 0) while the service's own command runs here (the local backend in place of
+    Dask, whose scheduler is the stack's; --interval 1), unhealthy again once SIGTERM
+    stopped it (exit 0)."""
+    env = {"DJO_DEMO_SCHEMA": db.schema}
+    health = services["serve"]["healthcheck"]["test"][2:]  # (after CMD dj-orchestrate)
+    before = db.cli(*health, env=env)
+    assert before.returncode == 1 and f"no serve of {DEMO} on this host" in before.stdout, before.stdout + before.stderr
+    command = list(services["serve"]["command"])
+    command[command.index("--backend") + 1] = "local"
+    command[command.index("--interval") + 1] = "1"
+    server = procs.cli(*command, env=env, name="serve")
+    wait_for(lambda: db.cli(*health, env=env).returncode == 0, 120, "a healthy serve",
+             detail=lambda: procs.output(server)[-2000:])
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=30) == 0, procs.output(server)[-2000:]
+    after = db.cli(*health, env=env)
+    assert after.returncode == 1, after.stdout + after.stderr

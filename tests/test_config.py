@@ -95,3 +95,24 @@ def test_mistakes_name_the_key_and_the_fix(tmp_path, text, message, hint):
 def test_missing_file_given_explicitly(tmp_path):
     with pytest.raises(UsageError, match="config file not found"):
         BackendConfig.load("dask", Knobs, str(tmp_path / "nope.toml"))
+
+
+def test_dumps_reads_back_as_written():
+    """``dumps`` (a config written into a rendered ConfigMap) reads back as the config it
+    was given: every example config of the repository, and keys that need quotes,
+    strings that need escapes, big numbers, empty and nested lists and tables."""
+    import tomllib
+
+    from conftest import ROOT
+
+    from dj_orchestrate.config import dumps, read
+
+    examples = [*ROOT.glob("tests/golden/*/dj_orchestrate.toml"), ROOT / "k8s/dj_orchestrate.toml",
+                ROOT / "slurm/dj_orchestrate.toml.example"]
+    configs = [read(str(path))[0] for path in examples]
+    configs.append({"run": {"tables": {"A.b": {"backend": "slurm"}}},
+                    "kubernetes": {"env": {}, "node_selector": {"kubernetes.io/arch": "amd64"}, "memory": 'q"\\\n\té',
+                                   "timeout": 1.5e300, "gpus": 0, "secret_files": True, "image_pull_secrets": [],
+                                   "tolerations": [{"key": "gpu", "operator": "Exists", "values": [1, [2.5]]}]}})
+    for config in configs:
+        assert tomllib.loads(dumps(config)) == config, dumps(config)

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -59,6 +60,11 @@ def table_jobs(out: Path) -> list[dict]:
     """The table Jobs of a render, in sorted file order (the release order)."""
     return [d for p in sorted(out.glob("*.yaml")) for d in documents(p)
             if d["kind"] == "Job" and d["metadata"]["labels"].get("app.kubernetes.io/component") != "conductor"]
+
+
+def manifests(out: Path) -> list[Path]:
+    """Every file of a render (serve/ too)."""
+    return sorted(out.rglob("*.yaml"))
 
 
 def pod_process(job: dict, index: int, secret_env: dict, **popen) -> subprocess.Popen:
@@ -154,17 +160,17 @@ def render(db, out: Path, *args: str, env: dict | None = None, image: bool = Tru
 def test_render_is_the_k8s_dir_and_validates(db, tmp_path):
     """``k8s render`` of the demo pipeline (no API server: the files are checked with
     kubernetes-validate --strict against 1.35, the version it says it writes for, and
-    1.37) is byte for byte the k8s/ folder; sorted file names are a valid release order (the conductor first, each
+    1.37) is byte for byte the k8s/ folder (with --serve: k8s/serve/ too); sorted file names are a valid release order (the conductor first, each
     table after the tables it waits for); each table Job is Indexed, restartPolicy
     Never, and its pods run ``dj-orchestrate work`` with their shard from
     JOB_COMPLETION_INDEX. It wrote nothing to the database.
     DJO_UPDATE_GOLDEN=1 rewrites k8s/."""
     out = tmp_path / "k8s"
-    result = render(db, out, "--config", str(K8S_DIR / "dj_orchestrate.toml"))
+    result = render(db, out, "--config", str(K8S_DIR / "dj_orchestrate.toml"), "--serve")
     assert result.stdout.splitlines()[0].startswith(f"manifests for Kubernetes {RENDERED.rsplit('.', 1)[0]} "), result.stdout
     check_golden(out, K8S_DIR)
     for version in (RENDERED, NEWEST):
-        validate(sorted(out.glob("*.yaml")), version)
+        validate(manifests(out), version)
     seen: set[str] = set()
     for job in table_jobs(out):
         spec = job["spec"]
@@ -215,21 +221,23 @@ def test_render_golden_every_key(db, tmp_path):
     the golden files (checked with kubernetes-validate --strict against 1.33, the
     first version the per-index fields are written for, and 1.37; no API server),
     with backoffLimitPerIndex, maxFailedIndexes, FailIndex on exit code 2, the Secret
-    mounted at /run/secrets/datajoint/, the GPU limit, node selector and tolerations.
+    mounted at /run/secrets/datajoint/, the GPU limit, node selector and tolerations;
+    with --serve, the server's Deployment gets the same Secret, env and pull secret, and
+    its ConfigMap the config without the kubeconfig context.
     A sentinel DJ_PASS in the rendering environment appears in no file. A section for a
-    table the pipeline does not have (a typo) changes nothing and warns.
+    table the pipeline does not have (a typo) changes no Job (the ConfigMap holds the
+    config as given) and warns.
     (PostgreSQL only: its test server trusts any password, so the sentinel can be set.)
     DJO_UPDATE_GOLDEN=1 rewrites the golden files."""
     sentinel = "pw-" + uuid.uuid4().hex
     out = tmp_path / "jobs"
     config = tmp_path / "dj_orchestrate.toml"
     config.write_text((GOLDEN / "dj_orchestrate.toml").read_text() + '\n[kubernetes.tables.SpikeSortin]\ngpus = 2\n')
-    result = render(db, out, "--config", str(config), env={"DJ_PASS": sentinel}, image=False)
+    result = render(db, out, "--config", str(config), "--serve", env={"DJ_PASS": sentinel}, image=False)
     assert f"warning: [kubernetes.tables.SpikeSortin] in {config} names no table of {DEMO}" in result.stderr
-    written = sorted(p.name for p in out.iterdir())
+    written = check_golden(out, GOLDEN)
     for name in written:
         assert sentinel not in (out / name).read_text()
-    check_golden(out, GOLDEN)
     for version in ("1.33.0", NEWEST):
         validate([out / n for n in written], version)
     sorting = next(j for j in table_jobs(out) if j["metadata"]["annotations"]["dj-orchestrate.io/table"] == "SpikeSorting")
@@ -242,6 +250,14 @@ def test_render_golden_every_key(db, tmp_path):
     pod = spec["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["volumes"] == [{"name": "datajoint-credentials", "secret": {"secretName": "lab-db"}}]
+    config_map, deployment = documents(out / "serve" / "01-serve.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert {"name": "datajoint-credentials", "secret": {"secretName": "lab-db"}} in pod["volumes"]
+    assert {"name": "DJ_HOST", "value": "mysql.databases.svc"} in container["env"]
+    assert pod["imagePullSecrets"] == [{"name": "lab-registry"}] and pod["serviceAccountName"] == "dj-orchestrate-serve"
+    served = tomllib.loads(config_map["data"]["dj_orchestrate.toml"])["kubernetes"]
+    assert "context" not in served and served["image"] == "registry.lab.org/my-lab:2026.12" and served["namespace"] == "ephys"
 
 
 def test_example_config_documents_every_key():
@@ -255,6 +271,62 @@ def test_example_config_documents_every_key():
     text = (GOLDEN / "dj_orchestrate.toml").read_text()
     for f in dataclasses.fields(KubernetesSettings):
         assert re.search(rf"^#? ?{f.name} = ", text, re.M), f.name
+
+
+@pytest.mark.parametrize("folder", [K8S_DIR, GOLDEN], ids=["k8s", "golden"])
+def test_rendered_serve_is_least_privilege_and_a_real_command(folder, tmp_path):
+    """What ``k8s render --serve`` writes (the checked-in renders, kept fresh by the
+    tests above): a Role in the Deployment's namespace granting Jobs create, get, list,
+    watch, patch and delete and pods list, nothing else and nothing cluster-wide (no
+    ClusterRole or ClusterRoleBinding), bound to the Deployment's ServiceAccount only.
+    The container runs a real ``serve`` command line (every option ``serve --help``
+    has, as the compose services are checked; parsed by ``serve``'s own parser) on the
+    kubernetes backend with the mounted ConfigMap's file as its config, which loads
+    and names the image and Secret; its probes run a real ``dj-orchestrate health`` of
+    the same pipeline, no more often than the server beats. No file holds a credential:
+    the pod's only variables are the namespace and ``env`` of the config."""
+    from test_compose import check_command, literal_passwords
+
+    from dj_orchestrate.backends.kubernetes import CREDENTIAL_WORDS, load_config
+    from dj_orchestrate.cli import main
+
+    docs = {d["kind"]: d for p in manifests(folder / "serve") for d in documents(p)}
+    assert sorted(docs) == ["ConfigMap", "Deployment", "Role", "RoleBinding", "ServiceAccount"]
+    deployment, role, account = docs["Deployment"], docs["Role"], docs["ServiceAccount"]
+    namespace = deployment["metadata"]["namespace"]
+    assert {d["metadata"]["namespace"] for d in docs.values()} == {namespace}
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    assert granted == {("batch", "jobs", v) for v in ("create", "get", "list", "watch", "patch", "delete")} | {("", "pods", "list")}
+    assert docs["RoleBinding"]["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+    assert docs["RoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": namespace}]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"] and deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    [container] = pod["containers"]
+    command = container["command"]
+    assert command[:2] == ["dj-orchestrate", "serve"]
+    check_command(command)
+    params = main.commands["serve"].make_context("serve", command[2:]).params
+    assert params["backend"] == "kubernetes"
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "config"]
+    assert {"name": "config", "configMap": {"name": docs["ConfigMap"]["metadata"]["name"]}} in pod["volumes"]
+    assert params["config_path"] == f"{mount['mountPath']}/dj_orchestrate.toml"
+    config = tmp_path / "dj_orchestrate.toml"
+    config.write_text(docs["ConfigMap"]["data"]["dj_orchestrate.toml"])
+    served = load_config(str(config)).defaults
+    assert (served.image, served.namespace, served.context) == (container["image"], namespace, None)
+    named = [e["secretRef"]["name"] for e in container.get("envFrom", [])] + [
+        v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
+    assert named == [served.secret]  # the Secret the table Jobs get (the config's), and only it
+    for probe in (container["startupProbe"], container["livenessProbe"]):
+        assert probe["exec"]["command"] == ["dj-orchestrate", "health", params["pipeline_spec"]]
+    check_command(container["livenessProbe"]["exec"]["command"])
+    assert container["livenessProbe"]["periodSeconds"] >= params["interval"]
+    assert {e["name"] for e in container["env"]} == {"POD_NAMESPACE", *served.env}
+    assert not any(CREDENTIAL_WORDS.search(e["name"]) for e in container["env"])
+    for path in manifests(folder / "serve"):
+        assert literal_passwords(path.read_text()) == [], path
 
 
 def test_names_are_dns_labels_and_deterministic():
@@ -631,6 +703,68 @@ async def test_run_wait_against_the_emulator_like_populate(db, kmock, tmp_path):
                                        capture_output=True, text=True, timeout=120).stdout)
     assert len(errors) == 2 and all(e["backend_job_id"].startswith(f"kubernetes:{NS}/djo-{tag}-preprocess-") for e in errors)
     assert all(e["log_path"] == f"kubectl logs -n {NS} {e['backend_job_id'].partition('/')[2]}" for e in errors)
+
+
+@pytest.mark.asyncio
+async def test_rendered_serve_against_the_emulator(db, kmock, tmp_path):
+    """The Deployment ``k8s render --serve`` writes, against the API emulator (no API
+    server here; the test plays the Job controller and the kubelet, runs the serve
+    pod's exact command and env as a process, with --interval 1 and its ConfigMap's
+    file where it is mounted): it starts a ``run --backend kubernetes`` whose Jobs have
+    the image and Secret of the ConfigMap, and the demo ends made (but its two broken
+    recordings); meanwhile the liveness probe's command exits 0, and after SIGTERM (exit
+    0) it exits 1. Every request the server and its runs made is one its Role grants,
+    but /version (any authenticated user may read it) and reading the namespace (a
+    refusal is no answer, not an error); what it grants and they did not ask is what
+    only a lost answer, a rejected run or keys held by pods need."""
+    from dj_orchestrate.backends.kubernetes import SERVER_RULES, pod_here
+
+    demo(db, "seed", db.schema, 3)
+    cluster(kmock)
+    out = tmp_path / "k8s"
+    render(db, out, "--config", str(K8S_DIR / "dj_orchestrate.toml"), "--namespace", NS, "--serve")
+    config_map, deployment = documents(out / "serve" / "01-serve.yaml")
+    config = tmp_path / "dj_orchestrate.toml"
+    config.write_text(config_map["data"]["dj_orchestrate.toml"])
+    kube = {"KUBECONFIG": str(kubeconfig(tmp_path, kmock)), "DJO_LOG_DIR": str(tmp_path / "logs")}
+    argv, env = pod_here(deployment, 0, {**os.environ, **secret_env(db), **kube})
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    env.pop("JOB_COMPLETION_INDEX")
+    argv[argv.index("--config") + 1], argv[argv.index("--interval") + 1] = str(config), "1"
+    probe = [sys.executable, "-m", "dj_orchestrate", *deployment["spec"]["template"]["spec"]["containers"][0][
+        "livenessProbe"]["exec"]["command"][1:]]
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as f:
+        proc = await asyncio.create_subprocess_exec(*argv, env=env, cwd=str(tmp_path), stdout=f, stderr=f)
+    ran: list[str] = []
+    controller = asyncio.create_task(play_controller(kmock, proc, db, ran))
+
+    def made() -> bool:
+        tables = json.loads(db.cli("status", DEMO, "--json", env={"DJO_DEMO_SCHEMA": db.schema}).stdout)["tables"]
+        return all(t["total"] and t["done"] + t["error"] == t["total"] for t in tables)
+
+    try:
+        await asyncio.to_thread(wait_for, made, 240, "the demo made by the server's run", detail=lambda: log.read_text()[-3000:])
+        healthy = await asyncio.to_thread(subprocess.run, probe, env=env, capture_output=True, text=True, timeout=120)
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0, log.read_text()[-3000:]
+        await controller
+    stopped = await asyncio.to_thread(subprocess.run, probe, env=env, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    jobs = stored_jobs(kmock)
+    assert len(ran) == len(jobs) == 5, log.read_text()[-3000:]
+    for job in jobs.values():
+        [container] = job["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == IMAGE and container["envFrom"] == [{"secretRef": {"name": SECRET}}]
+    granted = {(verb, resource) for rule in SERVER_RULES for resource in rule["resources"] for verb in rule["verbs"]}
+    asked = {(rbac_verb(r), r.resource.plural) if r.resource and r.resource.plural else (r.method.value, r.url.path) for r in kmock}
+    assert asked - granted == {("GET", "/version"), ("GET", f"/api/v1/namespaces/{NS}")}, asked  # (the test's status patches: patch, jobs)
+    # unasked here: adopting a Job after a lost answer, deleting a rejected or cancelled run's
+    # Jobs, and asking which pods ended (reconcile asks when pods hold keys)
+    assert granted - asked <= {("get", "jobs"), ("delete", "jobs"), ("list", "pods")}
 
 
 @pytest.mark.parametrize("db", ["mysql"], indirect=True)  # the backend's behaviour, the same on either database; MySQL: a user whose password is real

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from .. import ledger
 from ..db import retrying
-from ..config import BackendConfig, Settings
+from ..config import BackendConfig, Settings, dumps
 from ..errors import UsageError
 from ..jobs import JobTable
 from ..pipeline import TableInfo
@@ -64,6 +64,14 @@ RUN_LABEL, TABLE_LABEL, AFTER = f"{GROUP}/run", f"{GROUP}/table", f"{GROUP}/afte
 MANAGED = {"app.kubernetes.io/managed-by": "dj-orchestrate"}
 CONDUCTOR = "dj-orchestrate-conductor"  # its ServiceAccount, Role and RoleBinding
 CONDUCTOR_VERBS = ["list", "watch", "patch"]  # on Jobs: what `k8s conduct` does, nothing more
+SERVER = "dj-orchestrate-serve"  # the ServiceAccount, Role and RoleBinding of a rendered `serve`
+# what `serve --backend kubernetes` and the `run --wait` it starts ask of the API (``Api``), in
+# its namespace only: Jobs created (``create``; adopted on 409: get), followed (list, watch),
+# released (patch), deleted (a rejected or cancelled run); the pods of Jobs listed, for
+# reconcile's hint of which ended. /version needs no Role; reading the namespace may be refused.
+SERVER_RULES = [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list", "watch", "patch", "delete"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+CONFIG_DIR = "/etc/dj-orchestrate"  # where a rendered `serve` reads its dj_orchestrate.toml (a ConfigMap)
 SECRETS_DIR = "/run/secrets/datajoint"  # DataJoint reads database.user / database.password here
 GRACE_MARGIN = 30  # seconds beyond --grace for releasing claims after SIGTERM
 RETRIES = 8
@@ -341,13 +349,6 @@ class Manifests:
         """The in-cluster conductor: a ServiceAccount that may list, watch and patch Jobs
         in this namespace (all that ``conduct`` asks: no get, create, delete, nor any
         other resource), and a Job that releases the run's suspended Jobs."""
-        meta = {"namespace": self.namespace, "labels": dict(MANAGED)}
-        role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": CONDUCTOR, **meta},
-                "rules": [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": CONDUCTOR_VERBS}]}
-        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": CONDUCTOR, **meta},
-                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONDUCTOR},
-                   "subjects": [{"kind": "ServiceAccount", "name": CONDUCTOR, "namespace": self.namespace}]}
-        account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": CONDUCTOR, **meta}}
         command = ["dj-orchestrate", "k8s", "conduct", "--run", self.run, "--jobs", str(len(self.jobs))]
         container = {"name": "conductor", "image": image, "command": command, "env": [_field_env("POD_NAMESPACE", "metadata.namespace")],
                      "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}}
@@ -360,7 +361,62 @@ class Manifests:
                "spec": {"backoffLimit": 6, "template": {"metadata": {"labels": labels}, "spec": pod}}}
         if config.ttl_seconds_after_finished is not None:
             job["spec"]["ttlSecondsAfterFinished"] = config.ttl_seconds_after_finished
-        return [account, role, binding, job]
+        return [*account(CONDUCTOR, self.namespace, [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": CONDUCTOR_VERBS}]), job]
+
+    def server(self, image: str, config: KubernetesSettings, command: list[str], toml: str, interval: float,
+               grace: float) -> list[dict]:
+        """``serve`` always on: a ConfigMap with its config (``toml``) and a Deployment of
+        one replica running ``command`` (``dj-orchestrate serve PIPELINE ...``) under the
+        ``SERVER`` ServiceAccount, restarted when ``dj-orchestrate health`` says it
+        stopped beating."""
+        name = dns_name("djo", self.run, "serve")
+        meta = {"name": name, "namespace": self.namespace, "labels": dict(MANAGED)}
+        config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"dj_orchestrate.toml": toml}}
+        # health fails after 3 intervals without a beat; a slow start (imports, declaring tables) gets 5 minutes
+        probe = {"exec": {"command": ["dj-orchestrate", "health", command[2]]}, "timeoutSeconds": 30}
+        container: dict[str, Any] = {"name": "serve", "image": image, "command": command,
+                                     "env": [_field_env("POD_NAMESPACE", "metadata.namespace"), *plain_env(config)],
+                                     "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+                                     "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 30},
+                                     "livenessProbe": {**probe, "periodSeconds": max(30, math.ceil(interval)), "failureThreshold": 3},
+                                     "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}}
+        pod: dict[str, Any] = {"serviceAccountName": SERVER, "terminationGracePeriodSeconds": math.ceil(grace) + GRACE_MARGIN,
+                               "containers": [container], "volumes": [{"name": "config", "configMap": {"name": name}}]}
+        with_credentials(container, pod, config)
+        if config.image_pull_secrets:
+            pod["imagePullSecrets"] = [{"name": s} for s in config.image_pull_secrets]
+        selector = {"app.kubernetes.io/component": "serve", "app.kubernetes.io/instance": name}
+        labels = {**MANAGED, **selector}
+        deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {**meta, "labels": labels},
+                      "spec": {"replicas": 1, "selector": {"matchLabels": selector},
+                               "template": {"metadata": {"labels": labels}, "spec": pod}}}
+        return [config_map, deployment]
+
+
+def account(name: str, namespace: str, rules: list[dict]) -> list[dict]:
+    """A ServiceAccount, a Role in ``namespace`` granting ``rules`` and nothing else, and
+    the RoleBinding between them (all named ``name``)."""
+    meta = {"namespace": namespace, "labels": dict(MANAGED)}
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name, **meta}, "rules": rules}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": name, **meta},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+               "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}
+    return [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, **meta}}, role, binding]
+
+
+def plain_env(settings: KubernetesSettings) -> list[dict]:
+    """``env`` of the settings (no credentials: ``parsed`` refuses them)."""
+    return [{"name": k, "value": str(v)} for k, v in sorted(settings.env.items())]
+
+
+def with_credentials(container: dict, pod: dict, settings: KubernetesSettings) -> None:
+    """The database credentials from the Secret: its keys as variables (``envFrom``), or
+    with ``secret_files`` its files in SECRETS_DIR, where DataJoint reads them."""
+    if settings.secret and not settings.secret_files:
+        container["envFrom"] = [{"secretRef": {"name": settings.secret}}]
+    elif settings.secret:
+        container.setdefault("volumeMounts", []).append({"name": "datajoint-credentials", "mountPath": SECRETS_DIR, "readOnly": True})
+        pod.setdefault("volumes", []).append({"name": "datajoint-credentials", "secret": {"secretName": settings.secret}})
 
 
 def conductor_name(run: str) -> str:
@@ -379,15 +435,10 @@ def table_job(launch: TableLaunch, command: list[str], settings: KubernetesSetti
     per_index = version >= PER_INDEX_SINCE
     labels = {**MANAGED, RUN_LABEL: run, TABLE_LABEL: dns_name(launch.info.name)}
     env = [_field_env("POD_NAME", "metadata.name"), _field_env("POD_NAMESPACE", "metadata.namespace"),
-           {"name": "DJO_LOG_PATH", "value": "kubectl logs -n $(POD_NAMESPACE) $(POD_NAME)"}]
-    env += [{"name": k, "value": str(v)} for k, v in sorted(settings.env.items())]
+           {"name": "DJO_LOG_PATH", "value": "kubectl logs -n $(POD_NAMESPACE) $(POD_NAME)"}, *plain_env(settings)]
     container: dict[str, Any] = {"name": "worker", "image": image, "command": command, "env": env}
     pod: dict[str, Any] = {"restartPolicy": "Never", "terminationGracePeriodSeconds": math.ceil(grace) + GRACE_MARGIN}
-    if settings.secret and not settings.secret_files:
-        container["envFrom"] = [{"secretRef": {"name": settings.secret}}]
-    elif settings.secret:
-        container["volumeMounts"] = [{"name": "datajoint-credentials", "mountPath": SECRETS_DIR, "readOnly": True}]
-        pod["volumes"] = [{"name": "datajoint-credentials", "secret": {"secretName": settings.secret}}]
+    with_credentials(container, pod, settings)
     requests = {k: str(v) for k, v in (("cpu", settings.cpu), ("memory", settings.memory)) if v is not None}
     limits = {k: str(v) for k, v in (("memory", settings.memory), ("nvidia.com/gpu", settings.gpus)) if v}
     if requests or limits:
@@ -690,18 +741,61 @@ class KubernetesBackend(Backend):
             raise UsageError("no image for the Kubernetes pods", "pass --image, or set image in [kubernetes] of dj_orchestrate.toml")
         for t in request.tables:
             self.config.for_table(t)
-        run = dns_name(request.pipeline.rsplit(".", 1)[-1].removesuffix(".py").rsplit("/", 1)[-1])
+        run = render_name(request)
         version = self.render_version()
         launches = plan_launches(request, lambda info: self.config.for_table(info).parallelism, fixed_first=False)
         made = self.manifests(request, launches, run, self.settings.namespace or "default", version, suspend_all=False)
-        out.mkdir(parents=True, exist_ok=True)
         files = [(out / "00-conductor.yaml", made.conductor(self.settings.image, self.settings))]
         width = max(2, len(str(len(launches))))
         files += [(out / f"{n + 1:0{width}d}-{launch.info.name}.yaml", [job]) for n, (launch, job) in enumerate(zip(launches, made.jobs))]
-        for path, docs in files:
-            path.write_text(f"# dj-orchestrate {request.pipeline}: written by `dj-orchestrate k8s render`\n"
-                            + yaml.dump_all(docs, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False))
-        return [p for p, _ in files]
+        return write_manifests(files, f"# dj-orchestrate {request.pipeline}: written by `dj-orchestrate k8s render`\n")
+
+    def render_serve(self, request: RunRequest, out: Path, config: dict[str, dict], interval: float,
+                     tables: tuple[str, ...]) -> list[Path]:
+        """Manifests that keep the pipeline computed (``kubectl apply -f out``): a
+        Deployment running ``serve --backend kubernetes`` every ``interval`` seconds, with
+        ``config`` (the whole config file, as read) and the image, namespace and Secret
+        this render was given in a ConfigMap, and a ServiceAccount whose Role allows
+        only ``SERVER_RULES`` in the namespace. The kubeconfig ``context`` stays out: in
+        the pod the API is the cluster's own."""
+        namespace = self.settings.namespace or "default"
+        section = {k: v for k, v in config.get("kubernetes", {}).items() if k != "context"}
+        section.update(image=self.settings.image, namespace=namespace)
+        if self.settings.secret:
+            section["secret"] = self.settings.secret
+        command = ["dj-orchestrate", "serve", request.pipeline, "--backend", "kubernetes", "--config",
+                   f"{CONFIG_DIR}/dj_orchestrate.toml", "--interval", f"{interval:g}"]
+        command += [a for t in tables for a in ("--table", t)] + (["--key", request.key_json] if request.key_json else [])
+        made = Manifests(namespace, render_name(request), self.render_version())
+        server = made.server(self.settings.image or "", self.settings, command, dumps({**config, "kubernetes": section}),
+                             interval, request.worker.grace)
+        header = f"# dj-orchestrate {request.pipeline}: written by `dj-orchestrate k8s render --serve`\n"
+        return write_manifests([(out / "00-account.yaml", account(SERVER, namespace, SERVER_RULES)),
+                                (out / "01-serve.yaml", server)],
+                               header, {"01-serve.yaml": REPLICAS_NOTE})
+
+
+REPLICAS_NOTE = """\
+# replicas: 2 is safe: one server leads (a database lock named after the pipeline's schemas,
+# held by its connection) and starts the runs; the other stands by and leads within seconds
+# of the leader's end. One is enough: Kubernetes replaces a server that dies or stops beating
+# (livenessProbe: `dj-orchestrate health`), and during a rollout the new pod stands by until
+# the old one has stopped.
+"""
+
+
+def render_name(request: RunRequest) -> str:
+    """A render's run label: the pipeline module's (or file's) name."""
+    return dns_name(request.pipeline.rsplit(".", 1)[-1].removesuffix(".py").rsplit("/", 1)[-1])
+
+
+def write_manifests(files: list[tuple[Path, list[dict]]], header: str, notes: dict[str, str] | None = None) -> list[Path]:
+    """Each file's manifests as YAML documents under ``header`` (and its note)."""
+    for path, docs in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + (notes or {}).get(path.name, "")
+                        + yaml.dump_all(docs, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False))
+    return [p for p, _ in files]
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -709,6 +803,14 @@ class _PlainDumper(yaml.SafeDumper):
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+
+def _text(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    """A string of several lines (a ConfigMap's file) as a block, as it reads in the file."""
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
+
+
+_PlainDumper.add_representer(str, _text)
 
 
 def cancel(api: Api, run: str) -> list[str]:
