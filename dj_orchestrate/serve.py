@@ -182,6 +182,8 @@ class Supervisor:
         self.interval = interval
         self.children: dict[str, Child] = {}
         self.failures: dict[str, int] = {}  # per route: runs in a row that could not run
+        self.resumed: set[str] = set()  # runs of gone drivers taken up
+        self.stopping = False
         self.not_before: dict[str, float] = {}
         self.results: list[dict] = []
         self.said: dict[str, Any] = {}
@@ -207,7 +209,7 @@ class Supervisor:
             made, failed = sum(s["keys_done"] for s in shards), sum(s["keys_failed"] for s in shards)
             self.results.append({"route": name, "run_id": run_id, "state": state, "exit": code})
             line = f"run {run_id} {child.route}: {state} ({made} made, {failed} failed, {time.monotonic() - child.started:.0f}s)"
-            if code in (0, 1):
+            if code in (0, 1) or self.stopping:
                 self.failures.pop(name, None)
                 say(line)
                 continue
@@ -274,33 +276,48 @@ class Supervisor:
                 self.start(route)
         return self.live()
 
-    def start(self, route: Route) -> None:
+    def start(self, route: Route, argv: list[str] | None = None, what: str = "") -> None:
+        """A run of the route (or ``argv``, which takes up an earlier one) in its own process."""
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = self.options.log_dir / f"{route.backend}-{stamp}.json"
         with open(out, "w") as stdout, open(out.with_suffix(".err"), "w") as stderr:
-            proc = subprocess.Popen(self.options.argv(route), stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)  # (a Ctrl-C reaches the server, which stops its runs)
+            proc = subprocess.Popen(argv or self.options.argv(route), stdout=stdout, stderr=stderr,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)  # (the server stops its runs)
         self.children[route.backend] = Child(route, proc, out)
-        say(f"started a {route} run (pid {proc.pid}; log {out.with_suffix('.err')})")
+        say(f"{what or f'started a {route} run'} (pid {proc.pid}; log {out.with_suffix('.err')})")
 
     def _remote_live(self, route: Route) -> bool:
-        """A run of these tables that a server before this one started and that still has
-        workers (its scheduler says so): no second array or Job for the same keys."""
+        """A run of these tables that a driver before this one started (a server that
+        died, a user's ``run --wait``) and whose workers still run (its scheduler says
+        so): no second array or Job for the same keys. One whose workers cannot finish
+        without its gone driver is taken up (``Backend.resume``); one whose workers all
+        ended is recorded as interrupted."""
         if route.backend == "local":
             return False
         backend = backends.get(route.backend).from_config(self.options.config_path)
         for run in ledger.open_runs(self.options.pipeline, route.backend, route.names):
-            if backend.run_ended(run) is not True:
+            ended = backend.run_ended(run)
+            if ended:
+                ledger.finish_run(run["run_id"], "interrupted")
+                continue
+            argv = backend.resume(run) if run["run_id"] not in self.resumed else None
+            if argv:
+                self.resumed.add(run["run_id"])
+                self.start(route, [sys.executable, "-m", "dj_orchestrate", *argv], f"taking up run {run['run_id']}")
+            else:
                 self._once(f"remote:{route.backend}", run["run_id"], f"run {run['run_id']} {route} is still live; waiting for it")
-                return True
+            return True
         return False
 
     def stop(self, grace: float) -> None:
-        """SIGTERM to every run (their workers release or finish their keys within
-        ``grace``), then wait for them; a run still there after that is killed."""
+        """SIGINT to every run, as a Ctrl-C (local and Dask workers release or finish their
+        keys within ``grace``; a Kubernetes run deletes its Jobs, whose pods do the same;
+        SLURM arrays go on and are followed by the next server), then wait for them; a run
+        still there after that is killed."""
+        self.stopping = True
         for child in self.children.values():
             with contextlib.suppress(ProcessLookupError):  # (already gone)
-                os.killpg(child.proc.pid, signal.SIGTERM)
+                os.killpg(child.proc.pid, signal.SIGINT)
         deadline = time.monotonic() + grace + 3
         while self.children and time.monotonic() < deadline:
             time.sleep(0.2)

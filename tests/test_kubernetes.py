@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import tomllib
 import uuid
 from pathlib import Path
@@ -765,6 +766,64 @@ async def test_rendered_serve_against_the_emulator(db, kmock, tmp_path):
     # unasked here: adopting a Job after a lost answer, deleting a rejected or cancelled run's
     # Jobs, and asking which pods ended (reconcile asks when pods hold keys)
     assert granted - asked <= {("get", "jobs"), ("delete", "jobs"), ("list", "pods")}
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # the backend's behaviour, the same on either database
+@pytest.mark.asyncio
+async def test_a_new_server_takes_up_the_run_of_one_that_died(db, kmock, tmp_path):
+    """Against the API emulator (no API server here; the test plays the Job controller):
+    a serve pod that dies mid-run (SIGKILL of the server and its run, as a pod's end kills
+    every process in it) leaves its downstream Jobs suspended, which only a conductor
+    releases. The next server takes up that run (``k8s conduct``) instead of waiting for
+    it for ever, starts no second run of those tables while it is live, and the demo ends
+    made (but its two broken recordings); the run is recorded as interrupted."""
+    import psutil
+
+    from dj_orchestrate import ledger
+
+    demo(db, "seed", db.schema, 3)
+    cluster(kmock)
+    config = tmp_path / "dj_orchestrate.toml"
+    config.write_text("\n".join(["[kubernetes]", f'image = "{IMAGE}"', f'secret = "{SECRET}"', ""]))
+    env = {**db.env, "DJO_DEMO_SCHEMA": db.schema, "KUBECONFIG": str(kubeconfig(tmp_path, kmock)),
+           "DJO_LOG_DIR": str(tmp_path / "logs")}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    argv = [sys.executable, "-m", "dj_orchestrate", "serve", DEMO, "--backend", "kubernetes", "--config", str(config),
+            "--interval", "1"]
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    with open(logs[0], "wb") as f:
+        first = await asyncio.create_subprocess_exec(*argv, env=env, cwd=str(tmp_path), stdout=f, stderr=f)
+    await asyncio.to_thread(wait_for, lambda: any(j["spec"].get("suspend") for j in stored_jobs(kmock).values()), 120,
+                            "the first server's run to create its Jobs", detail=lambda: logs[0].read_text()[-3000:])
+    for proc in [*psutil.Process(first.pid).children(recursive=True), psutil.Process(first.pid)]:
+        proc.kill()
+    await first.wait()
+    [run] = ledger.open_runs(DEMO, "kubernetes", ["Preprocess"])
+    alive = types.SimpleNamespace(returncode=None)
+    ran: list[str] = []
+    controller = asyncio.create_task(play_controller(kmock, alive, db, ran))
+    with open(logs[1], "wb") as f:
+        second = await asyncio.create_subprocess_exec(*argv, env=env, cwd=str(tmp_path), stdout=f, stderr=f)
+
+    def made() -> bool:
+        tables = json.loads(db.cli("status", DEMO, "--json", env={"DJO_DEMO_SCHEMA": db.schema}).stdout)["tables"]
+        return all(t["total"] and t["done"] + t["error"] == t["total"] for t in tables)
+
+    try:
+        await asyncio.to_thread(wait_for, made, 240, "the demo made", detail=lambda: logs[1].read_text()[-3000:])
+        await asyncio.to_thread(wait_for, lambda: not ledger.open_runs(DEMO, "kubernetes", ["Preprocess"]), 60,
+                                "the run recorded as ended", detail=lambda: logs[1].read_text()[-3000:])
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(second.wait(), 60) == 0, logs[1].read_text()[-3000:]
+        alive.returncode = 0
+        await controller
+    log = logs[1].read_text()
+    assert f"taking up run {run['run_id']}" in log and "started a kubernetes" not in log, log
+    from dj_orchestrate.backends.kubernetes import RUN_LABEL
+
+    assert {j["metadata"]["labels"][RUN_LABEL] for j in stored_jobs(kmock).values()} == {run["run_id"]}
+    assert ledger.run_row(run["run_id"])["state"] == "interrupted"
 
 
 @pytest.mark.parametrize("db", ["mysql"], indirect=True)  # the backend's behaviour, the same on either database; MySQL: a user whose password is real

@@ -95,6 +95,11 @@ class Backend(ABC):
         (then nobody will make them). None: no answer, ask again later."""
         return None
 
+    def resume(self, run: dict) -> list[str] | None:
+        """The ``dj-orchestrate`` arguments that take up a run whose driver is gone, where
+        its workers cannot finish without one (None: they finish by themselves)."""
+        return None
+
     @classmethod
     def ended_jobs(cls, job_ids: set[str]) -> set[str]:
         return set()

@@ -688,6 +688,14 @@ class KubernetesBackend(Backend):
         names, jobs = found
         return all(name not in jobs or finished(jobs[name]) for name in names)
 
+    def resume(self, run: dict) -> list[str] | None:
+        """A run whose driver is gone with Jobs still suspended: only a conductor releases them."""
+        found = self._jobs_of(run)
+        if not found or not any(found[1].get(n, {}).get("spec", {}).get("suspend") for n in found[0]):
+            return None
+        return ["k8s", "conduct", "--run", run["run_id"], "--jobs", str(len(found[0])),
+                "--namespace", run["backend_info"].partition("/")[0]]
+
     def describe(self, run: dict) -> str:
         """Each Job's pods: active, succeeded, failed (and suspended), for ``status``."""
         found = self._jobs_of(run)
