@@ -83,7 +83,7 @@ def test_reconcile_by_key(chain, db, tmp_path):
 
 
 KEY_COMMANDS = [
-    ["plan"], ["run"], ["work"], ["status"], ["errors"], ["retry"], ["ignore"], ["reconcile"],
+    ["plan"], ["run"], ["serve"], ["work"], ["status"], ["errors"], ["retry"], ["ignore"], ["reconcile"],
     ["slurm", "render"], ["k8s", "render"], ["airflow", "render"],
     ["airflow", "enqueue", "--table", "Square"], ["airflow", "progress", "--table", "Square", "--run", "r"],
     ["airflow", "check"],
@@ -247,7 +247,7 @@ def test_killed_command_does_not_keep_embedded_server(tmp_path):
         killed.wait(30)
         after = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
         assert after.returncode == 0, after.stderr
-        assert {r["table"] for r in json.loads(after.stdout)} == {"B"}
+        assert {r["table"] for r in json.loads(after.stdout)["tables"]} == {"B"}
         wait_for(lambda: not server_pid(pgdata), 60, "the embedded server to stop", interval=0.5)
         assert list(cwd.iterdir()) == []  # moved: no .dj_orchestrate/pgdata here
     finally:
