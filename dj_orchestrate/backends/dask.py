@@ -61,8 +61,9 @@ from ..config import BackendConfig, Settings
 from ..errors import UsageError
 from ..jobs import JobTable, reconcile_all
 from ..pipeline import TableInfo
+from ..work import WorkSpec
 from .base import (SUBMITTED, Backend, RunRequest, TableLaunch, check_identity, error_count, outcome, plan_launches,
-                   rerun_levels, worker_argv)
+                   rerun_levels, work_spec)
 from .slurm import slurm_minutes
 
 T = TypeVar("T")
@@ -153,9 +154,9 @@ def load_config(path: str | None = None) -> BackendConfig[DaskSettings]:
 
 
 # ------------------------------------------------------------------ the task
-def work_task(argv: list[str], env: dict[str, str], log_dir: str, *upstream: Any) -> tuple[int, str]:
-    """What one Dask task runs, on a Dask worker: ``dj-orchestrate work`` as a child
-    process, logging to a file on the worker's filesystem. Returns the child's exit
+def work_task(spec: WorkSpec, env: dict[str, str], log_dir: str, *upstream: Any) -> tuple[int, str]:
+    """What one Dask task runs, on a Dask worker: ``dj-orchestrate work`` (``spec``) as a
+    child process, logging to a file on the worker's filesystem. Returns the child's exit
     status and log, and never raises, so that downstream tasks start after a failed one too.
     ``upstream``: the earlier levels' results, only there to order the graph."""
     worker = distributed.get_worker()
@@ -163,7 +164,7 @@ def work_task(argv: list[str], env: dict[str, str], log_dir: str, *upstream: Any
     job_id = f"dask:{worker.address}/{key}"
     try:
         log_path = _log_path(log_dir, key, os.environ.get("CUDA_VISIBLE_DEVICES"))
-        cmd = [sys.executable, "-m", "dj_orchestrate", *argv, "--log-path", str(log_path), "--backend-job-id", job_id]
+        cmd = [sys.executable, "-m", "dj_orchestrate", *spec.replace(log_path=str(log_path), backend_job_id=job_id).to_argv()]
         with open(log_path, "ab") as out:
             out.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {job_id} on {worker.name}, "
                       f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n".encode())
@@ -471,9 +472,9 @@ class DaskBackend(Backend):
             for group in (g for g in groups if g.level == level):
                 for _ in range(group.slots):
                     slot = self._next_slot()
-                    argv = worker_argv(request, group.tables, shard_index=slot, enqueue=True)
+                    spec = work_spec(request, group.tables, shard_index=slot, enqueue=True)
                     group.futures.append(self.client.submit(
-                        work_task, argv, env, str(request.log_dir), *before,
+                        work_task, spec, env, str(request.log_dir), *before,
                         key=f"djo-{request.run_id}-{group.label}-{slot}", pure=False,
                         resources=group.resources or None))  # no retries: attempts live in the jobs table
                 this_level += group.futures

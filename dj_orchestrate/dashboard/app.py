@@ -24,7 +24,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import ledger, pipeline, reports
+from .. import backends, ledger, pipeline, reports
 from ..errors import UsageError
 from ..jobs import STATUSES, JobTable, Policy, Restriction, reconcile_all
 from . import queries, view
@@ -173,9 +173,8 @@ def build(dash: Dashboard) -> Starlette:
             return PlainTextResponse(f"403 Forbidden: {refused}", status_code=403)
         tables = [t for t in dash.infos if not form.get("table") or t.name == form["table"]]
         if verb == "reconcile":
-            from ..cli import ended_jobs
-
-            r = reconcile_all([t.instance() for t in tables], Policy(), ended_jobs(tables))
+            instances = [t.instance() for t in tables]
+            r = reconcile_all(instances, Policy(), backends.hint(instances))
             return back(form.get("next"), f"reconcile: {r['released'] + r['charged'] - r['errors']} keys back to pending, "
                                           f"{r['completed']} already done, {r['errors']} became errors")
         if verb not in ("retry", "ignore"):
