@@ -1,8 +1,8 @@
 """``dj-orchestrate dashboard``: the pipeline, its failures and its runs in a browser.
 
-Importing this package needs nothing beyond dj-orchestrate's own requirements (workers
-import ``durations`` from it); the web stack (the ``dashboard`` extra) is imported when
-the command runs."""
+Importing this package needs nothing beyond dj-orchestrate's own requirements; the web
+stack (the ``dashboard`` extra) is imported when the command runs. What it reads with the
+CLI lives below it: ``reports``, ``queries``, ``durations`` (which workers write)."""
 
 from __future__ import annotations
 

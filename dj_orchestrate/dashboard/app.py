@@ -24,10 +24,10 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import backends, ledger, pipeline, reports
+from .. import backends, ledger, pipeline, queries, reports
 from ..errors import UsageError
 from ..jobs import STATUSES, JobTable, Policy, Restriction, reconcile_all
-from . import queries, view
+from . import view
 
 HERE = Path(__file__).parent
 COOKIE = "djo_dashboard_token"
