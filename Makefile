@@ -1,6 +1,7 @@
 # One command each: `make demo` runs the example pipeline end to end on an embedded
 # PostgreSQL; `make test` starts the services and installs the tools the tests need, then
-# runs the whole suite (CI prints its 15 slowest tests); `make env` writes the .env of
+# checks the layers (`lint-imports`, [tool.importlinter] in pyproject.toml) and runs the
+# whole suite (CI prints its 15 slowest tests); `make env` writes the .env of
 # docker-compose.yml with random passwords (never over an existing one).
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -25,6 +26,7 @@ tools:
 	bash scripts/tools.sh
 
 test: $(VENV)/.installed services tools
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -ra --durations=15
 
 env:

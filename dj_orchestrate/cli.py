@@ -6,33 +6,19 @@ Exit codes: 0 every attempted key succeeded; 1 some keys failed (they are record
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import shlex
-import signal
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
 from . import db
+from .entry import report
 from .errors import UsageError
-
-
-def report(err: UsageError, debug: bool) -> None:
-    """A UsageError as one line and a hint on stderr (and, with --debug, what caused it)."""
-    if debug:
-        import traceback
-
-        traceback.print_exception(err.__cause__ or err, file=sys.stderr)
-    click.echo(f"dj-orchestrate: error: {err.message}", err=True)
-    if err.hint:
-        click.echo(f"  hint: {err.hint}", err=True)
-
 
 db.quiet_datajoint()  # before DataJoint is imported: its config warnings are not ours to show
 try:
@@ -41,160 +27,16 @@ except UsageError as _err:
     report(_err, "--debug" in sys.argv)
     sys.exit(_err.exit_code)
 
-from datajoint.errors import AccessError  # noqa: E402
-
-from . import __version__, backends, ledger, pipeline, reports, serve  # noqa: E402
-from .config import BackendConfig, read as read_config, timeouts  # noqa: E402
-from .errors import UsageError  # noqa: E402
-from .flow import ORDERS, waiting  # noqa: E402
+from . import __version__, backends, ledger, pipeline, reports, runs, serve  # noqa: E402
+from .backends.base import check_identity  # noqa: E402
+from .config import read as read_config, timeouts  # noqa: E402
+from .entry import friendly, open_pipeline  # noqa: E402
 from .jobs import JobTable, Policy, Restriction, reconcile_all  # noqa: E402
-from .backends.base import (SUBMITTED, Backend, Mismatch, RunRequest, check_identity, keys_left,  # noqa: E402
-                            left_message)
+from .options import (json_opt, key_opt, max_attempts_opt, pipeline_arg, policy_options, render_options,  # noqa: E402
+                      table_opt, work_options)
+from .runs import identity_of, per_table, prepare, render_request, warn_unknown_tables  # noqa: E402
+from .work import WorkSpec, main as work_main  # noqa: E402
 from .worker import Settings  # noqa: E402
-
-# ----------------------------------------------------------------- option sets
-pipeline_arg = click.argument("pipeline_spec", metavar="PIPELINE")
-table_opt = click.option("--table", "tables", multiple=True, metavar="NAME",
-                         help="Table class name (repeatable). Upstream tables are not implied.")
-key_opt = click.option("--key", "key_json", metavar="JSON", help="Restrict by a key dict or a list of them.")
-json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-def policy_options(f: Callable) -> Callable:
-    f = click.option("--retries", default=0, show_default=True, help="Retry a failing make this many times.")(f)
-    f = click.option("--backoff", default=30.0, show_default=True, help="Seconds before the first retry; doubles.")(f)
-    f = click.option("--max-attempts", default=3, show_default=True,
-                     help="Attempts a key may lose to dead workers before it becomes an error.")(f)
-    f = click.option("--grace", default=5.0, show_default=True,
-                     help="Seconds the key in flight may finish after SIGTERM before it is rolled back.")(f)
-    f = click.option("--max-batch", default=50, show_default=True, help="Most keys one claim reserves.")(f)
-    f = click.option("--timeout", multiple=True, metavar="[TABLE=]SECONDS",
-                     help="A make running longer is stopped and its key becomes an error (retried under --retries); "
-                          "TABLE=SECONDS for one table (repeatable). Default: none, or `timeout` in the config.")(f)
-    f = click.option("--order", type=click.Choice(ORDERS), default=ORDERS[0], show_default=True,
-                     help="Which ready key a worker takes first: upstream keys (most parallelism), downstream "
-                          "work of made keys (results early); or no pipelining: levels (level by level), declared "
-                          "(one table at a time in the order the module defines them, for makes that read tables "
-                          "in ways not detected).")(f)
-    return f
-
-
-def worker_settings(retries: int, backoff: float, max_attempts: int, grace: float, max_batch: int, order: str,
-                    timeout: tuple[str, ...] = (), **extra: Any) -> Settings:
-    for name, value in (("--retries", retries), ("--max-attempts", max_attempts - 1), ("--max-batch", max_batch - 1)):
-        if value < 0:
-            raise UsageError(f"{name} is too small", "use a positive number")
-    return Settings(max_batch=max_batch, order=order, grace=grace, policy=Policy(retries, backoff, max_attempts),
-                    timeout=dict(map(parse_timeout, timeout)), **extra)
-
-
-def parse_timeout(text: str) -> tuple[str, float]:
-    """``--timeout 30`` (every table: key "") or ``--timeout Table=30``."""
-    table, _, seconds = text.rpartition("=")
-    try:
-        value = float(seconds)
-    except ValueError:
-        value = 0.0
-    if not value > 0 or value == float("inf"):
-        raise UsageError(f"--timeout {text!r}: the seconds must be a positive number", "e.g. --timeout 3600 or --timeout Sorting=7200")
-    return table, value
-
-
-def friendly(f: Callable) -> Callable:
-    """UsageError (or a privilege the database refused) → one line on stderr, exit 2."""
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = bool(click.get_current_context().find_root().params.get("debug"))
-        try:
-            return f(*args, **kwargs)
-        except UsageError as err:
-            report(err, debug)
-            sys.exit(err.exit_code)
-        except AccessError as err:
-            detail = str(err.args[1] if len(err.args) > 1 and err.args[1] else err).splitlines()[0]
-            usage = UsageError(f"the database refused: {detail}",
-                               "grant that privilege to the database user, or run this as a user who has it")
-            usage.__cause__ = err
-            report(usage, debug)
-            sys.exit(usage.exit_code)
-
-    return wrapper
-
-
-def open_pipeline(spec: str, tables: tuple[str, ...], key_json: str | None,
-                  warn: bool = False) -> tuple[db.Target, list[pipeline.TableInfo], Restriction]:
-    """Validate what can be validated offline, then connect, import and select."""
-    pipeline.check_spec(spec)
-    keys = pipeline.parse_keys(key_json)
-    target = db.connect()
-    module = pipeline.load(spec)
-    infos = pipeline.select(pipeline.discover(module), tables)
-    if warn:
-        warn_hidden(infos)
-    return target, infos, Restriction(pipeline.check_key_attributes(keys, infos))
-
-
-def warn_unknown_tables(config: BackendConfig, spec: str) -> None:
-    """One line on stderr for each ``[<section>.tables.X]`` that names no table of the
-    pipeline (a typo: its settings would silently apply to nothing). The pipeline is
-    imported already (render read it): only its class names are needed, not its order."""
-    names = [cls.__name__ for cls in pipeline.auto_populated(pipeline.load(spec)).values()]
-    for name in config.unknown_tables(set(names)):
-        click.echo(f"dj-orchestrate: warning: [{config.section}.tables.{name}] in {config.source} names no table of "
-                   f"{spec}; its tables: {', '.join(names)}", err=True)
-
-
-def warn_hidden(infos: list[pipeline.TableInfo]) -> None:
-    """A make that reads a table no foreign key links it to: it is ordered after that
-    table, and the user should declare the dependency."""
-    for t in infos:
-        for other in sorted(t.hidden):
-            click.echo(f"dj-orchestrate: warning: {t.name}'s make reads {other}, which no foreign key links it to; "
-                       f"{t.name} runs after {other} (declare `-> {other}` in {t.name} to say so)", err=True)
-        for other in t.dropped:
-            click.echo(f"dj-orchestrate: warning: {t.name}'s make reads {other}, which runs after {t.name} (a foreign "
-                       f"key or another such read says so); {t.name} does not wait for {other}", err=True)
-
-
-def prepare(infos: list[pipeline.TableInfo], declare: bool = True) -> None:
-    """Before a command writes any key: the jobs tables declared (or, with ``declare``
-    false, only those that exist: stock DataJoint's), with dj-orchestrate's columns. A
-    privilege the database user lacks then stops it before it changed any key."""
-    for t in infos:
-        jt = JobTable(t.instance())
-        if declare or jt.declared:
-            jt.ensure()
-
-
-def identity_of(spec: str) -> tuple[tuple[str, list[str]], set[str]]:
-    """The pipeline's identity for the ledger, and the specs older runs of it were recorded with."""
-    module = pipeline.load(spec)
-    ident = pipeline.identity(module)
-    return ident, {spec, pipeline.resolve_spec(spec), ident[0], module.__name__}
-
-
-def log_dir(run_id: str) -> Path:
-    return Path(os.environ.get("DJO_LOG_DIR", ".dj_orchestrate/logs")).resolve() / run_id
-
-
-def launch(backend: Backend, request: RunRequest) -> tuple[int, str]:
-    """Run it, and record in the ledger how the run ended: never "done" while keys that
-    no worker claimed are left (exit 1, state "incomplete")."""
-    try:
-        code = backend.run(request)
-    except Mismatch:
-        ledger.finish_run(request.run_id, "mismatch")
-        raise
-    ended = request.wait and code in (0, 1)
-    left = keys_left(request.tables, request.restriction) if ended else {}
-    # what keys wait for (the no-progress guard: also a fan-in's, which key_source hides), else that nobody claimed them
-    waits = waiting(request.tables, request.restriction) if ended else []
-    for line in waits or ([left_message(request.run_id, left, request.tables)] if left else []):
-        click.echo(f"dj-orchestrate: {line}", err=True)
-    state = "incomplete" if left else {0: "done", 1: "errors", 130: "interrupted", SUBMITTED: "submitted"}.get(code, "failed")
-    ledger.finish_run(request.run_id, state)
-    return (1 if left else code), state
 
 
 def emit_json(value: Any) -> None:
@@ -271,96 +113,19 @@ def run(pipeline_spec: str, backend: str | None, workers: int, tables: tuple[str
 
     Tables that the config routes to different backends ([run.tables.X] backend) are made
     by one run per backend, each started when its tables have keys ready."""
-    settings = worker_settings(**policy)
-    if workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}", "e.g. --workers 8")
     options = dict(scheduler=scheduler, cluster=cluster, image=image, namespace=namespace, secret=secret)
-    if backend is not None:
-        backends.get(backend).create(config_path, **options)  # (its options checked before connecting)
-    target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json, warn=True)
-    routes = serve.routes(infos, backend, config_path)
-    if len(routes) > 1:
-        run_routes(pipeline_spec, routes, infos, restriction, key_json, config_path, workers, wait, options, settings,
-                   policy, as_json)
-    backend = routes[0].backend if routes else backend or "local"
-    backend_obj = backends.get(backend).create(config_path, **options)
-    if settings.order == "declared":
-        infos = pipeline.in_declared_order(infos)
-    settings.timeout = timeouts(settings.timeout, getattr(backend_obj, "config", None), infos)
-    wait = backend_obj.default_wait() if wait is None else wait
-    backend_obj.check(infos, bool(target.embedded), wait)
-    spec = pipeline.resolve_spec(pipeline_spec)
-    identity, _ = identity_of(pipeline_spec)
-    ledger.tables()
-    prepare(infos, declare=False)  # undeclared ones are declared as their keys are enqueued
-    reconcile_all(tables := [t.instance() for t in infos], settings.policy, backends.hint(tables))
-    run_id = ledger.new_run(spec, backend, [t.name for t in infos], identity=identity)
-    request = RunRequest(
-        pipeline=spec, tables=infos, restriction=restriction, target=target, worker=settings, run_id=run_id,
-        log_dir=log_dir(run_id), workers=workers, shard_size=shard_size, shards=shards, wait=wait,
-        progress=not (no_progress or as_json), key_json=key_json,
-    )
-    code, state = launch(backend_obj, request)
-    summary = [{"table": t.name, **JobTable(t.instance()).counts(restriction)} for t in infos]
+    ended = runs.run(pipeline_spec, tables, key_json, backend, workers, shard_size, shards, wait, config_path,
+                     not (no_progress or as_json), options, policy)
+    one = {"run_id": ended.run_id} if ended.run_id is not None else {"runs": ended.runs}
     if as_json:
-        emit_json({"run_id": run_id, "state": state, "tables": summary})
+        emit_json({**one, "state": ended.state, "tables": ended.tables})
     else:
-        click.echo(render_table(summary, ["table", "total", "done", "missing", "pending", "reserved", "error", "ignore"]))
-        click.echo(f"run {run_id}: {state}" + ("; see `dj-orchestrate errors`" if state == "errors" else ""))
-    sys.exit(0 if code == SUBMITTED else code)
-
-
-def worker_args(policy: dict[str, Any]) -> list[str]:
-    """``run``'s worker options as given (``policy_options``), for the runs a server starts."""
-    out: list[str] = []
-    for name, value in policy.items():
-        values = value if isinstance(value, tuple) else (value,)
-        out += [a for v in values for a in (f"--{name.replace('_', '-')}", str(v))]
-    return out
-
-
-def supervisor(pipeline_spec: str, routes: list[serve.Route], restriction: Restriction, key_json: str | None,
-               config_path: str | None, workers: int, settings: Settings, policy: dict[str, Any],
-               name: str, interval: float = 1.0) -> serve.Supervisor:
-    options = serve.Options(pipeline=pipeline.resolve_spec(pipeline_spec), key_json=key_json, config_path=config_path,
-                            workers=workers, worker_args=worker_args(policy), log_dir=log_dir(name))
-    return serve.Supervisor(routes, restriction, options, settings.policy, interval)
-
-
-def run_routes(pipeline_spec: str, routes: list[serve.Route], infos: list[pipeline.TableInfo], restriction: Restriction,
-               key_json: str | None, config_path: str | None, workers: int, wait: bool | None, options: dict[str, Any],
-               settings: Settings, policy: dict[str, Any], as_json: bool) -> None:
-    """``run`` over several backends: one run per route, each started once its tables
-    have keys ready, until none has; then the same end as any run (exits)."""
-    given = [name for name, value in options.items() if value]
-    where = "; ".join(map(str, routes))
-    if given:
-        raise UsageError(f"--{given[0]} belongs to one backend, and these tables go to several ({where})",
-                         "set it in that backend's section of the config file")
-    if wait is False:
-        raise UsageError(f"--no-wait: these tables go to several backends ({where}), started one after another",
-                         "leave --no-wait out, or select the tables of one backend")
-    prepare(infos, declare=False)
-    ledger.tables()
-    sup = supervisor(pipeline_spec, routes, restriction, key_json, config_path, workers, settings, policy,
-                     f"routes-{os.getpid()}")
-    try:
-        while sup.tick():
-            time.sleep(1)
-    except KeyboardInterrupt:
-        sup.stop(settings.grace)
-    left = keys_left(infos, restriction)
-    for line in waiting(infos, restriction) or ([f"{sum(left.values())} keys left ({per_table(left)})"] if left else []):
-        click.echo(f"dj-orchestrate: {line}", err=True)
-    failed = any(r["exit"] != 0 for r in sup.results)
-    state = "incomplete" if left else "errors" if failed else "done"
-    summary = [{"table": t.name, **JobTable(t.instance()).counts(restriction)} for t in infos]
-    if as_json:
-        emit_json({"runs": sup.results, "state": state, "tables": summary})
-    else:
-        click.echo(render_table(summary, ["table", "total", "done", "missing", "pending", "reserved", "error", "ignore"]))
-        click.echo(f"runs {', '.join(r['run_id'] for r in sup.results) or 'none'}: {state}")
-    sys.exit(1 if left or failed else 0)
+        click.echo(render_table(ended.tables, ["table", "total", "done", "missing", "pending", "reserved", "error", "ignore"]))
+        if ended.run_id is not None:
+            click.echo(f"run {ended.run_id}: {ended.state}" + ("; see `dj-orchestrate errors`" if ended.state == "errors" else ""))
+        else:
+            click.echo(f"runs {', '.join(r['run_id'] for r in ended.runs) or 'none'}: {ended.state}")
+    sys.exit(ended.code)
 
 
 @main.command("serve")
@@ -386,33 +151,8 @@ def serve_command(pipeline_spec: str, backend: str | None, workers: int, tables:
     tables of each backend that has keys ready and no run going. Failed keys are not
     retried in a loop (--retries, --max-attempts hold). Several servers of one pipeline
     may run (a restart, a standby): one leads, the others wait to take over."""
-    settings = worker_settings(**policy)
-    defaults = serve.serve_settings(config_path)
-    interval = defaults.interval if interval is None else interval
-    max_idle = defaults.max_idle if max_idle is None else max_idle
-    if not interval > 0:
-        raise UsageError(f"--interval must be a positive number of seconds, got {interval:g}", "e.g. --interval 60")
-    end = serve.parse_until(until) if until else None
-    address = serve.parse_http(http) if http else None
-    if backend is not None:
-        backends.get(backend)
-    target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json, warn=True)
-    routes = serve.routes(infos, backend, config_path)
-    for route in routes:
-        backends.get(route.backend).create(config_path).check(route.tables, bool(target.embedded), True)
-    prepare(infos)
-    ledger.tables()
-    sup = supervisor(pipeline_spec, routes, restriction, key_json, config_path, workers, settings, policy,
-                     f"serve-{os.getpid()}", interval)
-    _, schemas = pipeline.identity(pipeline.load(pipeline_spec))
-    dashboard = None
-    if address:
-        argv = [sys.executable, "-m", "dj_orchestrate", "dashboard", sup.options.pipeline, "--host", address[0],
-                "--port", str(address[1])]
-        dashboard = serve.Sidecar(argv + [a for t in tables for a in ("--table", t)])
-    server = serve.Server(sup, infos[0].cls.connection, schemas, interval=interval, grace=settings.grace,
-                          max_idle=max_idle, until=end, dashboard=dashboard)
-    sys.exit(server.run())
+    sys.exit(runs.serve_pipeline(pipeline_spec, tables, key_json, backend, workers, interval, max_idle, until, http,
+                                 config_path, policy))
 
 
 @main.command()
@@ -435,58 +175,11 @@ def health(pipeline_spec: str) -> None:
 
 
 @main.command()
-@pipeline_arg
-@table_opt
-@key_opt
-@click.option("--enqueue", is_flag=True, help="First enqueue the tables' missing keys (downstream pull workers).")
-@click.option("--run-id", help="The run this worker belongs to (for the ledger).")
-@click.option("--shard-index", type=int, envvar="JOB_COMPLETION_INDEX", show_envvar=True,
-              help="This worker's shard (or pull-worker) number; default: a Kubernetes Indexed Job's index.")
-@click.option("--fixed-shard", is_flag=True, help="Claim only the key range of the shard in the ledger.")
-@click.option("--log-path", default="", help="Where this worker's output goes (recorded with errors).")
-@click.option("--backend-job-id", default=None, help="Scheduler job id (default: from SLURM/Kubernetes env).")
-@policy_options
+@work_options
 @friendly
-def work(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, enqueue: bool, run_id: str | None,
-         shard_index: int | None, fixed_shard: bool, log_path: str, backend_job_id: str | None, **policy: Any) -> None:
+def work(**params: Any) -> None:
     """Claim and make keys (what every backend launches). Pull mode unless --fixed-shard."""
-    from .planner import decode_bound
-    from .worker import Worker, record_identity
-
-    settings = worker_settings(**policy, backend_job_id=backend_job_id or backend_job_id_from_env(),
-                               log_path=log_path or os.environ.get("DJO_LOG_PATH", ""))
-    _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
-    record_identity(run_id, infos, pipeline.load(pipeline_spec))  # before anything is written to the pipeline's tables
-    if settings.order == "declared":  # as the driver ordered them: each table after those declared before it
-        infos = pipeline.in_declared_order(infos)
-    if enqueue:
-        for t in infos:
-            JobTable(t.instance()).enqueue(restriction)
-    shard = None
-    if fixed_shard:
-        if not (run_id and shard_index is not None and len(infos) == 1):
-            raise UsageError("--fixed-shard needs --run-id, --shard-index and exactly one --table",
-                             "or leave it out: the worker then claims whatever is pending")
-        row = ledger.shard(run_id, infos[0].name, shard_index)
-        if row is None:
-            raise UsageError(f"no shard {shard_index} of {infos[0].name} in run {run_id}", "check the run id")
-        shard = (decode_bound(row["lo"]), decode_bound(row["hi"]))
-    tally = Worker(infos, settings, shard=shard, run_id=run_id, shard_index=shard_index, restriction=restriction).run()
-    stopped = f" (stopped by {signal.Signals(tally.stop_signal).name})" if tally.stop_signal else ""
-    click.echo(f"worker done: {tally.done} made, {tally.failed} failed{stopped}")
-    sys.exit(128 + tally.stop_signal if tally.stop_signal else 0)
-
-
-def backend_job_id_from_env() -> str:
-    env = os.environ
-    if env.get("SLURM_ARRAY_JOB_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
-    if env.get("SLURM_JOB_ID"):
-        return env["SLURM_JOB_ID"]
-    pod = env.get("POD_NAME") or env.get("HOSTNAME")  # a pod's hostname is its name
-    if env.get("JOB_COMPLETION_INDEX") is not None and env.get("POD_NAMESPACE") and pod:
-        return f"kubernetes:{env['POD_NAMESPACE']}/{pod}"
-    return ""
+    sys.exit(work_main(WorkSpec.from_params(**params)))
 
 
 @main.command()
@@ -582,15 +275,11 @@ def ignore(pipeline_spec: str, tables: tuple[str, ...], key_json: str, as_json: 
         click.echo(f"{sum(marked.values())} keys now ignored ({per_table(marked)}); `dj-orchestrate retry` releases them")
 
 
-def per_table(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none matched"
-
-
 @main.command()
 @pipeline_arg
 @table_opt
 @key_opt
-@click.option("--max-attempts", default=3, show_default=True, help="Attempts before a key becomes an error.")
+@max_attempts_opt("Attempts before a key becomes an error.")
 @json_opt
 @friendly
 def reconcile(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, max_attempts: int, as_json: bool) -> None:
@@ -606,16 +295,6 @@ def reconcile(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None,
         click.echo(f"{outcome['back_to_pending']} keys back to pending ({r['charged'] - r['errors']} charged an attempt), "
                    f"{outcome['already_done']} already done, {outcome['became_errors']} became errors "
                    f"(at --max-attempts {max_attempts})")
-
-
-def render_options(f: Callable) -> Callable:
-    """What every ``<backend> render`` takes: the same pipeline, tables, keys and config
-    as ``run``, and where to write."""
-    for option in reversed([pipeline_arg, table_opt, key_opt,
-                            click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                                         help="dj_orchestrate.toml (default: ./dj_orchestrate.toml, pyproject.toml)")]):
-        f = option(f)
-    return f
 
 
 def command_line(ctx: click.Context, skip: tuple[str, ...] = ()) -> str:
@@ -637,15 +316,6 @@ def command_line(ctx: click.Context, skip: tuple[str, ...] = ()) -> str:
         for item in (value if param.multiple else [value]):
             words += [param.opts[0]] + ([] if param.is_flag else [str(item)])
     return " ".join(shlex.quote(w) for w in words)
-
-
-def render_request(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, out_dir: str) -> RunRequest:
-    """The run a render describes. Reads the pipeline's tables and counts, writes nothing
-    to the database; the pipeline is named as a worker elsewhere can load it."""
-    target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
-    spec = pipeline_spec if not pipeline_spec.endswith(".py") else pipeline.resolve_spec(pipeline_spec)
-    return RunRequest(pipeline=spec, tables=infos, restriction=restriction, target=target, worker=Settings(), run_id="",
-                      log_dir=Path(out_dir) / "logs", key_json=key_json)
 
 
 @main.group()
@@ -765,11 +435,7 @@ def demo(workers: int, sessions: int, seed_only: bool) -> None:
         return
     infos = pipeline.discover(module)
     click.echo(f"pipeline {spec}: " + ", ".join(f"{t.name} (level {t.level})" for t in infos))
-    settings = Settings(policy=Policy())
-    run_id = ledger.new_run(spec, "local", [t.name for t in infos], identity=pipeline.identity(module))
-    request = RunRequest(pipeline=spec, tables=infos, restriction=Restriction(), target=target, worker=settings,
-                         run_id=run_id, log_dir=log_dir(run_id), workers=workers)
-    launch(LocalBackend(), request)
+    runs.start(LocalBackend(), spec, infos, Restriction(), target, Settings(), pipeline.identity(module), workers=workers)
     click.echo("")
     rows = [{"table": t.name, **JobTable(t.instance()).counts()} for t in infos]
     click.echo(render_table(rows, ["table", "total", "done", "missing", "error"]))

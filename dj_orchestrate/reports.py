@@ -12,7 +12,7 @@ from .pipeline import TableInfo
 def status_rows(infos: list[TableInfo], restriction: Restriction) -> list[dict[str, Any]]:
     """Per table: total, done, pending (to make), reserved, error, ignore, and the ETA:
     keys left × mean recorded make duration ÷ live workers ("?" before any is recorded)."""
-    from .dashboard import durations, queries
+    from . import durations, queries
 
     jts = {t.name: JobTable(t.instance()) for t in infos}
     rows = []

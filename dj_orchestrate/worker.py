@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import flow, ledger, pipeline, serial
-from .dashboard import durations
+from . import durations
 from .db import is_lost as _is_lost, reconnect
 from .errors import UsageError
 from .flow import Node

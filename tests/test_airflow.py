@@ -192,7 +192,8 @@ def test_mode_without_its_backend_names_the_extra(tmp_path, monkeypatch):
 
     from dj_orchestrate.cli import main
 
-    monkeypatch.delitem(sys.modules, "dj_orchestrate.backends.dask", raising=False)
+    for name in [m for m in sys.modules if (m + ".").startswith("dj_orchestrate.backends.dask.")]:
+        monkeypatch.delitem(sys.modules, name)  # the dask package and its modules: imported afresh
     monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` now fails as if absent
     out = CliRunner().invoke(main, ["airflow", "render", DEMO, "--out", str(tmp_path / "d"), "--mode", "dask"])
     assert out.exit_code == 2, out.output

@@ -218,7 +218,7 @@ def test_make_durations_add_up_across_flushes_in_one_row_per_worker(db):
     """A worker's sums grow in its own row (not a row per key); what a flush wrote is not
     written again; the ETA is keys left × mean duration ÷ workers."""
     from dj_orchestrate import ledger
-    from dj_orchestrate.dashboard import durations
+    from dj_orchestrate import durations
 
     for seconds in (0.05, 2.0, 30.0):
         durations.note("run-a", "Square", seconds)

@@ -415,13 +415,14 @@ def test_slurm_cluster_job_script_from_config(tmp_path):
     so that workers retire instead of being killed. (Built, not submitted.)"""
     from types import SimpleNamespace
 
-    from dj_orchestrate.backends.dask import DaskBackend, load_config
+    from dj_orchestrate.backends.dask import load_config
+    from dj_orchestrate.backends.dask.clusters import slurm_cluster
 
     path = tmp_path / "dj_orchestrate.toml"
     path.write_text("[dask]\nworker_resources = { GPU = 1 }\n[dask.slurm]\ncores = 2\nwalltime = '00:30:00'\n"
                     "job_extra_directives = ['--qos=long']\njob_script_prologue = ['module load cuda']\n")
-    backend = DaskBackend(load_config(str(path)), cluster="slurm")
-    cluster = backend._slurm_cluster(SimpleNamespace(run_id="20260101-000000-abcd", log_dir=tmp_path / "logs"))
+    cluster = slurm_cluster(load_config(str(path)).defaults, SimpleNamespace(run_id="20260101-000000-abcd",
+                                                                            log_dir=tmp_path / "logs"))
     try:
         script = cluster.job_script()
     finally:

@@ -1,7 +1,8 @@
 """Backends launch workers; they never claim keys themselves (see ``jobs``).
 
-Each backend is one short module on the shared base: ``local`` (processes on this
-machine) and ``slurm`` (array jobs via submitit), plus those registered below.
+Each backend is one short module (or, for ``dask``, a package) on the shared base:
+``local`` (processes on this machine) and ``slurm`` (array jobs via submitit), plus those
+registered below.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .base import Backend
 BACKENDS = {
     "local": ("dj_orchestrate.backends.local:LocalBackend", None),
     "slurm": ("dj_orchestrate.backends.slurm:SlurmBackend", "slurm"),
-    "dask": ("dj_orchestrate.backends.dask:DaskBackend", "dask"),
+    "dask": ("dj_orchestrate.backends.dask.backend:DaskBackend", "dask"),
     "kubernetes": ("dj_orchestrate.backends.kubernetes:KubernetesBackend", "kubernetes"),
 }
 

@@ -1,5 +1,5 @@
 """What every backend shares: the run request, the launch plan (which tables get fixed
-shards, which get pull slots, in what order), the worker command line, and the
+shards, which get pull slots, in what order), what each worker is told, and the
 interface a backend implements to launch, follow and describe workers.
 
 A backend module is the translation of one plan into one scheduler's terms; config
@@ -20,8 +20,8 @@ from ..flow import waiting
 from ..jobs import JobTable, Restriction, reconcile_all
 from ..pipeline import TableInfo, identity, levels_of
 from ..planner import TablePlan, encode_bound, plan_table
+from ..work import WorkSpec
 from ..worker import Settings
-from ..watchdog import seconds_text
 
 
 @dataclass
@@ -105,33 +105,15 @@ class Backend(ABC):
         return set()
 
 
-def worker_argv(request: RunRequest, tables: list[TableInfo], shard_index: int | None = None,
-                fixed_shard: bool = False, enqueue: bool = False) -> list[str]:
-    """The ``dj-orchestrate work ...`` arguments every backend runs, one per worker, each
-    behind its own ``dj-orchestrate``: this Python's module (local, SLURM, Dask) or the
-    image's entry point (Kubernetes). ``enqueue``: a pull worker started after its
-    upstream, which enqueues its tables' missing keys (within ``--key``) first."""
-    s = request.worker
-    cmd = ["work", request.pipeline]
-    for t in tables:
-        cmd += ["--table", t.name]
-    if request.run_id:  # (none in rendered manifests)
-        cmd += ["--run-id", request.run_id]
-    cmd += ["--max-batch", str(s.max_batch), "--grace", str(s.grace),
-            "--retries", str(s.policy.retries), "--backoff", str(s.policy.backoff),
-            "--max-attempts", str(s.policy.max_attempts), "--order", s.order]
-    for t in tables:  # per table: one worker may serve tables with different timeouts
-        if (seconds := s.timeout_of(t.name)) is not None:
-            cmd += ["--timeout", f"{t.name}={seconds_text(seconds)}"]
-    if request.key_json:  # the workers enqueue downstream keys: within the same restriction
-        cmd += ["--key", request.key_json]
-    if shard_index is not None:
-        cmd += ["--shard-index", str(shard_index)]
-    if fixed_shard:
-        cmd += ["--fixed-shard"]
-    if enqueue:
-        cmd += ["--enqueue"]
-    return cmd
+def work_spec(request: RunRequest, tables: list[TableInfo], shard_index: int | None = None,
+              fixed_shard: bool = False, enqueue: bool = False) -> WorkSpec:
+    """What every backend tells each of its workers (``work.WorkSpec``): a process it
+    starts gets ``to_argv()`` behind its own ``dj-orchestrate`` (this Python's module, or
+    the image's entry point). ``enqueue``: a pull worker started after its upstream,
+    which enqueues its tables' missing keys (within ``--key``) first."""
+    return WorkSpec(request.pipeline, tuple(t.name for t in tables), request.worker, key_json=request.key_json,
+                    run_id=request.run_id or None,  # (none in rendered manifests)
+                    shard_index=shard_index, fixed_shard=fixed_shard, enqueue=enqueue)
 
 
 def render_command(cmd: list[str]) -> str:
@@ -238,10 +220,14 @@ class TableLaunch:
     def fixed(self) -> bool:
         return self.plan is not None
 
+    def spec(self, request: RunRequest, shard_index: int | None = None) -> WorkSpec:
+        """What the worker of one slot is told (``shard_index`` None: the scheduler
+        gives it, e.g. its array or completion index)."""
+        return work_spec(request, [self.info], shard_index, fixed_shard=self.fixed, enqueue=not self.fixed)
+
     def argv(self, request: RunRequest, shard_index: int | None = None) -> list[str]:
-        """The worker's ``work`` arguments for one slot (``shard_index`` None: the
-        scheduler appends it, e.g. from its array or completion index)."""
-        return worker_argv(request, [self.info], shard_index, fixed_shard=self.fixed, enqueue=not self.fixed)
+        """Its ``work`` arguments, for a scheduler that starts the command itself."""
+        return self.spec(request, shard_index).to_argv()
 
 
 def plan_launches(request: RunRequest, pull_slots: Callable[[TableInfo], int], fixed_first: bool = True,

@@ -1,10 +1,10 @@
 """Local processes: one pool of N ``dj-orchestrate work`` processes over all the selected
 tables for the whole run. Workers are forked from the driver, which has imported
 DataJoint and the pipeline already: a worker starts in milliseconds, not the second a
-new Python takes (each child opens its own database connection and runs exactly the
-``work`` command; see ``fork_worker``). Each worker claims whichever key is ready
-(``flow``: a key's downstream work starts as soon as that key is made), so there is no
-level barrier and no pool per level. The driver only launches, watches and reports:
+new Python takes (each child opens its own database connection and runs what the
+``work`` command runs, ``work.main``; see ``fork_worker``). Each worker claims whichever
+key is ready (``flow``: a key's downstream work starts as soon as that key is made), so
+there is no level barrier and no pool per level. The driver only launches, watches and reports:
 
 * it enqueues every selected table once at the start (later keys are enqueued by the
   workers, key by key), and starts no worker when nothing is ready;
@@ -34,7 +34,9 @@ from ..db import reconnect, retrying
 from ..flow import waiting
 from ..jobs import JobTable, reconcile_all
 from ..pipeline import TableInfo
-from .base import Backend, RunRequest, outcome, ready_keys, worker_argv
+from ..entry import reported
+from ..work import WorkSpec, main
+from .base import Backend, RunRequest, outcome, ready_keys, work_spec
 
 T = TypeVar("T")
 TICK = 0.05  # seconds between looks at the worker processes
@@ -113,7 +115,7 @@ class LocalBackend(Backend):
                 signal.signal(s, handler)
         if self.stopping:
             return 130
-        if stuck:  # keys are pending that no worker can reach: not done (``cli.launch`` says why)
+        if stuck:  # keys are pending that no worker can reach: not done (``runs.launch`` says why)
             return 1
         if not self.procs:  # nothing was ready: no worker, nothing failed
             return 0
@@ -139,8 +141,8 @@ class LocalBackend(Backend):
                     break
                 log_path = request.log_dir / f"worker-{i}.log"
                 job_id = f"local-{request.run_id.rsplit('-', 1)[-1]}-{i}"
-                argv = worker_argv(request, tables, shard_index=i) + ["--log-path", str(log_path), "--backend-job-id", job_id]
-                proc = fork_worker(argv, env, log_path, connections, request.worker.reconnect_seconds)
+                spec = work_spec(request, tables, shard_index=i).replace(log_path=str(log_path), backend_job_id=job_id)
+                proc = fork_worker(spec, env, log_path, connections, request.worker.reconnect_seconds)
                 self.procs.append(proc)
                 self.alive.append(proc)
                 self.job_ids[proc] = job_id
@@ -203,10 +205,10 @@ def _connections(tables: list[TableInfo]) -> list[Any]:
     return list(found.values())
 
 
-def fork_worker(argv: list[str], env: dict[str, str], log_path: Path, connections: list[Any],
+def fork_worker(spec: WorkSpec, env: dict[str, str], log_path: Path, connections: list[Any],
                 reconnect_seconds: float) -> Forked:
-    """Start ``dj-orchestrate ARGV`` (a ``work`` command) as a forked child: its own
-    session (the driver forwards signals itself), ``env`` added to its environment, its
+    """Start a worker (``work.main(spec)``) as a forked child: its own session (the
+    driver forwards signals itself), ``env`` added to its environment, its
     output appended to ``log_path``, its own database connections (the driver's are
     closed while it forks). It never returns into the driver's code: it leaves with
     ``os._exit``, so that none of the driver's exit handlers (an embedded database's
@@ -229,10 +231,8 @@ def fork_worker(argv: list[str], env: dict[str, str], log_path: Path, connection
         sys.stdout.reconfigure(line_buffering=True)
         for conn in connections:
             reconnect(conn, reconnect_seconds, "worker")
-        from ..cli import main
-
-        main.main(args=argv, prog_name="dj-orchestrate")
-        code = 0
+        with reported():
+            code = main(spec)
     except SystemExit as exc:
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)

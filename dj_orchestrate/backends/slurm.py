@@ -42,9 +42,11 @@ from tqdm import tqdm
 
 from .. import db, ledger
 from ..config import BackendConfig, Settings
+from ..entry import reported
 from ..errors import UsageError
 from ..jobs import JobTable
 from ..pipeline import TableInfo, levels_of
+from ..work import WorkSpec, main
 from .base import (SUBMITTED, Backend, Mismatch, RunRequest, check_identity, error_count, outcome, plan_launches,
                    record_fixed, rerun_levels)
 
@@ -157,26 +159,24 @@ def load_config(path: str | None = None) -> BackendConfig[SlurmResources]:
 
 
 class WorkerTask:
-    """What each array task runs, in the task's own Python process: ``dj-orchestrate work``.
+    """What each array task runs, in the task's own Python process: a worker
+    (``work.main``), its shard the array index.
 
     Checkpointable: after USR2 the worker has released its claims and returns; the
     task then hands the signal back to submitit, which requeues it. Any other non-zero
     exit (the database unreachable, a bad pipeline) fails the task, so that SLURM and
     ``sacct`` show it as FAILED instead of COMPLETED."""
 
-    def __init__(self, argv: list[str]) -> None:
-        self.argv = argv
+    def __init__(self, spec: WorkSpec) -> None:
+        self.spec = spec
 
     def __call__(self, shard_index: int) -> int:
         import submitit
 
-        from ..cli import main
-
         env = submitit.JobEnvironment()
-        os.environ["DJO_LOG_PATH"] = str(env.paths.stdout)
         try:
-            main.main(args=[*self.argv, "--shard-index", str(shard_index)], standalone_mode=False)
-            code = 0
+            with reported():
+                code = main(self.spec.replace(shard_index=shard_index, log_path=str(env.paths.stdout)))
         except SystemExit as stop:
             if isinstance(stop.code, str):  # SystemExit("message"): the message is the reason
                 print(stop.code, file=sys.stderr, flush=True)
@@ -295,7 +295,7 @@ class SlurmBackend(Backend):
         return {j for j in job_ids if SLURM_JOB_ID.fullmatch(j) and (j not in answer or answer[j].state not in ACTIVE_STATES)}
 
     # -------------------------------------------------------------- submission
-    def _submit(self, request: RunRequest, info: TableInfo, resources: SlurmResources, argv: list[str],
+    def _submit(self, request: RunRequest, info: TableInfo, resources: SlurmResources, spec: WorkSpec,
                 indices: Sequence[int], dependency: str | None) -> list[str]:
         """One array per table; several when the indices exceed MaxArraySize. An array
         that depends on none is gated: nothing starts before every array is accepted."""
@@ -312,7 +312,7 @@ class SlurmBackend(Backend):
                 chunk = indices[start:start + self.max_array]
                 try:  # (submitit submits a chunk of one as a plain job, id "123")
                     with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's errors too
-                        jobs = executor.map_array(WorkerTask(argv), chunk)
+                        jobs = executor.map_array(WorkerTask(spec), chunk)
                 except Exception as err:  # submitit wraps sbatch's own words
                     raise UsageError(f"SLURM rejected the {info.name} array: {_slurm_words(str(err))}",
                                      "check the partition, time limit and resources in your config") from None
@@ -365,7 +365,7 @@ class SlurmBackend(Backend):
                     indices = range(self._next_pull, self._next_pull + launch.slots)
                     self._next_pull += launch.slots
                 ids = self._submit(request, launch.info, self.config.for_table(launch.info),
-                                   launch.argv(request), indices, dependency)
+                                   launch.spec(request), indices, dependency)
                 arrays.setdefault(launch.info.name, []).extend(ids)
             record_fixed(request, launches)
             if self._gated:

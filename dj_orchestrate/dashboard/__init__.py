@@ -1,8 +1,8 @@
 """``dj-orchestrate dashboard``: the pipeline, its failures and its runs in a browser.
 
-Importing this package needs nothing beyond dj-orchestrate's own requirements (workers
-import ``durations`` from it); the web stack (the ``dashboard`` extra) is imported when
-the command runs."""
+Importing this package needs nothing beyond dj-orchestrate's own requirements; the web
+stack (the ``dashboard`` extra) is imported when the command runs. What it reads with the
+CLI lives below it: ``reports``, ``queries``, ``durations`` (which workers write)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def command(pipeline_spec: str, tables: tuple[str, ...], host: str, port: int) -
     """Serve a dashboard of the pipeline: its tables' progress and ETA, failures grouped by
     cause, runs and workers, each table's keys; retry, ignore and reconcile with the token
     printed at start (or DJO_DASHBOARD_TOKEN)."""
-    from ..cli import friendly
+    from ..entry import friendly
 
     friendly(serve)(pipeline_spec, tables, host, port)
 
@@ -37,7 +37,7 @@ def serve(pipeline_spec: str, tables: tuple[str, ...], host: str, port: int) -> 
         from .app import Dashboard, build
     except ImportError as err:
         raise UsageError(f"the dashboard needs {err.name}", "pip install 'dj-orchestrate[dashboard]'") from None
-    from ..cli import open_pipeline
+    from ..entry import open_pipeline
 
     target, infos, _ = open_pipeline(pipeline_spec, tables, None)
     token = os.environ.get(VARIABLE) or secrets.token_urlsafe(24)

@@ -24,10 +24,10 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import ledger, pipeline, reports
+from .. import backends, ledger, pipeline, queries, reports
 from ..errors import UsageError
 from ..jobs import STATUSES, JobTable, Policy, Restriction, reconcile_all
-from . import queries, view
+from . import view
 
 HERE = Path(__file__).parent
 COOKIE = "djo_dashboard_token"
@@ -173,8 +173,6 @@ def build(dash: Dashboard) -> Starlette:
             return PlainTextResponse(f"403 Forbidden: {refused}", status_code=403)
         tables = [t for t in dash.infos if not form.get("table") or t.name == form["table"]]
         if verb == "reconcile":
-            from .. import backends
-
             instances = [t.instance() for t in tables]
             r = reconcile_all(instances, Policy(), backends.hint(instances))
             return back(form.get("next"), f"reconcile: {r['released'] + r['charged'] - r['errors']} keys back to pending, "

@@ -65,7 +65,7 @@ def metrics(dash: Any) -> bytes:
 
     from .. import reports
     from ..jobs import Restriction
-    from . import durations, queries
+    from .. import durations, queries
 
     families = []
     up = GaugeMetricFamily("djo_database_up", "1 when the database answered this scrape")

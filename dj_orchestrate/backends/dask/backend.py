@@ -1,220 +1,40 @@
-"""Dask: a pipeline's workers as tasks on a Dask cluster, GPU tables on GPU workers.
-
-Dask only launches workers. Each Dask task runs one ``dj-orchestrate work`` loop (a pull
-slot) and returns its exit status; it never makes one key per future, so the scheduler
-sees as many tasks as there are slots (``pull_workers``, by default one per worker thread
-that can run the table), whatever the number of keys. Task keys are deterministic
-(``djo-<run>-<tables>-<slot>``), submitted with ``pure=False`` and without Dask
-``retries``: attempts and retries come from the jobs table.
-
-Why a subprocess per task, not the make in the Dask worker's thread: a make that holds
-the GIL for minutes (numpy, a C extension) would starve the worker's event loop, and the
-scheduler would declare the worker dead (``worker-ttl``) and run its tasks again
-elsewhere; a child process keeps the loop free. The worker loop also owns its signals
-(grace period, release on SIGTERM), which only a main thread can have, and a make that
-crashes or is OOM-killed takes only the child with it. The child is tied to its Dask
-worker (``PR_SET_PDEATHSIG``): a worker that dies, retires or reaches its ``--lifetime``
-sends it SIGTERM, and it releases its claims within ``--grace``.
-
-Ordering (pipelined, as the local pool): the tables that ask for the same resources
-form one group of pull slots, and each slot's worker claims whichever key of its tables is
-ready (``flow``), so a key's downstream work starts as soon as that key is made. Only a
-change of resource class is a barrier: a table whose upstream asks for other resources
-(Session on CPU -> SpikeSorting on GPU -> Units on CPU) starts a new *stage*, whose tasks
-take every earlier stage's tasks as Dask dependencies. So a GPU slot never sits on a GPU
-worker waiting for CPU work, and a run with no driver (no ``--wait``: ``fire_and_forget``)
-still runs stage after stage. Each task enqueues its tables when it starts (``--enqueue``),
-so nothing is written before the scheduler holds the whole graph. A table that asks for
-``GPU`` gets tasks that carry ``resources={"GPU": 1}``, which Dask runs only on workers that
-offer a GPU.
-
-A task's worker dying is Dask's business (it reruns the task elsewhere); the keys the
-dead worker held are reconcile's: ``ended_jobs`` asks the scheduler whether a task key
-still runs on the worker address in its backend job id (``dask:<address>/<task key>``),
-and ``--wait`` reconciles with that hint as it follows the run, then submits new slots
-for keys still pending once every task ended (bounded by ``--max-attempts``), so Dask's
-``KilledWorker`` never ends a run that has keys left. Without ``--wait`` there is no driver:
-Dask's own reruns (``allowed-failures``) are what a dead worker's task gets, and a later
-``run`` (or ``reconcile``) picks up what is left.
-"""
+"""The Dask backend: checks the scheduler or the cluster to start, submits one task per
+pull slot, stage after stage, and follows the run (``--wait``)."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fnmatch
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 import distributed
 from tqdm import tqdm
 
-from .. import db, ledger
-from ..config import BackendConfig, Settings
-from ..errors import UsageError
-from ..jobs import JobTable, reconcile_all
-from ..pipeline import TableInfo
-from .base import (SUBMITTED, Backend, RunRequest, TableLaunch, check_identity, error_count, outcome, plan_launches,
-                   rerun_levels, worker_argv)
-from .slurm import slurm_minutes
+from ... import db, ledger
+from ...config import BackendConfig
+from ...errors import UsageError
+from ...jobs import JobTable, reconcile_all
+from ...pipeline import TableInfo
+from ..base import (SUBMITTED, Backend, RunRequest, TableLaunch, check_identity, error_count, outcome, plan_launches,
+                    rerun_levels, work_spec)
+from . import clusters
+from .clusters import quiet
+from .settings import CLUSTERS, DaskSettings, load_config
+from .task import stop_run, work_task
 
 T = TypeVar("T")
-CLUSTERS = ("local", "slurm", "cuda")
-CLUSTER_WIDE = ("scheduler", "connect_timeout", "worker_resources", "forward_env", "slurm")
 WHO = "dask --wait"
 DB_PATIENCE = 300.0  # seconds --wait waits for a database that restarts
 FIX = ("add the variables that name the pipeline's schemas to forward_env in [dask] (e.g. forward_env = [\"LAB_*\"]), "
        "or set them in the Dask workers' environment")
 
 
-@dataclass(frozen=True)
-class DaskSlurm(Settings):
-    """``[dask.slurm]``: the dask-jobqueue ``SLURMCluster`` that ``--cluster slurm`` starts.
-    Each SLURM job is one Dask worker; ``lifetime`` (default: ``walltime`` less 5
-    minutes) retires it before the walltime kill, staggered so jobs do not end together."""
-
-    label: ClassVar[str] = "Dask SLURM setting"
-
-    queue: str | None = None  # the partition
-    account: str | None = None
-    cores: int = 1  # threads per job: pull slots each job offers
-    memory: str = "4GB"
-    walltime: str = "01:00:00"
-    max_jobs: int = 4  # the most SLURM jobs at once; fewer when there are fewer slots
-    job_extra_directives: tuple[str, ...] = ()  # e.g. "--gres=gpu:1", "--qos=long"
-    job_script_prologue: tuple[str, ...] = ()  # shell lines before the worker: module load, venv
-    lifetime: str | None = None  # e.g. "55m"; Dask's own time format
-    lifetime_stagger: str = "2m"
-    interface: str | None = None  # network interface the scheduler and workers listen on
-    log_directory: str | None = None  # default: the run's log folder
-
-    def parsed(self, where: str) -> "DaskSlurm":
-        slurm_minutes(self.walltime)
-        if self.cores < 1 or self.max_jobs < 1:
-            raise UsageError(f"cores and max_jobs in {where} must be at least 1", "e.g. max_jobs = 4")
-        return self
-
-    def worker_lifetime(self) -> str:
-        if self.lifetime:
-            return self.lifetime
-        minutes = slurm_minutes(self.walltime)
-        return f"{max(minutes // 2, minutes - 5) * 60}s"
-
-
-@dataclass(frozen=True)
-class DaskSettings(Settings):
-    """``[dask]``, and per table ``[dask.tables.X]`` or a class's ``dask = {...}``
-    (only ``resources``, ``pull_workers`` and ``timeout``; the rest are one per cluster)."""
-
-    label: ClassVar[str] = "Dask setting"
-
-    scheduler: str | None = None  # e.g. "tcp://gpu-box:8786"; DASK_SCHEDULER_ADDRESS otherwise
-    connect_timeout: float = 5.0  # seconds to reach the scheduler before giving up (exit 2)
-    resources: dict[str, Any] = field(default_factory=dict)  # per table, e.g. { GPU = 1 }
-    pull_workers: int = 0  # tasks per table group and level; 0: one per worker thread that can run it
-    worker_resources: dict[str, Any] = field(default_factory=dict)  # what --cluster local/slurm workers offer
-    forward_env: tuple[str, ...] = ()  # more variables (glob patterns) sent to the workers besides DJ_*, DJO_*
-    slurm: dict[str, Any] = field(default_factory=dict)  # [dask.slurm], see DaskSlurm
-    timeout: float | None = None  # seconds a make may take, per key (see dj_orchestrate.watchdog)
-
-    def parsed(self, where: str) -> "DaskSettings":
-        for name in ("resources", "worker_resources"):
-            bad = {k: v for k, v in getattr(self, name).items()
-                   if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0}
-            if bad:
-                raise UsageError(f"{name} in {where} must map resource names to positive numbers, got {bad!r}",
-                                 f"e.g. {name} = {{ GPU = 1 }}")
-        if self.pull_workers < 0:
-            raise UsageError(f"pull_workers in {where} must not be negative", "e.g. pull_workers = 4 (0: one per worker thread)")
-        if self.slurm:
-            DaskSlurm.build(self.slurm, where[:-1] + ".slurm]" if where.endswith("]") else f"{where} slurm")
-        return self
-
-    def slurm_settings(self) -> DaskSlurm:
-        return DaskSlurm.build(self.slurm, "[dask.slurm]")
-
-
-def load_config(path: str | None = None) -> BackendConfig[DaskSettings]:
-    """``[dask]`` of the config file. A table section may only set what a table can ask for."""
-    config = BackendConfig.load("dask", DaskSettings, path)
-    for name, values in config.tables.items():
-        wide = sorted(set(values) & set(CLUSTER_WIDE))
-        if wide:
-            raise UsageError(f"{wide[0]} in {config.source} [dask.tables.{name}] is a setting of the whole cluster",
-                             "set it in [dask]; a table may set resources and pull_workers")
-    return config
-
-
-# ------------------------------------------------------------------ the task
-def work_task(argv: list[str], env: dict[str, str], log_dir: str, *upstream: Any) -> tuple[int, str]:
-    """What one Dask task runs, on a Dask worker: ``dj-orchestrate work`` as a child
-    process, logging to a file on the worker's filesystem. Returns the child's exit
-    status and log, and never raises, so that downstream tasks start after a failed one too.
-    ``upstream``: the earlier levels' results, only there to order the graph."""
-    worker = distributed.get_worker()
-    key = str(worker.get_current_task())
-    job_id = f"dask:{worker.address}/{key}"
-    try:
-        log_path = _log_path(log_dir, key, os.environ.get("CUDA_VISIBLE_DEVICES"))
-        cmd = [sys.executable, "-m", "dj_orchestrate", *argv, "--log-path", str(log_path), "--backend-job-id", job_id]
-        with open(log_path, "ab") as out:
-            out.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {job_id} on {worker.name}, "
-                      f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n".encode())
-            out.flush()
-            proc = subprocess.Popen(cmd, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, stdout=out,
-                                    stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-    except OSError as err:  # no log folder, no Python: the worker's own problem, said by --wait
-        return 127, f"{worker.address}: could not start the worker: {err}"
-    _RUNNING[key] = proc
-    try:
-        return proc.wait(), f"{worker.address}:{log_path}"
-    finally:
-        _RUNNING.pop(key, None)
-
-
-_RUNNING: dict[str, subprocess.Popen] = {}  # task key -> its worker process, in each Dask worker
-
-
-def stop_run(run_id: str) -> int:
-    """Run on every Dask worker (``Client.run``) when the user stops a ``--wait`` run:
-    SIGINT to the run's worker processes there, which release their claims and exit
-    charging nothing. Returns how many it told."""
-    told = 0
-    for key, proc in list(_RUNNING.items()):
-        if key.startswith(f"djo-{run_id}-") and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            told += 1
-    return told
-
-
-def _log_path(log_dir: str, key: str, cuda: str | None) -> Path:
-    """``<log dir>/<task key>[.cuda-<devices>].log``: the GPUs a worker saw are in the path
-    recorded with each key's error and ledger row. The client's log folder when the worker
-    can write there (a shared filesystem), else the worker's temporary folder."""
-    name = key + (f".cuda-{cuda.replace(',', '_')}" if cuda else "") + ".log"
-    for folder in (Path(log_dir), Path(os.environ.get("TMPDIR", "/tmp")) / "dj-orchestrate" / Path(log_dir).name):
-        with contextlib.suppress(OSError):
-            folder.mkdir(parents=True, exist_ok=True)
-            if os.access(folder, os.W_OK):
-                return folder / name
-    raise OSError(f"no writable log folder for {key}")
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the Dask worker's thread that started it
-    ends (the worker died, retired or was killed), so no orphan keeps claiming."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-# --------------------------------------------------------------- the backend
 @dataclass
 class Group:
     """Pull slots that serve some tables of one stage (same resources)."""
@@ -275,7 +95,7 @@ class DaskBackend(Backend):
             self.client = self._connect(self.address)
             where = f"the scheduler {self.address}"
         else:
-            _cluster_class(self.kind)  # its package is installed
+            clusters.cluster_class(self.kind)  # its package is installed
             where = f"the {self.kind} cluster ([dask] worker_resources)"
         offers = self._offers()
         if not offers:  # (was a bare StopIteration below for a table that needs no resource)
@@ -293,7 +113,7 @@ class DaskBackend(Backend):
     def _connect(self, address: str) -> distributed.Client:
         timeout = self.config.defaults.connect_timeout
         try:
-            with _quiet():
+            with quiet():
                 return distributed.Client(address, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as err:
             raise UsageError(f"the Dask scheduler {address} did not answer within {timeout:g} s ({type(err).__name__})",
@@ -318,32 +138,9 @@ class DaskBackend(Backend):
         """The client, and with --cluster the cluster this run starts."""
         if self.client is not None:
             return
-        with _quiet():
-            if self.kind == "local":
-                self.cluster = distributed.LocalCluster(
-                    n_workers=request.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                    resources=dict(self.config.defaults.worker_resources) or None, silence_logs=40)
-            elif self.kind == "cuda":
-                LocalCUDACluster = _cluster_class(self.kind)
-                resources = {"GPU": 1, **self.config.defaults.worker_resources}
-                self.cluster = LocalCUDACluster(dashboard_address=":0", resources=resources, silence_logs=40)
-            elif self.kind == "slurm":
-                self.cluster = self._slurm_cluster(request)
+        with quiet():
+            self.cluster = clusters.start(self.kind, self.config.defaults, request)
             self.client = distributed.Client(self.cluster, set_as_default=False)
-
-    def _slurm_cluster(self, request: RunRequest) -> Any:
-        SLURMCluster = _cluster_class("slurm")
-        s = self.config.defaults.slurm_settings()
-        args = ["--lifetime", s.worker_lifetime(), "--lifetime-stagger", s.lifetime_stagger]
-        if self.config.defaults.worker_resources:
-            args += ["--resources", ",".join(f"{k}={v}" for k, v in self.config.defaults.worker_resources.items())]
-        cluster = SLURMCluster(
-            cores=s.cores, processes=1, memory=s.memory, walltime=s.walltime, queue=s.queue, account=s.account,
-            job_name=f"djo-{request.run_id}", job_extra_directives=list(s.job_extra_directives),
-            job_script_prologue=list(s.job_script_prologue), worker_extra_args=args, interface=s.interface,
-            log_directory=s.log_directory or str(request.log_dir / "slurm"), python=sys.executable,
-            scheduler_options={"dashboard_address": ":0"})
-        return cluster
 
     def _thread_offers(self, request: RunRequest) -> list[tuple[dict[str, float], int]]:
         """(resources, threads) per worker, for sizing pull slots: the workers the
@@ -400,7 +197,7 @@ class DaskBackend(Backend):
     def _close(self) -> None:
         for thing in (self.client, self.cluster):
             if thing is not None:
-                with contextlib.suppress(Exception), _quiet():
+                with contextlib.suppress(Exception), quiet():
                     thing.close()
         self.client = self.cluster = None
 
@@ -471,9 +268,9 @@ class DaskBackend(Backend):
             for group in (g for g in groups if g.level == level):
                 for _ in range(group.slots):
                     slot = self._next_slot()
-                    argv = worker_argv(request, group.tables, shard_index=slot, enqueue=True)
+                    spec = work_spec(request, group.tables, shard_index=slot, enqueue=True)
                     group.futures.append(self.client.submit(
-                        work_task, argv, env, str(request.log_dir), *before,
+                        work_task, spec, env, str(request.log_dir), *before,
                         key=f"djo-{request.run_id}-{group.label}-{slot}", pure=False,
                         resources=group.resources or None))  # no retries: attempts live in the jobs table
                 this_level += group.futures
@@ -587,7 +384,7 @@ class DaskBackend(Backend):
                 by_scheduler.setdefault(address, set()).update(ids)
         ended: set[str] = set()
         for address, ids in by_scheduler.items():
-            with contextlib.suppress(Exception), _quiet():
+            with contextlib.suppress(Exception), quiet():
                 with distributed.Client(address, timeout=3, set_as_default=False) as client:
                     ended |= _ended_by(client, ids)
         return ended
@@ -601,7 +398,7 @@ class DaskBackend(Backend):
         if not address or keys is None:
             return None
         try:
-            with _quiet(), distributed.Client(address, timeout=3, set_as_default=False) as client:
+            with quiet(), distributed.Client(address, timeout=3, set_as_default=False) as client:
                 states = client.sync(client.scheduler.get_task_status, keys=keys)
         except Exception:
             return None
@@ -614,7 +411,7 @@ class DaskBackend(Backend):
         if not address:
             return info
         try:
-            with _quiet(), distributed.Client(address, timeout=3, set_as_default=False) as client:
+            with quiet(), distributed.Client(address, timeout=3, set_as_default=False) as client:
                 prefix = f"djo-{run['run_id']}-"
                 running = sum(str(k).startswith(prefix) for keys in client.processing().values() for k in keys)
         except Exception:
@@ -623,19 +420,6 @@ class DaskBackend(Backend):
 
 
 # ------------------------------------------------------------------ helpers
-def _cluster_class(kind: str) -> Any:
-    """The class that ``--cluster <kind>`` starts, or which extra to install for it."""
-    if kind == "local":
-        return distributed.LocalCluster
-    module, name, package, extra = {"slurm": ("dask_jobqueue", "SLURMCluster", "dask-jobqueue", "dask"),
-                                     "cuda": ("dask_cuda", "LocalCUDACluster", "dask-cuda", "cuda")}[kind]
-    try:
-        return getattr(__import__(module), name)
-    except ModuleNotFoundError:
-        raise UsageError(f"--cluster {kind} needs {package}, which is not installed",
-                         f"pip install 'dj-orchestrate[{extra}]'") from None
-
-
 def _fits(need: dict[str, float], offer: dict[str, float]) -> bool:
     return all(offer.get(r, 0) >= v for r, v in need.items())
 
@@ -678,19 +462,3 @@ def _task_keys(run_id: str, info: str) -> list[str] | None:
 def _field(info: str, name: str) -> str | None:
     m = re.search(rf"(?:^| ){name}=(\S+)", info)
     return m.group(1) if m else None
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """distributed logs every connection and closing comm; the user wants our words."""
-    import logging
-
-    loggers = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)

@@ -13,7 +13,7 @@ import platform
 import time
 from typing import Any
 
-from .. import ledger
+from . import ledger
 
 BOUNDS = (0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, float("inf"))  # seconds: the histogram's upper bounds
 EVERY = 5.0  # seconds between a worker's writes

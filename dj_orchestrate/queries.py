@@ -1,6 +1,7 @@
-"""The dashboard's read queries that the CLI has no use for: errors grouped by cause,
-a page of a table's keys, reservations whose owner is gone. Each is bounded (grouped
-aggregates, LIMIT, keyset pagination) so a page costs the same on a million keys.
+"""The dashboard's read queries (and the live workers ``status`` counts for its ETA):
+errors grouped by cause, a page of a table's keys, reservations whose owner is gone.
+Each is bounded (grouped aggregates, LIMIT, keyset pagination) so a page costs the same
+on a million keys.
 They work on ``jobs.JobTable``'s own helpers (quoting, binding, decoding keys)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any, Sequence
 
 from datajoint import blob
 
-from ..jobs import JobTable, LiveConnections, Restriction
+from .jobs import JobTable, LiveConnections, Restriction
 
 # What is normalised away from an error message, in this order, to find its cause:
 # (pattern, replacement). No backslashes: the same text is a valid regular expression
