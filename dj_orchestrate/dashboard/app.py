@@ -4,7 +4,8 @@ One DataJoint connection serves every request, so database work is serialised by
 lock (requests run in Starlette's thread pool). GET only reads. Every action is a POST
 that must pass ``Dashboard.refusal``: the account may write, the Origin is this
 server's, and the caller holds the token (a cookie set by the URL printed at start, or
-``Authorization: Bearer TOKEN``)."""
+``Authorization: Bearer TOKEN``). Every answer says what it cost in a ``Server-Timing``
+header (a browser's network panel shows it; ``bench/bench_dashboard.py`` reads it)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
+import datajoint as dj
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -34,6 +36,46 @@ COOKIE = "djo_dashboard_token"
 COLOURS = {"done": "#3a9a50", "pending": "#9aa5b1", "reserved": "#3c78c8", "error": "#d0453a", "ignore": "#c9a227"}
 
 
+class Meter:
+    """The statements a request ran and their time, counted per thread: work another
+    thread does meanwhile is not the request's."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    def watch(self, conn: Any) -> None:
+        """Count what runs on ``conn`` (DataJoint's and ours alike: all go through ``query``)."""
+        run = conn.query
+
+        def query(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return run(*args, **kwargs)
+            finally:
+                tally = getattr(self.local, "tally", None)
+                if tally is not None:
+                    tally[0] += 1
+                    tally[1] += time.perf_counter() - start
+
+        conn.query = query
+
+    def timed(self, handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+        """``handler`` answering with ``Server-Timing: app;dur=MS, db;dur=MS;desc="N statements"``."""
+
+        def run(request: Request) -> Response:
+            start, self.local.tally = time.perf_counter(), [0, 0.0]
+            try:
+                response = handler(request)
+            finally:
+                n, db_time = self.local.tally
+                self.local.tally = None
+            response.headers["Server-Timing"] = (f"app;dur={1000 * (time.perf_counter() - start):.1f}, "
+                                                 f'db;dur={1000 * db_time:.1f};desc="{n} statements"')
+            return response
+
+        return run
+
+
 class Dashboard:
     """What the pages show (one pipeline, its tables) and who may act on it."""
 
@@ -49,6 +91,9 @@ class Dashboard:
         self.templates.globals.update(colours=COLOURS, statuses=["done", "pending", "reserved", "error", "ignore"],
                                       spec=spec, database=target.describe())
         self._missing: tuple[float, str | None] = (0.0, None)
+        self.meter = Meter()
+        for conn in {id(c): c for c in [*(t.cls.connection for t in infos), dj.conn()]}.values():
+            self.meter.watch(conn)
 
     # ------------------------------------------------------------- who may act
     def missing_privilege(self) -> str | None:
@@ -119,7 +164,7 @@ def build(dash: Dashboard) -> Starlette:
             with dash.lock:
                 return handler(request)
 
-        return run
+        return dash.meter.timed(run)
 
     def overview(request: Request) -> Response:
         if request.query_params.get("token") is not None:  # the URL printed at start: keep the token, drop it from the URL
