@@ -96,7 +96,6 @@ def populate_history(n_keys: int) -> str:
                                        for i in range(TABLES)))
     module = pipeline.load(str(path))
     conn = dj.conn()
-    q = conn.adapter.quote_identifier
     done, errors, reserved = int(n_keys * 0.48), n_keys // 10, 100
     module.Session.insert(({"session_id": i} for i in range(n_keys)))
     for n, info in enumerate(pipeline.discover(module)):
