@@ -1,7 +1,8 @@
 """The dashboard's web application: Starlette, pages rendered by Jinja2 on the server.
 
 One DataJoint connection serves every request, so database work is serialised by a
-lock (requests run in Starlette's thread pool). GET only reads. Every action is a POST
+lock (requests run in Starlette's thread pool); what costs a pass over every key is read
+from snapshots (``snapshot``), computed on a second connection. GET only reads. Every action is a POST
 that must pass ``Dashboard.refusal``: the account may write, the Origin is this
 server's, and the caller holds the token (a cookie set by the URL printed at start, or
 ``Authorization: Bearer TOKEN``). Every answer says what it cost in a ``Server-Timing``
