@@ -252,7 +252,9 @@ def build(dash: Dashboard) -> Starlette:
     def runs(request: Request) -> Response:
         found = ledger.recent_runs(dash.identity, dash.aliases, limit=50)
         shards = [s for r in found if r["state"] in ("running", "submitted") for s in ledger.shards_of(r["run_id"])]
-        return dash.render(request, "runs.html", runs=found, shards=shards, owners=queries.orphans(dash.jts))
+        owners = queries.orphans(dash.jts)
+        return dash.render(request, "runs.html", runs=found, shards=shards, owners=owners,
+                           gone=any(o["gone"] for o in owners))
 
     def keys(request: Request) -> Response:
         info = dash.table(request.path_params["name"])
