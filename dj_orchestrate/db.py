@@ -245,6 +245,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def another_connection(conn: Any) -> Any:
+    """A second connection made as ``conn`` was (same server, account and TLS choice), for
+    work that runs beside the first one's, in another thread."""
+    import datajoint as dj
+
+    info = conn.conn_info
+    return dj.Connection(info["host"], info["user"], info["passwd"], info["port"], info.get("ssl_input"),
+                         database_name=info.get("database_name"), backend=conn.adapter.backend)
+
+
 # ------------------------------------------------------------ lost connections
 def is_lost(exc: BaseException | None, conn: Any) -> bool:
     """Whether ``exc`` means the database connection is gone. Not every driver error of

@@ -62,19 +62,25 @@ def flush() -> None:
 
 
 def totals(tables: list[str]) -> dict[str, dict[str, Any]]:
-    """Per table, over every run: count, sum, max and the histogram. One grouped read of
-    the sums, then the histograms of those rows (few: one per worker and run)."""
+    """Per table, over every run: count, sum, max and the histogram, summed by the database
+    in one grouped statement (a row per worker, run and table: thousands on a long history,
+    which DataJoint's fetch took a tenth of a second to decode)."""
     table = ledger.make_stats()
     if table is None or not tables:
         return {}
-    out: dict[str, dict[str, Any]] = {}
-    for r in (table & [{"table_name": t} for t in tables]).to_dicts():
-        s = out.setdefault(r["table_name"], {"n": 0, "sum": 0.0, "max": 0.0, "buckets": [0] * len(BOUNDS)})
-        s["n"] += int(r["n"])
-        s["sum"] += float(r["total"])
-        s["max"] = max(s["max"], float(r["longest"]))
-        s["buckets"] = [a + b for a, b in zip(s["buckets"], json.loads(r["buckets"]))]
-    return out
+    conn = table.connection
+    q = conn.adapter.quote_identifier
+    if conn.adapter.backend == "mysql":
+        buckets = [f"JSON_VALUE({q('buckets')}, '$[{i}]')" for i in range(len(BOUNDS))]
+    else:
+        buckets = [f"CAST(CAST({q('buckets')} AS JSON) ->> {i} AS BIGINT)" for i in range(len(BOUNDS))]
+    rows = conn.query(
+        f"SELECT {q('table_name')}, SUM({q('n')}), SUM({q('total')}), MAX({q('longest')}), "
+        f"{', '.join(f'SUM({b})' for b in buckets)} FROM {table.full_table_name} "
+        f"WHERE {q('table_name')} IN ({', '.join(['%s'] * len(tables))}) GROUP BY {q('table_name')}",
+        args=tuple(tables)).fetchall()
+    return {name: {"n": int(n), "sum": float(total), "max": float(longest), "buckets": [int(b or 0) for b in counts]}
+            for name, n, total, longest, *counts in rows}
 
 
 def etas(infos: list[Any], rows: list[dict], workers: dict[str, int]) -> dict[str, str]:

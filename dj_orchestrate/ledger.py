@@ -253,11 +253,14 @@ def recent_runs(identity: tuple[str, list[str]] | None = None, aliases: Iterable
         runs = mine.to_dicts(order_by="started DESC", limit=limit)
         runs += ((Run - RunPipeline) & old).to_dicts(order_by="started DESC", limit=limit)
         runs = sorted(runs, key=lambda r: r["started"], reverse=True)[:limit]
+    shards: dict[str, list[dict]] = {}  # of all these runs in one query
+    for s in (Shard & [{"run_id": r["run_id"]} for r in runs]).proj("keys_done", "keys_failed").to_dicts():
+        shards.setdefault(s["run_id"], []).append(s)
     for run in runs:
-        shards = (Shard & {"run_id": run["run_id"]}).to_dicts()
-        run["shards"] = len(shards)
-        run["keys_done"] = sum(s["keys_done"] for s in shards)
-        run["keys_failed"] = sum(s["keys_failed"] for s in shards)
+        mine = shards.get(run["run_id"], [])
+        run["shards"] = len(mine)
+        run["keys_done"] = sum(s["keys_done"] for s in mine)
+        run["keys_failed"] = sum(s["keys_failed"] for s in mine)
     return runs
 
 

@@ -64,9 +64,12 @@ def shard_size(missing: int, size: int | None, shards: int | None) -> int:
     return DEFAULT_SHARD_SIZE
 
 
-def plan_table(info: TableInfo, restriction: Restriction, size: int | None = None, shards: int | None = None) -> TablePlan:
-    jt = JobTable(info.instance())
-    counts = jt.counts(restriction)
+def plan_table(info: TableInfo, restriction: Restriction, size: int | None = None, shards: int | None = None,
+               jt: JobTable | None = None, counts: dict[str, int] | None = None) -> TablePlan:
+    """``jt``, ``counts``: the table's JobTable and its counts, where the caller has them
+    (the dashboard plans on its own connection, every table's counts read at once)."""
+    jt = jt or JobTable(info.instance())
+    counts = counts if counts is not None else jt.counts(restriction)
     step = shard_size(counts["missing"], size, shards)
     starts = jt.shard_starts(restriction, step) if counts["missing"] and jt.supported else []
     return TablePlan(

@@ -9,15 +9,18 @@ from .jobs import JobTable, Restriction
 from .pipeline import TableInfo
 
 
-def status_rows(infos: list[TableInfo], restriction: Restriction) -> list[dict[str, Any]]:
+def status_rows(infos: list[TableInfo], restriction: Restriction,
+                counts: dict[str, dict[str, int]] | None = None) -> list[dict[str, Any]]:
     """Per table: total, done, pending (to make), reserved, error, ignore, and the ETA:
-    keys left × mean recorded make duration ÷ live workers ("?" before any is recorded)."""
+    keys left × mean recorded make duration ÷ live workers ("?" before any is recorded).
+    ``counts``: each table's ``JobTable.counts`` where the caller has read them (the
+    dashboard's snapshot)."""
     from . import durations, queries
 
     jts = {t.name: JobTable(t.instance()) for t in infos}
     rows = []
     for name, jt in jts.items():
-        c = jt.counts(restriction)
+        c = counts[name] if counts is not None else jt.counts(restriction)
         rows.append({"table": name, "total": c["total"], "done": c["done"], "pending": c["missing"],
                      "reserved": c["reserved"], "error": c["error"], "ignore": c["ignore"]})
     busy = {r["table"]: jts[r["table"]] for r in rows if r["reserved"]}  # only these can have workers now

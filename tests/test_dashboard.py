@@ -13,14 +13,19 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import PIPELINES, ROOT, jobs_rows, password_env, read_only_user, require, seed, wait_for
+from test_interop import declared_by
 
-from dj_orchestrate.jobs import JobTable
+from dj_orchestrate import jobs, pipeline
+from dj_orchestrate.dashboard.snapshot import TTL, Snapshot
+from dj_orchestrate.jobs import STATUSES, JobTable
 
 CHAIN = str(PIPELINES / "chain.py")
 CHROMIUM = "/usr/bin/chromium"
@@ -61,6 +66,15 @@ def get(url: str) -> tuple[int, str]:
         return err.code, err.read().decode()
     except OSError:
         return 0, ""
+
+
+def statements(url: str) -> int:
+    """The statements the page ran, as its Server-Timing header says."""
+    with urllib.request.urlopen(url, timeout=30) as r:
+        timing = r.headers["Server-Timing"]
+    found = re.fullmatch(r'app;dur=[0-9.]+, db;dur=[0-9.]+;desc="([0-9]+) statements"', timing)
+    assert found, timing
+    return int(found.group(1))
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +120,9 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
         page.goto(base + "/")
         assert counts_of(page, "Square")["done"] == "0"
         assert page.locator("svg g.table").count() == 2 and page.locator("svg path.edge").count() == 1
+        # a make takes 1 s: the run lasts longer than the counts' snapshot lives (TTL) and one poll
         run = subprocess.Popen([sys.executable, "-m", "dj_orchestrate", "run", CHAIN, "--workers", "2", "--no-progress"],
-                               env={**db.env, **secret_env, "DJO_TEST_SLEEP": "0.4", "DJO_TEST_FAIL": "2,5,7"},
+                               env={**db.env, **secret_env, "DJO_TEST_SLEEP": "1.0", "DJO_TEST_FAIL": "2,5,7"},
                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             # the page is not reloaded: the poller swaps the counts in while keys are made
@@ -232,3 +247,104 @@ def test_make_durations_add_up_across_flushes_in_one_row_per_worker(db):
     rows = [{"table": "Square", "total": 10, "pending": 4, "reserved": 0}]
     infos = [type("Info", (), {"name": "Square"})()]
     assert durations.etas(infos, rows, {"Square": 2}) == {"Square": durations.human(4 * 32.55 / 4 / 2)}
+
+
+def by_definition(table) -> dict[str, int]:
+    """``JobTable.counts`` of a chain table as defined, from DataJoint's own fetches: every
+    key_source key, done (in the table) or not, and then by its jobs row's status."""
+    keys = [k["item_id"] for k in table.key_source.keys()]
+    done = {k["item_id"] for k in table.keys()}
+    status = {r["item_id"]: r["status"] for r in jobs_rows(type(table))}
+    left = [k for k in keys if k not in done]
+    by_status = {s: sum(status.get(k) == s for k in left) for s in STATUSES}
+    blocked = by_status["reserved"] + by_status["error"] + by_status["ignore"]
+    return {"total": len(keys), "done": len(keys) - len(left), **by_status, "missing": len(left) - blocked}
+
+
+@pytest.mark.parametrize("who", ["none", "stock", "djo"])
+def test_counts_of_every_table_at_once_are_each_tables_counts(chain, db, monkeypatch, who):
+    """``counts_of`` (the dashboard's one statement) and ``counts`` (a table's) say what the
+    definition says, on jobs tables that are missing, stock DataJoint's, and ours; with a
+    done key that still has a jobs row and a jobs row whose key left the key_source."""
+    declared_by(who, chain, monkeypatch)
+    chain.Square.insert1({"item_id": 0, "square": 0.0}, allow_direct_insert=True, skip_duplicates=True)
+    jt = JobTable(chain.Square())
+    if jt.declared:
+        jt._query(f"DELETE FROM {jt.name} WHERE item_id IN (0, 99)")
+        jt._query(f"INSERT INTO {jt.name} (item_id, status, priority) VALUES (0, 'error', 5), (99, 'ignore', 5)")
+    tables = [chain.Square(), chain.Total()]
+    expected = [by_definition(t) for t in tables]
+    assert [JobTable(t).counts() for t in tables] == expected
+    assert jobs.counts_of([JobTable(t) for t in tables]) == expected
+    assert expected[0]["done"] >= 1 and expected[0]["ignore"] == 0
+
+
+def test_counts_of_tables_without_a_jobs_key_are_theirs(db):
+    """A table that can have no jobs table (``serial``) is counted by its own ``counts``
+    beside the others' one statement."""
+    sys.modules.pop("keyless", None)
+    keyless = pipeline.load(str(PIPELINES / "keyless.py"))
+    keyless.seed(["a", "b", "c"])
+    keyless.Item.populate(keyless.Topic & {"topic": "a"})
+    jts = [JobTable(t.instance()) for t in pipeline.discover(keyless)]
+    assert [jt.supported for jt in jts] == [False, True, True]
+    found = jobs.counts_of(jts)
+    assert found == [jt.counts() for jt in jts]
+    assert (found[0]["total"], found[0]["done"], found[0]["missing"]) == (3, 1, 2)
+
+
+def test_a_snapshot_is_served_then_refreshed_beside_its_readers_and_invalidated():
+    """Within its TTL a snapshot is served as taken; older, it is served while a refresh
+    runs in another thread (no reader waits); beyond ``stale``, or invalidated, the reader
+    waits for a fresh one. A value taken across an invalidation is not served again."""
+    computed, release = [], threading.Event()
+    release.set()
+
+    def compute() -> int:
+        release.wait(10)
+        computed.append(threading.current_thread().name)
+        return len(computed)
+
+    snap = Snapshot("test", compute, threading.Lock(), ttl=0.3, stale=3.0)
+    assert snap.get()[0] == 1 and snap.get()[0] == 1
+    time.sleep(0.4)
+    release.clear()  # the refresh now waits: the reader does not
+    started = time.monotonic()
+    assert snap.get()[0] == 1 and time.monotonic() - started < 0.2
+    release.set()
+    wait_for(lambda: snap.get()[0] == 2, 5, "the refresh in the background")
+    assert computed[1].startswith("snapshot-test")
+    snap.invalidate()
+    assert snap.get()[0] == 3  # at once, in this thread
+    release.clear()
+    time.sleep(0.4)
+    assert snap.get()[0] == 3  # refreshing...
+    wait_for(snap.busy.locked, 5, "the refresh to start")
+    snap.invalidate()  # ...from before this
+    release.set()
+    assert snap.get()[0] == 5  # the one taken across it was not served: this one waited for another
+    time.sleep(3.1)
+    assert snap.get()[0] == 6  # too old to show: waited for
+
+
+def test_pages_read_snapshots_that_actions_refresh(chain, db, tmp_path):
+    """Counts shown come from a snapshot shared by the pages: a change by someone else shows
+    within its TTL and one refresh, the dashboard's own action at once; every answer says
+    its server time and statements."""
+    seed(chain, 5)
+    with dashboard(db, tmp_path) as (base, out):
+        def status() -> dict[str, dict]:
+            return {r["table"]: r for r in json.loads(get(base + "/api/status")[1])}
+
+        assert status()["Square"]["total"] == 5
+        seed(chain, 8)  # someone else's change
+        wait_for(lambda: status()["Square"]["total"] == 8, TTL + 30, "the new keys in /api/status",
+                 detail=lambda: status()["Square"])
+        request = urllib.request.Request(base + "/actions/ignore", method="POST", data=urllib.parse.urlencode(
+            {"table": "Square", "key": '{"item_id": 1}'}).encode(), headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert "1 keys now ignored" in urllib.parse.unquote(r.url)
+        assert status()["Square"]["ignore"] == 1  # at once: the action made the next page wait for a fresh count
+        assert "Counted at" in get(base + "/")[1] and "Grouped at" in get(base + "/failures")[1]
+        assert statements(base + "/tables/Square") == 1
+        assert statements(base + "/api/status") >= 1

@@ -8,7 +8,6 @@ gives, and ``MakeLog`` (written inside each make's transaction) counts every mak
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess

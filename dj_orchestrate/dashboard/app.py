@@ -1,13 +1,16 @@
 """The dashboard's web application: Starlette, pages rendered by Jinja2 on the server.
 
 One DataJoint connection serves every request, so database work is serialised by a
-lock (requests run in Starlette's thread pool). GET only reads. Every action is a POST
+lock (requests run in Starlette's thread pool); what costs a pass over every key is read
+from snapshots (``snapshot``), computed on a second connection. GET only reads. Every action is a POST
 that must pass ``Dashboard.refusal``: the account may write, the Origin is this
 server's, and the caller holds the token (a cookie set by the URL printed at start, or
-``Authorization: Bearer TOKEN``)."""
+``Authorization: Bearer TOKEN``). Every answer says what it cost in a ``Server-Timing``
+header (a browser's network panel shows it; ``bench/bench_dashboard.py`` reads it)."""
 
 from __future__ import annotations
 
+import datetime
 import hmac
 import json
 import threading
@@ -16,6 +19,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
+import datajoint as dj
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -24,14 +28,56 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import backends, ledger, pipeline, queries, reports
+from .. import backends, db, ledger, pipeline, queries, reports
 from ..errors import UsageError
-from ..jobs import STATUSES, JobTable, Policy, Restriction, reconcile_all
+from ..jobs import STATUSES, JobTable, Policy, Restriction, counts_of, key_source_of, reconcile_all
+from ..planner import TablePlan, plan_table
 from . import view
+from .snapshot import TTL, Snapshot
 
 HERE = Path(__file__).parent
 COOKIE = "djo_dashboard_token"
 COLOURS = {"done": "#3a9a50", "pending": "#9aa5b1", "reserved": "#3c78c8", "error": "#d0453a", "ignore": "#c9a227"}
+
+
+class Meter:
+    """The statements a request ran and their time, counted per thread: work another
+    thread does meanwhile is not the request's."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    def watch(self, conn: Any) -> None:
+        """Count what runs on ``conn`` (DataJoint's and ours alike: all go through ``query``)."""
+        run = conn.query
+
+        def query(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return run(*args, **kwargs)
+            finally:
+                tally = getattr(self.local, "tally", None)
+                if tally is not None:
+                    tally[0] += 1
+                    tally[1] += time.perf_counter() - start
+
+        conn.query = query
+
+    def timed(self, handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+        """``handler`` answering with ``Server-Timing: app;dur=MS, db;dur=MS;desc="N statements"``."""
+
+        def run(request: Request) -> Response:
+            start, self.local.tally = time.perf_counter(), [0, 0.0]
+            try:
+                response = handler(request)
+            finally:
+                n, db_time = self.local.tally
+                self.local.tally = None
+            response.headers["Server-Timing"] = (f"app;dur={1000 * (time.perf_counter() - start):.1f}, "
+                                                 f'db;dur={1000 * db_time:.1f};desc="{n} statements"')
+            return response
+
+        return run
 
 
 class Dashboard:
@@ -41,14 +87,75 @@ class Dashboard:
         self.spec, self.infos, self.token, self.target = spec, infos, token, target
         self.lock = threading.Lock()
         self.jts = {t.name: JobTable(t.instance()) for t in infos}
+        # The snapshots read on a connection of their own, so that pages go on while one is
+        # refreshed; their JobTables' key_source SQL is read now (catalog queries, on the
+        # pages' connection), not by the thread that refreshes them.
+        self.reader = db.another_connection(dj.conn())
+        self._prepare_reader()
+        self.readers = {t.name: JobTable(t.instance(), self.reader) for t in infos}
+        for jt in self.readers.values():
+            if jt.supported:
+                key_source_of(type(jt.table))
+        reading = threading.Lock()
+        self.counts = Snapshot("counts", self._on_reader(self._count), reading)
+        self.groups = Snapshot("failures by cause", self._on_reader(lambda: queries.error_groups(self.readers)), reading)
+        self.plans = Snapshot("plans", self._on_reader(self._plan), reading)
         self.identity = pipeline.identity(pipeline.load(spec))
         self.aliases = {spec, pipeline.resolve_spec(spec), self.identity[0]}
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape())
         self.templates.filters["keyjson"] = lambda key: json.dumps(key, default=str)  # a str: escaped where it goes
         self.templates.filters["when"] = lambda t: t.strftime("%Y-%m-%d %H:%M:%S") if t else ""
         self.templates.globals.update(colours=COLOURS, statuses=["done", "pending", "reserved", "error", "ignore"],
-                                      spec=spec, database=target.describe())
+                                      spec=spec, database=target.describe(), ttl=TTL)
         self._missing: tuple[float, str | None] = (0.0, None)
+        self.meter = Meter()
+        for conn in {id(c): c for c in [*(t.cls.connection for t in infos), dj.conn(), self.reader]}.values():
+            self.meter.watch(conn)
+
+    # -------------------------------------------------------------- snapshots
+    def _prepare_reader(self) -> None:
+        # PostgreSQL JIT-compiles a statement whose estimated cost is high, and that of one
+        # statement over every table is the sum of theirs: compiling one (an earlier form of
+        # the counts, 1M jobs rows) took 3.7 s for 0.4 s of work
+        if self.reader.adapter.backend == "postgresql":
+            self.reader.query("SET jit = off")
+
+    def _on_reader(self, compute: Callable[[], Any]) -> Callable[[], Any]:
+        """``compute``, on the reader connection opened again if the server dropped it (a restart)."""
+
+        def run() -> Any:
+            if db.is_lost(None, self.reader):
+                self.reader.connect()
+                self._prepare_reader()
+            return compute()
+
+        return run
+
+    def _count(self) -> dict[str, dict[str, int]]:
+        """The counts of every table with a jobs key, in one statement."""
+        names = [name for name, jt in self.readers.items() if jt.supported]
+        return dict(zip(names, counts_of([self.readers[name] for name in names])))
+
+    def _plan(self) -> dict[str, TablePlan]:
+        """The plans of every table with a jobs key (counts read at once, then shard bounds)."""
+        return {name: plan_table(self.table(name), Restriction(), jt=self.readers[name], counts=c)
+                for name, c in self._count().items()}
+
+    def status(self) -> tuple[list[dict[str, Any]], datetime.datetime]:
+        """``status --json``'s rows and when their counts were taken. Tables without a jobs
+        key are counted now (by DataJoint, on the pages' connection)."""
+        counts, taken = self.counts.get()
+        found = {t.name: counts[t.name] if t.name in counts else self.jts[t.name].counts() for t in self.infos}
+        return reports.status_rows(self.infos, Restriction(), found), taken
+
+    def plan(self) -> list[TablePlan]:
+        plans, _ = self.plans.get()
+        return [plans[t.name] if t.name in plans else plan_table(t, Restriction()) for t in self.infos]
+
+    def invalidate(self) -> None:
+        """After an action: the next page shows what it did."""
+        for snapshot in (self.counts, self.groups, self.plans):
+            snapshot.invalidate()
 
     # ------------------------------------------------------------- who may act
     def missing_privilege(self) -> str | None:
@@ -95,8 +202,8 @@ class Dashboard:
         return next((t for t in self.infos if t.name == name), None)
 
     def overview(self) -> dict[str, Any]:
-        rows = reports.status_rows(self.infos, Restriction())
-        return {"rows": rows, "graph": view.graph(self.infos, {r["table"]: r for r in rows})}
+        rows, taken = self.status()
+        return {"rows": rows, "graph": view.graph(self.infos, {r["table"]: r for r in rows}), "taken": taken}
 
 
 def keys_of(text: str | None) -> list[dict] | None:
@@ -119,7 +226,7 @@ def build(dash: Dashboard) -> Starlette:
             with dash.lock:
                 return handler(request)
 
-        return run
+        return dash.meter.timed(run)
 
     def overview(request: Request) -> Response:
         if request.query_params.get("token") is not None:  # the URL printed at start: keep the token, drop it from the URL
@@ -133,7 +240,8 @@ def build(dash: Dashboard) -> Starlette:
         return dash.render(request, "overview_body.html", **dash.overview())
 
     def failures(request: Request) -> Response:
-        return dash.render(request, "failures.html", groups=queries.error_groups(dash.jts))
+        groups, taken = dash.groups.get()
+        return dash.render(request, "failures.html", groups=groups, taken=taken)
 
     def failure_group(request: Request) -> Response:
         cause = request.query_params.get("cause", "")
@@ -144,7 +252,9 @@ def build(dash: Dashboard) -> Starlette:
     def runs(request: Request) -> Response:
         found = ledger.recent_runs(dash.identity, dash.aliases, limit=50)
         shards = [s for r in found if r["state"] in ("running", "submitted") for s in ledger.shards_of(r["run_id"])]
-        return dash.render(request, "runs.html", runs=found, shards=shards, owners=queries.orphans(dash.jts))
+        owners = queries.orphans(dash.jts)
+        return dash.render(request, "runs.html", runs=found, shards=shards, owners=owners,
+                           gone=any(o["gone"] for o in owners))
 
     def keys(request: Request) -> Response:
         info = dash.table(request.path_params["name"])
@@ -171,6 +281,12 @@ def build(dash: Dashboard) -> Starlette:
         refused = dash.refusal(request)
         if refused:
             return PlainTextResponse(f"403 Forbidden: {refused}", status_code=403)
+        try:
+            return act_on(request, verb, form)
+        finally:
+            dash.invalidate()
+
+    def act_on(request: Request, verb: str, form: dict) -> Response:
         tables = [t for t in dash.infos if not form.get("table") or t.name == form["table"]]
         if verb == "reconcile":
             instances = [t.instance() for t in tables]
@@ -200,8 +316,7 @@ def build(dash: Dashboard) -> Starlette:
         return back(form.get("next"), f"{moved} keys {word}")
 
     def api_status(request: Request) -> Response:
-        rows = reports.status_rows(dash.infos, Restriction())
-        return JSONResponse(ledger.as_json(rows))
+        return JSONResponse(ledger.as_json(dash.status()[0]))
 
     def api_errors(request: Request) -> Response:
         return JSONResponse(ledger.as_json(reports.error_rows(dash.infos, Restriction(),
@@ -209,7 +324,7 @@ def build(dash: Dashboard) -> Starlette:
                                                              request.query_params.get("stack") == "1")))
 
     def api_plan(request: Request) -> Response:
-        return JSONResponse(ledger.as_json([p.as_json() for p in reports.plan_rows(dash.infos, Restriction())]))
+        return JSONResponse(ledger.as_json([p.as_json() for p in dash.plan()]))
 
     def metrics(request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST

@@ -63,14 +63,12 @@ def metrics(dash: Any) -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
-    from .. import reports
-    from ..jobs import Restriction
     from .. import durations, queries
 
     families = []
     up = GaugeMetricFamily("djo_database_up", "1 when the database answered this scrape")
     try:
-        rows = reports.status_rows(dash.infos, Restriction())
+        rows = dash.status()[0]
         workers = queries.live_workers({r["table"]: dash.jts[r["table"]] for r in rows if r["reserved"]})
         stats = durations.totals([t.name for t in dash.infos])
         up.add_metric([], 1)
