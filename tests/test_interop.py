@@ -104,7 +104,7 @@ def test_every_command_on_jobs_tables_declared_by(chain, db, monkeypatch, who):
     # read-only commands: right content, nothing altered or created
     plan = {r["table"]: r for r in djo_json("plan", CHAIN)}
     assert plan["Square"]["error"] == failed and plan["Square"]["reserved"] == (0 if who == "none" else 1)
-    status = {r["table"]: r for r in djo_json("status", CHAIN)}
+    status = {r["table"]: r for r in djo_json("status", CHAIN)["tables"]}
     assert status["Square"]["done"] == (5 if who == "stock" else 0) and status["Square"]["error"] == failed
     errors = djo_json("errors", CHAIN)
     assert [(e["table"], e["key"], e["attempts"]) for e in errors] == \
@@ -229,6 +229,7 @@ def test_select_only_account_reads_and_is_refused_writes(chain, db, tmp_path, mo
             out = db.cli(command, CHAIN, "--json", env=env)
             assert out.returncode == 0, out.stderr
             rows = json.loads(out.stdout)
+            rows = rows["tables"] if command == "status" else rows
             if command == "errors":
                 assert [e["key"] for e in rows] == [{"item_id": 2}]
             else:
@@ -329,7 +330,7 @@ def test_pipelines_from_datajoints_own_tests_and_tutorials(db):
     assert summaries == {s: (2, 20 * s + 1) for s in range(3)}  # what stock populate, in order, computes
     [failed] = jobs_rows(quirks.Quitter)
     assert failed["subject_id"] == 1 and failed["attempts"] == 1 and "SystemExit" in failed["error_message"]
-    status = {r["table"]: r for r in djo_json("status", QUIRKS)}
+    status = {r["table"]: r for r in djo_json("status", QUIRKS)["tables"]}
     assert status["Item"]["total"] == 2 and status["Item"]["done"] == 2 and "note" not in status["Item"]
 
 
