@@ -73,14 +73,16 @@ def main(debug: bool) -> None:
 @friendly
 def plan(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, shard_size: int | None,
          shards: int | None, as_json: bool) -> None:
-    """Dry run: per table, what is done, missing, failed, and in how many shards. Writes nothing."""
+    """Dry run: per table, what is done, missing, failed, in how many shards, and its ETA. Writes nothing."""
     target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json, warn=True)
     plans = reports.plan_rows(infos, restriction, shard_size, shards)
+    rows = reports.plan_json(infos, plans)
     if as_json:
-        emit_json([p.as_json() for p in plans])
+        emit_json(rows)
         return
-    rows = [{**p.as_json(), "in key_source": p.total} for p in plans]
-    click.echo(render_table(rows, ["table", "level", "in key_source", "done", "missing", "error", "ignore", "reserved", "shards"]))
+    rows = [{**r, "in key_source": r["total"]} for r in rows]
+    click.echo(render_table(rows, ["table", "level", "in key_source", "done", "missing", "error", "ignore", "reserved", "shards",
+                                   "eta"]))
     click.echo(f"\n{sum(p.missing for p in plans)} keys to make in {sum(p.shards for p in plans)} shards "
                f"({target.describe()}). Downstream counts grow as upstream tables fill.")
 
@@ -165,8 +167,8 @@ def health(pipeline_spec: str) -> None:
 
     db.connect()
     _, schemas = pipeline.identity(pipeline.load(pipeline_spec))
-    mine = [r for r in serve.server_rows(schemas) if r["host"] == platform.node()[:255]]
-    alive = [r for r in mine if r["role"] != "lost" and r["beat_age_s"] <= serve.LOST_AFTER * r["interval_s"]]
+    mine = [r for r in reports.server_rows(schemas) if r["host"] == platform.node()[:255]]
+    alive = [r for r in mine if r["role"] != "lost" and r["beat_age_s"] <= reports.LOST_AFTER * r["interval_s"]]
     if alive:
         click.echo(f"{alive[0]['server']} {alive[0]['role']}, beat {alive[0]['beat_age_s']}s ago")
         return
@@ -189,16 +191,18 @@ def work(**params: Any) -> None:
 @json_opt
 @friendly
 def status(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, as_json: bool) -> None:
-    """Per table: total, done, pending, reserved, error, ignore; and recent runs."""
+    """Per table: total, done, pending, reserved, error, ignore, ETA and keys made in the last
+    hour; the pipeline's servers and recent runs."""
     target, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
     rows = reports.status_rows(infos, restriction)
-    servers = serve.server_rows(pipeline.identity(pipeline.load(pipeline_spec))[1])
+    servers = reports.server_rows(pipeline.identity(pipeline.load(pipeline_spec))[1])
     if as_json:
         emit_json({"tables": rows, "servers": servers})
         return
     for r in rows:
         r["progress"] = f"{100 * r['done'] / r['total']:.0f}%" if r["total"] else "-"
-    click.echo(render_table(rows, ["table", "total", "done", "pending", "reserved", "error", "ignore", "progress", "eta"]))
+    click.echo(render_table(rows, ["table", "total", "done", "pending", "reserved", "error", "ignore", "progress", "eta",
+                                   "made_last_hour"]))
     runs = ledger.recent_runs(*identity_of(pipeline_spec))
     for r in runs:
         if r["backend"] != "local" and r["state"] in ("submitted", "running"):

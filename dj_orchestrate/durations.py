@@ -1,25 +1,34 @@
 """Make durations, recorded per table, run and worker as sums and a small fixed
-histogram (``ledger.MakeStat``), and the ETA per table computed from them.
+histogram (``ledger.MakeStat``), and the ETA per table computed from them; and keys made
+per table, worker and minute (``ledger.MakeMinute``, kept for ``KEEP``), the throughput
+over the last hour.
 
-Workers note each made key's duration in memory and write their row at most every few
+Workers note each made key's duration in memory and write their rows at most every few
 seconds and when their run loop ends (``Worker.run``): the ledger grows by one row per worker and table, not one
-per key (DataJoint deletes done jobs rows, so the jobs tables cannot say it)."""
+per key (DataJoint deletes done jobs rows, so the jobs tables cannot say it), and by one
+per worker, table and minute it made keys in, for two hours."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import ledger
 
 BOUNDS = (0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, float("inf"))  # seconds: the histogram's upper bounds
 EVERY = 5.0  # seconds between a worker's writes
+KEEP = datetime.timedelta(hours=2)  # how long a minute's row is kept (the last hour is read)
+PRUNE_EVERY = 600.0  # seconds between a worker's deletions of older rows
 
 _pending: dict[tuple[str, str], dict[str, Any]] = {}
+_minutes: dict[tuple[datetime.datetime, str], int] = {}  # (minute, table): keys made in it
 _written = [0.0]
+_pruned = [float("-inf")]
 
 
 def note(run_id: str | None, table: str, seconds: float) -> None:
@@ -29,6 +38,8 @@ def note(run_id: str | None, table: str, seconds: float) -> None:
     s["total"] += seconds
     s["longest"] = max(s["longest"], seconds)
     s["buckets"][next(i for i, b in enumerate(BOUNDS) if seconds <= b)] += 1
+    minute = (ledger.now().replace(second=0, microsecond=0), table)  # when it was made, not when it is written
+    _minutes[minute] = _minutes.get(minute, 0) + 1
     if time.monotonic() - _written[0] >= EVERY:
         flush()
 
@@ -37,28 +48,51 @@ def flush() -> None:
     """Add what this worker noted since its last flush to its own rows (no other process
     writes them), then forget it: nothing noted carries over into another run or ledger."""
     _written[0] = time.monotonic()
-    noted = dict(_pending)
+    noted, minutes = dict(_pending), dict(_minutes)
     _pending.clear()
+    _minutes.clear()
     if not noted:
         return
     try:
-        # a worker of a run declares the table; one started without a run writes only into a ledger that exists
-        table = ledger.make_stats(create=any(run_id for run_id, _ in noted))
-        if table is None:
-            return
+        # a worker of a run declares the tables; one started without a run writes only into a ledger that has them
+        create = any(run_id for run_id, _ in noted)
+        stats, per_minute = ledger.make_stats(create=create), ledger.make_minutes(create=create)
         worker = f"{platform.node()}:{os.getpid()}"[:255]
-        for (run_id, name), s in noted.items():
-            key = {"run_id": run_id, "table_name": name, "worker": worker}
-            old = (table & key).to_dicts()
-            if old:
-                o = old[0]
-                s = {"n": s["n"] + o["n"], "total": s["total"] + o["total"], "longest": max(s["longest"], o["longest"]),
-                     "buckets": [a + b for a, b in zip(s["buckets"], json.loads(o["buckets"]))]}
-            row = {**key, "n": s["n"], "total": s["total"], "longest": s["longest"],
-                   "buckets": json.dumps(s["buckets"]), "updated": ledger.now()}
-            (table.update1 if old else table.insert1)(row)
+        if stats is not None:
+            for (run_id, name), s in noted.items():
+                row = {"n": s["n"], "total": s["total"], "longest": s["longest"], "buckets": json.dumps(s["buckets"]),
+                       "updated": ledger.now()}
+                _add(stats, {"run_id": run_id, "table_name": name, "worker": worker}, row, _merge_stats)
+        if per_minute is not None:
+            for (minute, name), n in minutes.items():
+                _add(per_minute, {"minute": minute, "table_name": name, "worker": worker}, {"n": n},
+                     lambda new, old: {"n": new["n"] + old["n"]})
+            _prune(per_minute)
     except Exception:  # the statistics are a courtesy: a worker never fails for them
         pass
+
+
+def _add(table: Any, key: dict, values: dict, merge: Callable[[dict, dict], dict]) -> None:
+    """This worker's row ``key`` of ``table``: ``values``, merged into what it wrote before."""
+    old = (table & key).to_dicts()
+    row = {**key, **(merge(values, old[0]) if old else values)}
+    (table.update1 if old else table.insert1)(row)
+
+
+def _merge_stats(new: dict, old: dict) -> dict:
+    buckets = [a + b for a, b in zip(json.loads(new["buckets"]), json.loads(old["buckets"]))]
+    return {**new, "n": new["n"] + old["n"], "total": new["total"] + old["total"],
+            "longest": max(new["longest"], old["longest"]), "buckets": json.dumps(buckets)}
+
+
+def _prune(per_minute: Any) -> None:
+    """Every worker's minutes older than ``KEEP`` deleted, by any worker now and then: the
+    table holds two hours whoever wrote them."""
+    if time.monotonic() - _pruned[0] < PRUNE_EVERY:
+        return
+    _pruned[0] = time.monotonic()
+    cutoff = (ledger.now() - KEEP).isoformat(sep=" ", timespec="seconds")
+    (per_minute & f"minute < '{cutoff}'").delete_quick()
 
 
 def totals(tables: list[str]) -> dict[str, dict[str, Any]]:
@@ -83,18 +117,35 @@ def totals(tables: list[str]) -> dict[str, dict[str, Any]]:
             for name, n, total, longest, *counts in rows}
 
 
-def etas(infos: list[Any], rows: list[dict], workers: dict[str, int]) -> dict[str, str]:
-    """Per table: remaining keys × mean make duration ÷ live workers (at least one)."""
-    stats = totals([t.name for t in infos])
+def made_lately(tables: list[str], minutes: int = 60) -> dict[str, int]:
+    """Per table: keys workers made in this minute and the ``minutes - 1`` before it (on
+    the workers' clocks), summed by the database over a range of the primary key: at most
+    ``KEEP`` of rows."""
+    table = ledger.make_minutes()
+    if table is None or not tables:
+        return {}
+    since = ledger.now().replace(second=0, microsecond=0) - datetime.timedelta(minutes=minutes - 1)
+    q = table.connection.adapter.quote_identifier
+    rows = table.connection.query(
+        f"SELECT {q('table_name')}, SUM({q('n')}) FROM {table.full_table_name} WHERE {q('minute')} >= %s "
+        f"AND {q('table_name')} IN ({', '.join(['%s'] * len(tables))}) GROUP BY {q('table_name')}",
+        args=(since, *tables)).fetchall()
+    return {name: int(n) for name, n in rows}
+
+
+def etas(progress: dict[str, tuple[int, int]], workers: dict[str, int]) -> dict[str, str]:
+    """Per table, from (keys left, keys in all): keys left × mean make duration ÷ live
+    workers (at least one); "done", "-" (no keys) or "?" (no duration recorded yet)."""
+    stats = totals(list(progress))
     out: dict[str, str] = {}
-    for r in rows:
-        s, left = stats.get(r["table"]), r["pending"] + r["reserved"]
+    for name, (left, total) in progress.items():
+        s = stats.get(name)
         if not left:
-            out[r["table"]] = "done" if r["total"] else "-"
+            out[name] = "done" if total else "-"
         elif s and s["n"]:
-            out[r["table"]] = human(left * s["sum"] / s["n"] / max(1, workers.get(r["table"], 0)))
+            out[name] = human(left * s["sum"] / s["n"] / max(1, workers.get(name, 0)))
         else:
-            out[r["table"]] = "?"
+            out[name] = "?"
     return out
 
 

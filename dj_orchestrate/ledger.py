@@ -155,6 +155,12 @@ def pipeline_id(module_file: str, schemas: list[str]) -> str:
     return hashlib.md5("\0".join([module_file, *schemas]).encode()).hexdigest()
 
 
+def pipeline_key(schemas: list[str]) -> str:
+    """What a pipeline's servers share (``Server.pipeline_key``, the name of their leader
+    lock): its schemas, wherever its module is."""
+    return hashlib.md5(",".join(schemas).encode()).hexdigest()
+
+
 def now() -> datetime.datetime:
     return datetime.datetime.now()
 
@@ -164,7 +170,11 @@ def new_run(pipeline: str, backend: str, table_names: list[str], state: str = "r
     """Record a run; ``identity`` (module file, schemas) is what ``status`` filters by."""
     run_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
     Run = tables()[0]
-    _identity_table(os.environ.get(LEDGER_SCHEMA_ENV, "dj_orchestrate"))  # declared here, not by workers at once
+    # declared here, not by workers at once: workers that declared them together lost a first
+    # flush (PostgreSQL: one key's duration of 21, in tests/test_dashboard.py)
+    _identity_table(os.environ.get(LEDGER_SCHEMA_ENV, "dj_orchestrate"))
+    make_stats(create=True)
+    make_minutes(create=True)
     Run.insert1(
         dict(
             run_id=run_id,
@@ -356,6 +366,26 @@ def make_stats(create: bool = False) -> Any | None:
     return _optional(_define_make_stats, create)
 
 
+def _define_make_minutes(schema: Any) -> Any:
+    @schema
+    class MakeMinute(dj.Manual):
+        definition = """
+        # keys of a table made in one minute by one worker: throughput (rows older than durations.KEEP are deleted)
+        minute            : datetime          # the minute's start (the worker's clock)
+        table_name        : varchar(255)      # the table's class name
+        worker            : varchar(255)      # host:pid (each worker writes its own rows)
+        ---
+        n                 : int32             # keys made
+        """
+
+    return MakeMinute
+
+
+def make_minutes(create: bool = False) -> Any | None:
+    """The ``MakeMinute`` table (see ``_optional``)."""
+    return _optional(_define_make_minutes, create)
+
+
 def _define_servers(schema: Any) -> Any:
     @schema
     class Server(dj.Manual):
@@ -397,11 +427,12 @@ def forget_server(server: str) -> None:
     (_optional(_define_servers, True) & {"server": server}).delete_quick()
 
 
-def servers(pipeline_key: str, within: datetime.timedelta = datetime.timedelta(days=1)) -> list[dict]:
-    """The pipeline's serve processes that beat within ``within``, read only."""
+def servers(key: str, within: datetime.timedelta = datetime.timedelta(days=1)) -> list[dict]:
+    """The serve processes of the pipeline with this ``pipeline_key`` that beat within
+    ``within``, read only ([]: no such table)."""
     Server = _optional(_define_servers, False)
     if Server is None:
         return []
     since = now() - within
-    return (Server & {"pipeline_key": pipeline_key} & f"last_beat > '{since.isoformat(sep=' ')}'").to_dicts(
+    return (Server & {"pipeline_key": key} & f"last_beat > '{since.isoformat(sep=' ')}'").to_dicts(
         order_by="started")

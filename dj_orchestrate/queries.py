@@ -2,7 +2,9 @@
 errors grouped by cause, a page of a table's keys, reservations whose owner is gone.
 Each is bounded (grouped aggregates, LIMIT, keyset pagination) so a page costs the same
 on a million keys.
-They work on ``jobs.JobTable``'s own helpers (quoting, binding, decoding keys)."""
+They work on ``jobs.JobTable``'s own helpers (quoting, binding, decoding keys). The
+failures of a table that can have no jobs table (``serial``: in the ledger's
+``KeyFailure``) are grouped here in Python, from the list ``errors`` prints."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ NORMALISE = (
     ("[0-9]+([.][0-9]+)?", "<n>"),
 )
 GROUP_LIMIT = 200  # causes per table: beyond it, the page says so
+SAMPLES = 3  # sample keys per cause
 PAGE = 50
 
 
@@ -36,6 +39,13 @@ def cause_sql(jt: JobTable, column: str) -> str:
     for pattern, repl in NORMALISE:
         expr = f"REGEXP_REPLACE({expr}, {literal(pattern)}, {literal(repl)}{flags})"
     return expr
+
+
+def cause_of(message: str) -> str:
+    """``cause_sql`` in Python, for failures listed rather than queried (``serial``)."""
+    for pattern, repl in NORMALISE:
+        message = re.sub(pattern, repl, message)
+    return message
 
 
 def like_of(cause: str) -> str:
@@ -65,36 +75,66 @@ class Group:
     samples: list[dict] = field(default_factory=list)
 
 
-def error_groups(jts: dict[str, JobTable], samples: int = 3) -> list[Group]:
-    """Failed keys grouped by cause: one GROUP BY per table, a few sample keys each."""
+def error_groups(jts: dict[str, JobTable]) -> list[Group]:
+    """Failed keys grouped by cause: one GROUP BY per jobs table, a few sample keys each;
+    the failures of a table without one (``serial``) as ``errors`` lists them."""
     groups: dict[str, Group] = {}
     for name, jt in jts.items():
-        if not jt.declared:
-            continue
-        q, n = jt.q, len(jt.pk)
-        cause = cause_sql(jt, f"j.{q('error_message')}")
-        rows = jt._query(
-            f"SELECT c, COUNT(*), MIN(t), MAX(t), MIN(m) FROM (SELECT {cause} AS c, j.{q('completed_time')} AS t, "
-            f"j.{q('error_message')} AS m FROM {jt.name} AS j WHERE j.{q('status')} = 'error') AS x "
-            f"GROUP BY c ORDER BY COUNT(*) DESC LIMIT {GROUP_LIMIT}").fetchall()
-        for c, count, first, last, example in rows:
-            g = groups.setdefault(c, Group(c, example=example))
-            g.count += int(count)
-            g.tables[name] = int(count)
-            g.first = min(x for x in (g.first, first) if x is not None) if first or g.first else None
-            g.last = max(x for x in (g.last, last) if x is not None) if last or g.last else None
-        picked = jt._query(
-            f"SELECT * FROM (SELECT {jt._cols('j')}, {cause} AS c, ROW_NUMBER() OVER (PARTITION BY {cause} "
-            f"ORDER BY {jt._cols('j')}) AS rn FROM {jt.name} AS j WHERE j.{q('status')} = 'error') AS x "
-            f"WHERE x.rn <= {int(samples)}").fetchall()
-        for r in picked:
-            if r[n] in groups and len(groups[r[n]].samples) < samples:
-                groups[r[n]].samples.append({"table": name, "key": jt._decode(r[:n])})
+        if jt.declared:
+            _group_jobs(groups, name, jt)
+        elif not jt.supported:
+            for e in jt.errors():
+                _add(groups, cause_of(e["error_message"]), name, 1, e["completed_time"], e["completed_time"],
+                     e["error_message"], [{"table": name, "key": e["key"]}])
+    return sorted(groups.values(), key=lambda g: -g.count)
+
+
+def _group_jobs(groups: dict[str, Group], name: str, jt: JobTable) -> None:
+    q, n = jt.q, len(jt.pk)
+    cause = cause_sql(jt, f"j.{q('error_message')}")
+    rows = jt._query(
+        f"SELECT c, COUNT(*), MIN(t), MAX(t), MIN(m) FROM (SELECT {cause} AS c, j.{q('completed_time')} AS t, "
+        f"j.{q('error_message')} AS m FROM {jt.name} AS j WHERE j.{q('status')} = 'error') AS x "
+        f"GROUP BY c ORDER BY COUNT(*) DESC LIMIT {GROUP_LIMIT}").fetchall()
+    picked = jt._query(
+        f"SELECT * FROM (SELECT {jt._cols('j')}, {cause} AS c, ROW_NUMBER() OVER (PARTITION BY {cause} "
+        f"ORDER BY {jt._cols('j')}) AS rn FROM {jt.name} AS j WHERE j.{q('status')} = 'error') AS x "
+        f"WHERE x.rn <= {SAMPLES}").fetchall()
+    samples: dict[str, list[dict]] = {}
+    for r in picked:
+        samples.setdefault(r[n], []).append({"table": name, "key": jt._decode(r[:n])})
+    for c, count, first, last, example in rows:
+        _add(groups, c, name, int(count), first, last, example, samples.get(c, []))
+
+
+def _add(groups: dict[str, Group], cause: str, table: str, count: int, first: datetime.datetime | None,
+         last: datetime.datetime | None, example: str, samples: list[dict]) -> None:
+    """``count`` failures of ``table`` seen from ``first`` to ``last``, into their cause's group."""
+    g = groups.setdefault(cause, Group(cause, example=example))
+    g.count += count
+    g.tables[table] = g.tables.get(table, 0) + count
+    g.first = min((x for x in (g.first, first) if x is not None), default=None)
+    g.last = max((x for x in (g.last, last) if x is not None), default=None)
+    g.samples += samples[:SAMPLES - len(g.samples)]
+
+
+def merged(*lists: list[Group]) -> list[Group]:
+    """Groups of several ``error_groups`` calls (over other tables) as one list, in new
+    groups (those given are left as they are: a snapshot's)."""
+    groups: dict[str, Group] = {}
+    for found in lists:
+        for g in found:
+            for table, count in g.tables.items():
+                _add(groups, g.cause, table, count, g.first, g.last, g.example,
+                     [s for s in g.samples if s["table"] == table])
     return sorted(groups.values(), key=lambda g: -g.count)
 
 
 def group_keys(jt: JobTable, cause: str, limit: int | None = 200, stack: bool = True) -> list[dict]:
     """The failed keys of one cause in one table, with attempts, host, job id, log and stack."""
+    if not jt.supported:
+        found = [e for e in jt.errors(stack=stack) if cause_of(e["error_message"]) == cause]
+        return found[:limit] if limit else found
     if not jt.declared:
         return []
     cols = ["error_message", "attempts", "host", "pid", "backend_job_id", "log_path", "completed_time"]

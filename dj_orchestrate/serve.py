@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -44,7 +43,6 @@ from .pipeline import TableInfo
 log = logging.getLogger("dj_orchestrate.serve")
 
 STANDBY_POLL_S = 5.0  # how often a standby tries the lock: a dead leader is replaced within this (plus a beat)
-LOST_AFTER = 3  # intervals without a beat after which a leader is shown as lost
 MAX_BACKOFF_S = 600.0  # the longest wait before a route whose runs could not run is tried again
 
 
@@ -112,7 +110,7 @@ class Leadership:
 
     def __init__(self, conn: Any, schemas: list[str]) -> None:
         self.conn = conn
-        self.key = hashlib.md5(",".join(schemas).encode()).hexdigest()
+        self.key = ledger.pipeline_key(schemas)
         self.mysql = conn.adapter.backend == "mysql"
         digest = bytes.fromhex(self.key)
         # MySQL: a name of at most 64 characters; PostgreSQL: two non-negative int4 (as pg_locks shows them)
@@ -497,21 +495,6 @@ class Server:
         deadline = time.monotonic() + seconds
         while not self.stopping and time.monotonic() < deadline:
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-
-
-def server_rows(schemas: list[str]) -> list[dict]:
-    """The pipeline's servers for ``status``: a leader whose beat is older than
-    ``LOST_AFTER`` intervals is shown as lost."""
-    key = hashlib.md5(",".join(schemas).encode()).hexdigest()
-    now = ledger.now()
-    rows = []
-    for r in ledger.servers(key):
-        age = (now - r["last_beat"]).total_seconds()
-        role = "lost" if r["role"] == "leader" and age > LOST_AFTER * r["interval_s"] else r["role"]
-        rows.append({"server": r["server"], "host": r["host"], "pid": r["pid"], "role": role,
-                     "interval_s": r["interval_s"], "started": str(r["started"]), "last_beat": str(r["last_beat"]),
-                     "beat_age_s": round(age, 1)})
-    return rows
 
 
 def parse_until(text: str) -> datetime.datetime:

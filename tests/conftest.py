@@ -333,8 +333,9 @@ def makes(chain) -> dict[tuple[str, int], int]:
 
 
 @contextlib.contextmanager
-def read_only_user(db: DB):
-    """A database account that may only SELECT the test's schema: (user, password); dropped after."""
+def read_only_user(db: DB, *more: str):
+    """A database account that may only SELECT the test's schema (and the schemas ``more``,
+    their tables as they are now): (user, password); dropped after."""
     import secrets
 
     import datajoint as dj
@@ -342,11 +343,13 @@ def read_only_user(db: DB):
     user, password = f"djo_ro_{db.schema[-8:]}", secrets.token_hex(8)
     conn, q = dj.conn(), dj.conn().adapter.quote_identifier
     if db.backend == "mysql":
-        grants = [f"CREATE USER '{user}'@'%%' IDENTIFIED BY '{password}'", f"GRANT SELECT ON {q(db.schema)}.* TO '{user}'@'%%'"]
+        grants = [f"CREATE USER '{user}'@'%%' IDENTIFIED BY '{password}'"]
+        grants += [f"GRANT SELECT ON {q(name)}.* TO '{user}'@'%%'" for name in (db.schema, *more)]
         drops = [f"DROP USER IF EXISTS '{user}'@'%%'"]
     else:
-        grants = [f"CREATE ROLE {user} LOGIN PASSWORD '{password}'", f"GRANT USAGE ON SCHEMA {q(db.schema)} TO {user}",
-                  f"GRANT SELECT ON ALL TABLES IN SCHEMA {q(db.schema)} TO {user}"]
+        grants = [f"CREATE ROLE {user} LOGIN PASSWORD '{password}'"]
+        for name in (db.schema, *more):
+            grants += [f"GRANT USAGE ON SCHEMA {q(name)} TO {user}", f"GRANT SELECT ON ALL TABLES IN SCHEMA {q(name)} TO {user}"]
         drops = [f"DROP OWNED BY {user}", f"DROP ROLE IF EXISTS {user}"]
     for sql in grants:
         conn.query(sql)

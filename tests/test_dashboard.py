@@ -5,11 +5,13 @@ dashboard`` process on both databases."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,11 +25,12 @@ import pytest
 from conftest import PIPELINES, ROOT, jobs_rows, password_env, read_only_user, require, seed, wait_for
 from test_interop import declared_by
 
-from dj_orchestrate import jobs, pipeline
+from dj_orchestrate import durations, jobs, ledger, pipeline, queries
 from dj_orchestrate.dashboard.snapshot import TTL, Snapshot
 from dj_orchestrate.jobs import STATUSES, JobTable
 
 CHAIN = str(PIPELINES / "chain.py")
+KEYLESS = str(PIPELINES / "keyless.py")
 CHROMIUM = "/usr/bin/chromium"
 TOKEN = "tok-" + secrets.token_hex(8)
 
@@ -39,12 +42,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def dashboard(db, tmp_path: Path, env: dict | None = None):
+def dashboard(db, tmp_path: Path, env: dict | None = None, spec: str = CHAIN):
     """A dashboard process on a free port; yields its base URL and its output file."""
     port = free_port()
     out = tmp_path / f"dashboard-{port}.log"
     with open(out, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "dj_orchestrate", "dashboard", CHAIN, "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "dj_orchestrate", "dashboard", spec, "--port", str(port)],
                                 env={**db.env, "DJO_DASHBOARD_TOKEN": TOKEN, **(env or {})}, cwd=tmp_path,
                                 stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -104,7 +107,7 @@ def shot(page, tmp_path: Path, name: str) -> None:
 
 def counts_of(page, table: str) -> dict[str, str]:
     cells = page.locator(f"#counts tr[data-table='{table}'] td").all_inner_texts()
-    return dict(zip(["table", "total", "done", "pending", "reserved", "error", "ignore", "eta"], cells))
+    return dict(zip(["table", "total", "done", "pending", "reserved", "error", "ignore", "eta", "made_last_hour"], cells))
 
 
 def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path, browser):
@@ -134,6 +137,9 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
         wait_for(lambda: counts_of(page, "Square")["error"] == "3" and counts_of(page, "Total")["done"] == "21", 60,
                  "the overview to show the run's end", detail=lambda: counts_of(page, "Square"))
         assert counts_of(page, "Square")["eta"] == "done"  # and durations were recorded
+        made = {name: s["n"] for name, s in durations.totals(["Square", "Total"]).items()}
+        assert made == {"Square": 21, "Total": 21}  # every key made has its duration (the run declared the table)
+        assert counts_of(page, "Square")["made_last_hour"] == "21" and counts_of(page, "Total")["made_last_hour"] == "21"
         shot(page, tmp_path, "dashboard-overview.png")
 
         page.goto(base + "/failures")
@@ -181,9 +187,15 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
         cli = json.loads(db.cli("status", CHAIN, "--json", env=secret_env, cwd=tmp_path).stdout)["tables"]
         assert api == cli
         assert json.loads(get(base + "/api/errors")[1]) == []
-        assert [p["table"] for p in json.loads(get(base + "/api/plan")[1])] == ["Square", "Total"]
+        plan = json.loads(get(base + "/api/plan")[1])  # the three retried keys: ETA as status has it
+        assert plan == json.loads(db.cli("plan", CHAIN, "--json", env=secret_env, cwd=tmp_path).stdout)
+        assert [(p["table"], p["missing"], p["eta"]) for p in plan] == [("Square", 3, api[0]["eta"]), ("Total", 0, "done")]
+        assert re.fullmatch(r"[0-9]+s", api[0]["eta"]), api  # 3 keys × about 1 s, on one worker
+        text = db.cli("plan", CHAIN, env=secret_env, cwd=tmp_path).stdout
+        assert re.search(r"^Square .* " + api[0]["eta"] + r"\s*$", text, re.MULTILINE) and " eta" in text, text
         metrics = get(base + "/metrics")[1]
         assert 'djo_keys{status="done",table="Square"} 21.0' in metrics and "djo_database_up 1.0" in metrics
+        assert 'djo_keys_made_last_hour{table="Square"} 21.0' in metrics
         def made_counted() -> float:  # workers flush their make durations every few seconds and as they end
             found = re.search(r'djo_make_duration_seconds_count\{table="Square"\} ([0-9.]+)', get(base + "/metrics")[1])
             return float(found.group(1)) if found else 0.0
@@ -219,6 +231,8 @@ def test_dashboard_read_only_account_sees_no_buttons_and_is_refused(chain, db, t
             for path in ("/", "/failures", "/runs", "/tables/Square?status=error"):
                 page.goto(base + path)
                 assert page.locator("button.act").count() == 0, path
+            for path in ("/api/status", "/api/plan", "/api/errors", "/metrics"):
+                assert get(base + path)[0] == 200, path
             page.goto(base + "/failures")
             assert "item <n> is bad" in page.locator("tr.group").inner_text()
             forged = context.request.post(base + "/actions/retry", form={"cause": "item <n> is bad"},
@@ -231,10 +245,9 @@ def test_dashboard_read_only_account_sees_no_buttons_and_is_refused(chain, db, t
 
 def test_make_durations_add_up_across_flushes_in_one_row_per_worker(db):
     """A worker's sums grow in its own row (not a row per key); what a flush wrote is not
-    written again; the ETA is keys left × mean duration ÷ workers."""
-    from dj_orchestrate import ledger
-    from dj_orchestrate import durations
-
+    written again; the ETA is keys left × mean duration ÷ workers. The keys made per minute
+    add up the same way; the last hour counts this minute and the 59 before it, and a
+    worker deletes every worker's minutes older than two hours."""
     for seconds in (0.05, 2.0, 30.0):
         durations.note("run-a", "Square", seconds)
     durations.flush()
@@ -244,9 +257,22 @@ def test_make_durations_add_up_across_flushes_in_one_row_per_worker(db):
     assert (row["n"], row["total"], row["longest"]) == (4, 32.55, 30.0)
     assert json.loads(row["buckets"]) == [1, 1, 1, 1, 0, 0, 0]
     assert durations.totals(["Square"])["Square"]["n"] == 4
-    rows = [{"table": "Square", "total": 10, "pending": 4, "reserved": 0}]
-    infos = [type("Info", (), {"name": "Square"})()]
-    assert durations.etas(infos, rows, {"Square": 2}) == {"Square": durations.human(4 * 32.55 / 4 / 2)}
+    assert durations.etas({"Square": (4, 10)}, {"Square": 2}) == {"Square": durations.human(4 * 32.55 / 4 / 2)}
+    assert durations.etas({"Square": (0, 10), "Total": (0, 0), "Other": (5, 5)}, {}) == \
+        {"Square": "done", "Total": "-", "Other": "?"}
+
+    minutes = ledger.make_minutes()
+    assert sum(r["n"] for r in minutes.to_dicts()) == 4 and len(minutes()) <= 2  # a row per minute (a flush may span two)
+    now = ledger.now().replace(second=0, microsecond=0)
+    old = {"table_name": "Square", "worker": "elsewhere:1", "n": 100}
+    minutes.insert([{**old, "minute": now - datetime.timedelta(minutes=59)},  # in the last hour
+                    {**old, "minute": now - datetime.timedelta(minutes=60)},  # not
+                    {**old, "minute": now - durations.KEEP - datetime.timedelta(minutes=1)}])  # deleted at the next prune
+    assert durations.made_lately(["Square", "Total"]) == {"Square": 104}
+    durations._pruned[0] = float("-inf")
+    durations.note("run-a", "Square", 1.0)
+    durations.flush()
+    assert durations.made_lately(["Square"]) == {"Square": 105} and len(minutes() & {"worker": "elsewhere:1"}) == 2
 
 
 def by_definition(table) -> dict[str, int]:
@@ -348,3 +374,84 @@ def test_pages_read_snapshots_that_actions_refresh(chain, db, tmp_path):
         assert "Counted at" in get(base + "/")[1] and "Grouped at" in get(base + "/failures")[1]
         assert statements(base + "/tables/Square") == 1
         assert statements(base + "/api/status") >= 1
+
+
+def test_runs_page_lists_the_servers_and_metrics_their_heartbeat_age(chain, db, tmp_path, browser, procs):
+    """The pipeline's ``serve`` processes on /runs (host, pid, role, last beat, beat age) and
+    their heartbeat age in /metrics: none before a server ran (no Server table; the page
+    creates none); a leader that beats, shown by the page's own poll; lost once it stopped
+    beating without a goodbye (SIGKILL). A SELECT-only account that may read the ledger
+    sees them; one that may not sees none, and the page works."""
+    with dashboard(db, tmp_path) as (base, _):
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(base + "/runs")
+        assert "No dj-orchestrate serve" in page.locator("#servers").inner_text()
+        assert "djo_server_heartbeat_age_seconds{" not in get(base + "/metrics")[1]
+        assert ledger._optional(ledger._define_servers, False) is None
+        server = procs.cli("serve", CHAIN, "--interval", "1", "--workers", "1", name="serve")
+        wait_for(lambda: page.locator("#servers tr.leader").count() == 1, 60, "the leader on /runs (not reloaded)",
+                 detail=lambda: procs.output(server)[-2000:])
+        cells = page.locator("#servers tr.leader td").all_inner_texts()
+        assert cells[1:3] == [str(server.pid), "leader"] and float(cells[5].split()[0]) < 10, cells
+        found = re.search(r'djo_server_heartbeat_age_seconds\{role="leader",server="([^"]+)"\} ([0-9.]+)',
+                          get(base + "/metrics")[1])
+        assert found and found.group(1).split(":")[1] == str(server.pid) and float(found.group(2)) < 10
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=30)
+        wait_for(lambda: page.locator("#servers tr.lost").count() == 1, 30, "the killed leader shown as lost")
+        assert re.search(r'djo_server_heartbeat_age_seconds\{role="lost",server="[^"]+"\} ([0-9.]+)',
+                         get(base + "/metrics")[1])
+        context.close()
+    for grants, shown in (((db.ledger,), 1), ((), 0)):
+        with read_only_user(db, *grants) as (user, password), \
+                dashboard(db, tmp_path, {"DJ_USER": user, "DJ_PASS": password}) as (base, out):
+            page = browser.new_page()
+            page.goto(base + "/runs")
+            assert page.locator("#servers tr.lost").count() == shown, out.read_text()
+            assert ("No dj-orchestrate serve" in page.locator("#servers").inner_text()) == (not shown)
+            page.close()
+
+
+def test_failures_of_a_table_without_a_jobs_table_are_grouped_opened_and_retried(db, tmp_path, browser):
+    """``keyless.Item`` can have no jobs table (``serial``): its failed keys, in the ledger's
+    KeyFailure, are grouped by cause on /failures, the group opens to each key's stack and
+    log, and the group's retry clears them: the next run makes them."""
+    sys.modules.pop("keyless", None)
+    keyless = pipeline.load(KEYLESS)
+    keyless.seed(["x1", "x2", "x3"])
+    env = {"DJO_LOG_DIR": str(tmp_path / "logs")}
+    run = db.cli("run", KEYLESS, "--table", "Item", "--workers", "2", env={**env, "DJO_TEST_FAIL": "x2,x3"}, cwd=tmp_path)
+    assert run.returncode == 1, run.stdout + run.stderr
+    with dashboard(db, tmp_path, spec=KEYLESS) as (base, _):
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(base + "/failures")
+        group = page.locator("tr.group")
+        assert group.count() == 1, page.locator("main").inner_text()
+        assert group.locator("td").first.inner_text() == "2" and "ValueError: topic x<n> is bad" in group.inner_text()
+        assert "Item (2)" in group.inner_text() and '{"topic": "x2"}' in group.inner_text()
+        page.locator("a.cause").click()
+        assert page.locator("details.failed").count() == 2
+        assert "ValueError: topic x2 is bad" in page.locator("pre.stack").first.inner_text()
+        assert "Traceback" in page.locator("pre.stack").first.inner_text()
+        assert json.loads(get(base + "/api/errors")[1]) == json.loads(db.cli("errors", KEYLESS, "--json", cwd=tmp_path).stdout)
+        retried = context.request.post(base + "/actions/retry", form={"cause": "ValueError: topic x<n> is bad"},
+                                       headers={"Authorization": f"Bearer {TOKEN}"})
+        assert retried.ok and "2 keys back to pending" in urllib.parse.unquote(retried.url)
+        page.goto(base + "/failures")
+        assert page.locator("tr.group").count() == 0 and "No failed keys." in page.locator("main").inner_text()
+        context.close()
+    assert db.cli("run", KEYLESS, "--table", "Item", env=env, cwd=tmp_path).returncode == 0
+    assert sorted(r["topic"] for r in keyless.MakeLog.to_dicts()) == ["x1", "x2", "x3"]
+
+
+def test_causes_are_the_same_in_python_and_in_the_database(chain, db):
+    """A failure listed (``serial``) is grouped under the cause its message has in SQL."""
+    jt = JobTable(chain.Square())
+    value = f"CAST(%s AS {'CHAR' if jt.mysql else 'TEXT'})"
+    for message in ["ValueError: item 12 is bad", "OSError: [Errno 2] No such file: '/data/s12/raw.dat' (try 3.5)",
+                    "KeyError: {'session': 3, 'probe': 'A'} at 0x7f3a2b in 123e4567-e89b-12d3-a456-426614174000",
+                    "write /scratch/job_991/out.h5: disk full; retry 2", "no digits, no paths"]:
+        found = jt._query(f"SELECT {queries.cause_sql(jt, value)}", [message]).fetchone()[0]
+        assert queries.cause_of(message) == found, message

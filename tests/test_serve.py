@@ -18,14 +18,14 @@ from conftest import PIPELINES, jobs_rows, makes, seed, wait_for
 from processes import assert_all_made, assert_nothing_reserved, restartable
 from test_slurm import cluster  # noqa: F401  (the fixture)
 
-from dj_orchestrate import ledger, pipeline, serve
+from dj_orchestrate import ledger, pipeline, reports, serve
 
 CHAIN = str(PIPELINES / "chain.py")
 
 
 def servers(chain) -> list[dict]:
     """What ``status`` shows of the pipeline's servers (read here, many times a second)."""
-    return serve.server_rows(pipeline.identity(chain)[1])
+    return reports.server_rows(pipeline.identity(chain)[1])
 
 
 def roles(chain) -> dict[int, str]:

@@ -98,7 +98,8 @@ class Dashboard:
                 key_source_of(type(jt.table))
         reading = threading.Lock()
         self.counts = Snapshot("counts", self._on_reader(self._count), reading)
-        self.groups = Snapshot("failures by cause", self._on_reader(lambda: queries.error_groups(self.readers)), reading)
+        self.groups = Snapshot("failures by cause", self._on_reader(lambda: queries.error_groups(
+            {name: jt for name, jt in self.readers.items() if jt.supported})), reading)
         self.plans = Snapshot("plans", self._on_reader(self._plan), reading)
         self.identity = pipeline.identity(pipeline.load(spec))
         self.aliases = {spec, pipeline.resolve_spec(spec), self.identity[0]}
@@ -151,6 +152,18 @@ class Dashboard:
     def plan(self) -> list[TablePlan]:
         plans, _ = self.plans.get()
         return [plans[t.name] if t.name in plans else plan_table(t, Restriction()) for t in self.infos]
+
+    def failures(self) -> tuple[list[queries.Group], datetime.datetime]:
+        """The failures by cause and when the jobs tables' were grouped. Those of tables
+        that can have no jobs table (in the ledger) are grouped now, as ``status`` counts
+        them (by DataJoint, on the pages' connection)."""
+        groups, taken = self.groups.get()
+        serial = {name: jt for name, jt in self.jts.items() if not jt.supported}
+        return (queries.merged(groups, queries.error_groups(serial)) if serial else groups), taken
+
+    def servers(self) -> list[dict[str, Any]]:
+        """The pipeline's ``serve`` processes, as ``status --json`` lists them."""
+        return reports.server_rows(self.identity[1])
 
     def invalidate(self) -> None:
         """After an action: the next page shows what it did."""
@@ -240,7 +253,7 @@ def build(dash: Dashboard) -> Starlette:
         return dash.render(request, "overview_body.html", **dash.overview())
 
     def failures(request: Request) -> Response:
-        groups, taken = dash.groups.get()
+        groups, taken = dash.failures()
         return dash.render(request, "failures.html", groups=groups, taken=taken)
 
     def failure_group(request: Request) -> Response:
@@ -254,7 +267,7 @@ def build(dash: Dashboard) -> Starlette:
         shards = [s for r in found if r["state"] in ("running", "submitted") for s in ledger.shards_of(r["run_id"])]
         owners = queries.orphans(dash.jts)
         return dash.render(request, "runs.html", runs=found, shards=shards, owners=owners,
-                           gone=any(o["gone"] for o in owners))
+                           gone=any(o["gone"] for o in owners), servers=dash.servers(), lost_after=reports.LOST_AFTER)
 
     def keys(request: Request) -> Response:
         info = dash.table(request.path_params["name"])
@@ -324,7 +337,7 @@ def build(dash: Dashboard) -> Starlette:
                                                              request.query_params.get("stack") == "1")))
 
     def api_plan(request: Request) -> Response:
-        return JSONResponse(ledger.as_json([p.as_json() for p in dash.plan()]))
+        return JSONResponse(ledger.as_json(reports.plan_json(dash.infos, dash.plan())))
 
     def metrics(request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST

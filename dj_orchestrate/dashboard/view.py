@@ -58,8 +58,9 @@ def graph(infos: list[pipeline.TableInfo], counts: dict[str, dict]) -> dict[str,
 
 
 def metrics(dash: Any) -> bytes:
-    """The Prometheus text: keys by table and status, make durations, live workers,
-    whether the database answers. A registry per scrape: nothing is kept between them."""
+    """The Prometheus text: keys by table and status, keys made in the last hour, make
+    durations, live workers, each server's heartbeat age, whether the database answers.
+    A registry per scrape: nothing is kept between them."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
@@ -71,16 +72,22 @@ def metrics(dash: Any) -> bytes:
         rows = dash.status()[0]
         workers = queries.live_workers({r["table"]: dash.jts[r["table"]] for r in rows if r["reserved"]})
         stats = durations.totals([t.name for t in dash.infos])
+        servers = dash.servers()
         up.add_metric([], 1)
     except Exception:
         up.add_metric([], 0)
-        rows, workers, stats = [], {}, {}
+        rows, workers, stats, servers = [], {}, {}, []
     families.append(up)
     keys = GaugeMetricFamily("djo_keys", "Keys of a table by status", labels=["table", "status"])
     for r in rows:
         for s in ORDER:
             keys.add_metric([r["table"], s], r[s])
     families.append(keys)
+    made = GaugeMetricFamily("djo_keys_made_last_hour", "Keys of a table that workers made in this minute and the 59 "
+                             "before it", labels=["table"])
+    for r in rows:
+        made.add_metric([r["table"]], r["made_last_hour"])
+    families.append(made)
     live = GaugeMetricFamily("djo_workers", "Live workers holding keys of a table", labels=["table"])
     for t in dash.infos:
         live.add_metric([t.name], workers.get(t.name, 0))
@@ -93,6 +100,11 @@ def metrics(dash: Any) -> bytes:
             cumulative.append((str(bound) if bound != float("inf") else "+Inf", running))
         hist.add_metric([name], cumulative, sum_value=s["sum"])
     families.append(hist)
+    beats = GaugeMetricFamily("djo_server_heartbeat_age_seconds", "Seconds since a serve process of the pipeline "
+                              "beat, by server (host:pid:start) and role (leader, standby, lost)", labels=["server", "role"])
+    for s in servers:
+        beats.add_metric([s["server"], s["role"]], s["beat_age_s"])
+    families.append(beats)
 
     class Collector:
         def collect(self):
