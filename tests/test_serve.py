@@ -214,3 +214,17 @@ def test_until_is_the_next_such_time():
     at = serve.parse_until("00:00")
     assert at > now and at - now <= serve.datetime.timedelta(days=1) and (at.hour, at.minute) == (0, 0)
     assert serve.parse_until("2030-01-02T03:04") == serve.datetime.datetime(2030, 1, 2, 3, 4)
+
+
+def test_max_idle_ends_a_server_with_nothing_to_do(chain, db, procs):
+    """``--max-idle 2``: once everything is made and nothing comes, exit 0 by itself,
+    saying why; no server left listed."""
+    seed(chain, 2)
+    p = start(procs, "--max-idle", "2")
+    try:
+        p.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"serve --max-idle 2 still running after 60 s:\n{procs.output(p)[-3000:]}")
+    assert p.returncode == 0 and "--max-idle 2s with nothing to do" in procs.output(p), procs.output(p)
+    assert_all_made(chain, 2)
+    assert not servers(chain)
