@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,8 +32,19 @@ def servers_for(pgdata: Path) -> list[str]:
     return [line for line in out.stdout.splitlines() if "postgres" in line and str(pgdata) in line]
 
 
+@pytest.fixture
+def home():
+    """A fresh directory outside pytest's own temporary root: as root, the embedded server
+    runs as a user of its own, which must reach its data directory, and every pytest
+    session makes its root private again as it starts (another session's included)."""
+    path = Path(tempfile.mkdtemp(prefix="djo-embedded-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.timeout(900)  # two demos, each allowed 300 s
-def test_demo_twice_on_embedded_database(tmp_path):
+def test_demo_twice_on_embedded_database(home):
+    tmp_path = home
     pgdata = tmp_path / ".dj_orchestrate" / "pgdata"
     for _ in range(2):
         out = djo("demo", "--workers", "2", cwd=tmp_path)
