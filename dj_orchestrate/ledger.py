@@ -13,19 +13,35 @@ import hashlib
 import json
 import os
 import platform
+import time
 import uuid
 from functools import lru_cache
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import datajoint as dj
 
 LEDGER_SCHEMA_ENV = "DJO_LEDGER_SCHEMA"
+T = TypeVar("T")
 
 
 @lru_cache(maxsize=None)
 def tables() -> tuple[Any, Any, Any]:
     """Declare (once per process) and return the ``Run``, ``Shard`` and ``RunPipeline`` tables."""
-    return _define(dj.Schema(os.environ.get(LEDGER_SCHEMA_ENV, "dj_orchestrate")))
+    return _racing(lambda: _define(dj.Schema(os.environ.get(LEDGER_SCHEMA_ENV, "dj_orchestrate"))))
+
+
+def _racing(declare: Callable[[], T]) -> T:
+    """``declare()``, where another process may declare the same schema or table at this
+    very moment (two runs started together on a new ledger): the loser of that race is
+    told it exists already, and finds it declared on a second try."""
+    for attempt in range(3):
+        try:
+            return declare()
+        except Exception as err:
+            if attempt == 2 or not any(word in str(err) for word in ("already exists", "uplicate")):
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
 
 
 def _define(schema: Any) -> tuple[Any, Any, Any]:
@@ -107,7 +123,7 @@ def _define_identity(schema: Any, Run: Any) -> Any:
 
 @lru_cache(maxsize=None)
 def _identity_table(name: str) -> Any:
-    return _define_identity(dj.Schema(name), tables()[0])
+    return _racing(lambda: _define_identity(dj.Schema(name), tables()[0]))
 
 
 def record_identity(run_id: str, worker: str, conn_info: dict, module_file: str, schemas: list[str]) -> None:
@@ -324,7 +340,7 @@ def key_failures(create: bool = False) -> Any | None:
 
 @lru_cache(maxsize=None)
 def _declared(define: Callable[[Any], Any], name: str) -> Any:
-    return define(dj.Schema(name))
+    return _racing(lambda: define(dj.Schema(name)))
 
 
 def _optional(define: Callable[[Any], Any], create: bool) -> Any | None:
