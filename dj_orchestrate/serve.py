@@ -181,6 +181,7 @@ class Supervisor:
         self.children: dict[str, Child] = {}
         self.failures: dict[str, int] = {}  # per route: runs in a row that could not run
         self.resumed: set[str] = set()  # runs of gone drivers taken up
+        self.schedulers: dict[str, Any] = {}  # per remote route, the backend asked about earlier runs
         self.stopping = False
         self.not_before: dict[str, float] = {}
         self.results: list[dict] = []
@@ -292,7 +293,9 @@ class Supervisor:
         ended is recorded as interrupted."""
         if route.backend == "local":
             return False
-        backend = backends.get(route.backend).from_config(self.options.config_path)
+        if route.backend not in self.schedulers:  # (its config read once, not every interval)
+            self.schedulers[route.backend] = backends.get(route.backend).from_config(self.options.config_path)
+        backend = self.schedulers[route.backend]
         for run in ledger.open_runs(self.options.pipeline, route.backend, route.names):
             ended = backend.run_ended(run)
             if ended:
