@@ -16,15 +16,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (BENCH, DATABASES, T0, command, command_json, database_env, drop_schemas, each,  # noqa: E402
-                     floor, fresh_schema, log, markdown, met, ratio, stock_argv)
+from harness import (BENCH, DATABASES, IMPORT_DATAJOINT, T0, child_result, command, command_json, database,  # noqa: E402
+                     each, empty, floor, in_child, log, markdown, memory_gib, met, ratio, stock_argv)
 
 PIPELINE = str(BENCH / "pipeline.py")
 
@@ -82,10 +80,8 @@ class Bench:
         """Empty the computed table and its jobs table (declared, with our columns)."""
         from dj_orchestrate.jobs import JobTable
 
-        jt = JobTable(table)
-        jt.ensure()
-        self.conn.query(f"TRUNCATE TABLE {table.full_table_name}")
-        self.conn.query(f"TRUNCATE TABLE {jt.name}")
+        JobTable(table).ensure()
+        empty(self.conn, [table])
 
     def jobs_left(self, table) -> dict:
         from dj_orchestrate.jobs import JobTable
@@ -237,21 +233,21 @@ class Bench:
                  f"populate() with no jobs table at all, in-process: {direct:.2f} s, DataJoint's own per-key floor")
 
     def fixed_cost(self) -> None:
-        """``dj-orchestrate run`` with nothing to do, against ``python -c "import datajoint"``."""
+        """``dj-orchestrate run`` with nothing to do, against ``python bench/import_datajoint.py``."""
         table = self.m.Trivial()
         if len(table) == 0:
             self.fill(self.m.Small, 10)
             self.m.Trivial.populate()
         runs: dict[str, list[float]] = {"ours": [], "import": [], "stock": []}
-        log(f"{self.backend}: fixed cost — run with nothing to do, python -c 'import datajoint', stock populate()")
+        log(f"{self.backend}: fixed cost — run with nothing to do, import datajoint, stock populate()")
         for _ in range(self.s["fixed_reps"]):
-            runs["import"].append(command(["-c", "import datajoint"]))
+            runs["import"].append(command(IMPORT_DATAJOINT))
             runs["ours"].append(command(["-m", "dj_orchestrate", "run", PIPELINE, "--table", "Trivial", "--no-progress"]))
             runs["stock"].append(command(stock_argv(PIPELINE, "Trivial")))
         ours, base, stock = (min(runs[k]) for k in ("ours", "import", "stock"))
         self.row("run with nothing to do (fixed cost)", "≤ import datajoint + 0.3 s", f"{ours:.2f} s{each(runs['ours'])}",
                  f"{stock:.2f} s{each(runs['stock'])}", ratio(ours, stock), met(ours - base <= 0.3),
-                 f"`python -c 'import datajoint'`: {base:.2f} s{each(runs['import'])}, so the command's own cost is "
+                 f"`python bench/import_datajoint.py`: {base:.2f} s{each(runs['import'])}, so the command's own cost is "
                  f"{ours - base:.2f} s (connect, import the pipeline, reconcile, enqueue, ledger, summary); stock: "
                  "`python bench/stock.py` importing the pipeline and calling `populate(reserve_jobs=True)`; no worker is started")
 
@@ -486,21 +482,12 @@ def _claimer(cls, batch: int) -> dict:
 
 def run_one(backend: str, quick: bool, out: str, only: set[str] | None) -> None:
     """Child process: one database, a fresh schema, dropped at the end."""
-    schema = fresh_schema("djo_bench")
-    os.environ.update(database_env(backend, schema))
-    os.environ.pop("DJO_EMBEDDED_DIR", None)
-    from dj_orchestrate import db
-
-    db.quiet_datajoint()
-    bench = None
-    try:
+    with database(backend, "djo_bench"):
         bench = Bench(backend, SIZES["quick" if quick else "full"])
-        result = {"backend": backend, "version": bench.version(), "schema": schema, "rows": bench.rows}
+        result = {"backend": backend, "version": bench.version(), "schema": os.environ["DJO_BENCH_SCHEMA"],
+                  "rows": bench.rows}
         bench.run(only)
-    finally:
-        if bench is not None:
-            drop_schemas(bench.conn, [schema, f"{schema}_ledger"])
-    Path(out).write_text(json.dumps(result))
+    child_result(out, result)
 
 
 # ================================================================ parent
@@ -513,13 +500,8 @@ def machine() -> list[str]:
                 break
     except OSError:
         pass
-    mem = ""
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem = f", {int(line.split()[1]) / 1024 / 1024:.0f} GB RAM"
-    except OSError:
-        pass
+    gib = memory_gib()
+    mem = f", {gib:.0f} GB RAM" if gib else ""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     import importlib.metadata as md
 
@@ -560,18 +542,13 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     failed = []
     for backend in backends:
+        argv = [__file__, "--_one", backend, *(["--quick"] if args.quick else []), *(["--only", args.only] if args.only else [])]
         for attempt in (1, 2):  # once more if it failed: a shared server may have been restarted
-            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-                out = f.name
-            cmd = [sys.executable, __file__, "--_one", backend, "--_out", out] + (["--quick"] if args.quick else [])
-            if args.only:
-                cmd += ["--only", args.only]
-            code = subprocess.call(cmd, stdout=sys.stderr)  # the table is the only stdout
-            if not code:
-                results.append(json.loads(Path(out).read_text()))
-                os.unlink(out)
+            result = in_child(argv)
+            if result is not None:
+                results.append(result)
                 break
-            log(f"benchmark on {backend} failed (exit {code})" + ("; running it once more" if attempt == 1 else ""))
+            log(f"benchmark on {backend} failed" + ("; running it once more" if attempt == 1 else ""))
         else:
             failed.append(backend)
     log("done")

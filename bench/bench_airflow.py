@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sqlite3
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, Comparison, log  # noqa: E402
+from harness import ROOT, Comparison, log, machine  # noqa: E402
 
 from dj_orchestrate.db import is_lost  # noqa: E402
 
@@ -81,23 +80,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="djo-bench-airflow-") as tmp:
         bench = AirflowBench(args.db, args.keys, args.workers, Path(tmp))
         try:
-            log(f"{args.db}: filling Source with {args.keys:,} keys (schema {bench.schema})")
-            bench.fill()
-            airflow = bench.airflow()
-            bench.reset()
-            local = bench.local()
-            bench.reset()
-            stock = bench.stock()
+            runs = bench.compare("airflow", bench.airflow)
         finally:
             bench.drop()
+    airflow = runs["airflow"]
     tables = len(bench.TABLES)
     n = args.keys * tables
-    runs = {"airflow": airflow, "local": local, "stock": stock}
     limit = tables + 1 + tables * args.workers  # an enqueue per table, the check, the shards
     import airflow as airflow_pkg
 
-    print(f"\n{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"Airflow {airflow_pkg.__version__}\n{args.db}, {tables} tables x {args.keys:,} keys = {n:,} makes, "
+    print(f"\n{machine(f'Airflow {airflow_pkg.__version__}')}\n{args.db}, {tables} tables x {args.keys:,} keys = {n:,} makes, "
           f"{args.workers} workers (shards) per table\n")
     bench.print_table(runs, [
         ("task instances", f"≤ {limit} ({tables} enqueue + 1 check + {tables * args.workers} shards)", str(airflow["tasks"]), "—", "—", "", "",

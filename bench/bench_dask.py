@@ -21,8 +21,6 @@ the ledger; target: no more tasks than slots, however many keys.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +29,7 @@ import distributed
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import DATABASES, Comparison, log  # noqa: E402
+from harness import DATABASES, Comparison, log, machine  # noqa: E402
 
 
 class TaskCounter(SchedulerPlugin):
@@ -60,12 +58,6 @@ class DaskBench(Comparison):
         return self.outcome("dask", complete, tasks=len(tasks), slots=run["shards"])
 
 
-def machine() -> str:
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, load {load}, Python {platform.python_version()}, "
-            f"distributed {distributed.__version__}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", choices=sorted(DATABASES), default="postgresql")
@@ -87,7 +79,7 @@ def main() -> None:
     dask = runs["dask"]
     t = {k: r["complete"] for k, r in runs.items()}
     tables = len(bench.TABLES)
-    print(f"\n{machine()}\n{args.db}, {tables} tables x {args.keys:,} keys = {args.keys * tables:,} makes, "
+    print(f"\n{machine(f'distributed {distributed.__version__}')}\n{args.db}, {tables} tables x {args.keys:,} keys = {args.keys * tables:,} makes, "
           f"{args.workers} workers\n")
     bench.print_table(runs, [
         ("Dask tasks the scheduler saw", "≤ slots (not keys)", f"{dask['tasks']} ({dask['slots']} slots)", "—", "—", "", "",

@@ -24,17 +24,13 @@ first and the median C results were committed, from the first make's start.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (BENCH, database_env, drop_schemas, fresh_schema, log, markdown, python_env,  # noqa: E402
-                     stock_argv, together)
+from harness import (BENCH, child_result, command, database, empty, in_child, log, markdown,  # noqa: E402
+                     python_env, stock_populate)
 
 PIPELINE = str(BENCH / "straggler_pipeline.py")
 TABLES = ("A", "B", "C")
@@ -43,43 +39,26 @@ SYSTEMS = ("upstream", "downstream", "levels", "stock")
 
 def run_system(system: str, workers: int) -> float:
     """One run from empty tables; returns the whole command's wall time."""
-    env = python_env()
-    start = time.perf_counter()
     if system == "stock":
-        for table in TABLES:
-            together([([sys.executable, *stock_argv(PIPELINE, table)], env)] * workers, f"stock populate of {table}")
-    else:
-        r = subprocess.run([sys.executable, "-m", "dj_orchestrate", "run", PIPELINE, "--workers", str(workers),
-                            "--no-progress", "--order", system], env=env, capture_output=True, text=True)
-        if r.returncode:
-            raise RuntimeError(r.stdout[-2000:] + r.stderr[-2000:])
-    return time.perf_counter() - start
+        return stock_populate(PIPELINE, TABLES, workers, python_env())
+    return command(["-m", "dj_orchestrate", "run", PIPELINE, "--workers", str(workers), "--no-progress", "--order", system])
 
 
 def one_database(backend: str, args: argparse.Namespace) -> list[dict]:
     """Child process: every system on one database, in a fresh schema dropped at the end."""
-    schema = fresh_schema("djo_bench_pipe")
-    os.environ.update({**database_env(backend, schema), "DJO_BENCH_T": str(args.t)})
-    from dj_orchestrate import db, pipeline
-    from dj_orchestrate.jobs import JobTable
+    with database(backend, "djo_bench_pipe", DJO_BENCH_T=str(args.t)) as conn:
+        from dj_orchestrate import pipeline
+        from dj_orchestrate.jobs import JobTable
 
-    db.connect()
-    import datajoint as dj
-
-    conn = dj.conn()
-    m = pipeline.load(PIPELINE)
-    m.Source.insert({"key_id": i} for i in range(args.keys))
-    rows = []
-    try:
+        m = pipeline.load(PIPELINE)
+        m.Source.insert({"key_id": i} for i in range(args.keys))
+        for table in (m.A, m.B, m.C):  # declared once, outside every timing
+            JobTable(table()).ensure()
+        rows = []
         for slow in args.slow:
             os.environ["DJO_BENCH_SLOW"] = str(0 if slow == "first" else args.keys - 1)
             for system in SYSTEMS:
-                for t in (m.C, m.B, m.A, m.Span):
-                    conn.query(f"DELETE FROM {t.full_table_name}")
-                for t in (m.A, m.B, m.C):
-                    jt = JobTable(t())
-                    jt.ensure()
-                    conn.query(f"DELETE FROM {jt.name}")
+                empty(conn, [m.A, m.B, m.C, m.Span])
                 log(f"{backend}: straggler {slow}, {system}")
                 wall = run_system(system, args.workers)
                 spans = m.Span.to_dicts()
@@ -92,8 +71,6 @@ def one_database(backend: str, args: argparse.Namespace) -> list[dict]:
                                  work=sum(s["end"] - s["start"] for s in spans),
                                  critical=sum(s["end"] - s["start"] for s in spans
                                               if s["key_id"] == int(os.environ["DJO_BENCH_SLOW"]))))
-    finally:
-        drop_schemas(conn, [schema, f"{schema}_ledger"])
     return rows
 
 
@@ -132,17 +109,15 @@ def main() -> None:
     args = ap.parse_args()
     args.slow = ["first", "last"] if args.slow == "both" else [args.slow]
     if args._one:
-        Path(args._out).write_text(json.dumps(one_database(args._one, args)))
+        child_result(args._out, one_database(args._one, args))
         return
     rows = []
     for backend in (["mysql", "postgresql"] if args.db == "both" else [args.db]):
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-            out = f.name
-        cmd = [sys.executable, __file__, "--_one", backend, "--_out", out, "--keys", str(args.keys), "--t", str(args.t),
-               "--workers", str(args.workers), "--slow", "both" if len(args.slow) == 2 else args.slow[0]]
-        subprocess.run(cmd, stdout=sys.stderr, check=True)
-        rows += json.loads(Path(out).read_text())
-        os.unlink(out)
+        result = in_child([__file__, "--_one", backend, "--keys", str(args.keys), "--t", str(args.t), "--workers",
+                           str(args.workers), "--slow", "both" if len(args.slow) == 2 else args.slow[0]])
+        if result is None:
+            sys.exit(f"bench_pipeline: the bench on {backend} failed")
+        rows += result
     print(render(rows, args))
 
 

@@ -25,11 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import BENCH, drop_schemas, fresh_schema, markdown, python_env  # noqa: E402
+
 PIPELINE = BENCH / "gpu_pipeline.py"
 
 
@@ -39,13 +39,13 @@ def main() -> None:
     args = parser.parse_args()
     import numpy as np
 
-    schema = f"djo_gpu_{uuid.uuid4().hex[:8]}"
+    schema = fresh_schema("djo_gpu")
     with tempfile.TemporaryDirectory(prefix="djo-gpu-") as tmp:
-        env = {**os.environ, "DJO_GPU_SCHEMA": schema, "DJO_LEDGER_SCHEMA": f"{schema}_ledger",
-               "DJO_LOG_DIR": str(Path(tmp) / "logs"),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(BENCH), os.environ.get("PYTHONPATH")]))}
+        # the Dask workers import gpu_pipeline by name: bench/ on their path too
+        env = python_env({**os.environ, "DJO_GPU_SCHEMA": schema, "DJO_LEDGER_SCHEMA": f"{schema}_ledger",
+                          "DJO_LOG_DIR": str(Path(tmp) / "logs"),
+                          "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH), os.environ.get("PYTHONPATH")]))})
         os.environ.update({k: env[k] for k in ("DJO_GPU_SCHEMA", "DJO_LEDGER_SCHEMA")})
-        sys.path[:0] = [str(ROOT), str(BENCH)]
         import datajoint as dj
 
         import gpu_pipeline as m
@@ -78,17 +78,12 @@ def main() -> None:
                 ("keys left reserved", "0", str(left), left == 0),
             ]
             print(f"\n--cluster cuda, {args.keys} keys, {seconds:.1f} s through the CLI\n")
-            print("| check | expected | got | ok |\n|---|---|---|---|")
-            for name, expected, got, ok in checks:
-                print(f"| {name} | {expected} | {got} | {'yes' if ok else 'NO'} |")
+            print(markdown(["check", "expected", "got", "ok"],
+                           [[name, expected, got, "yes" if ok else "NO"] for name, expected, got, ok in checks]))
             if out.returncode:
                 print(out.stdout + out.stderr, file=sys.stderr)
         finally:
-            for name in (schema, f"{schema}_ledger"):
-                try:
-                    dj.Schema(name, create_schema=False).drop(prompt=False)
-                except Exception:
-                    pass
+            drop_schemas(dj.conn(), [schema, f"{schema}_ledger"])
     sys.exit(0 if all(ok for *_, ok in checks) else 1)
 
 

@@ -1,5 +1,7 @@
-"""What every bench shares: the databases, timing, a fresh schema and its drop, the
-stock DataJoint baselines, the comparison run of a chained pipeline and its table.
+"""What every bench shares: the databases, a fresh schema and its drop, one database's
+part of a bench in a child process, timing (and counting statements) through a fresh
+process, the stock DataJoint baselines, the comparison run of a chained pipeline and
+the markdown tables.
 
 A bench is a scenario (bench_*.py) over a pipeline (*_pipeline.py, pipeline.py) that
 measures through the whole CLI, as a user runs it, against what users do without
@@ -15,14 +17,20 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
+
+from counting import total as statements_sent
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 STOCK = str(BENCH / "stock.py")
+COUNTING = str(BENCH / "counting.py")
+IMPORT_DATAJOINT = [str(BENCH / "import_datajoint.py")]  # the baseline of a command's fixed cost
 sys.path.insert(0, str(ROOT))  # a bench measures this checkout's dj_orchestrate (its processes too: python_env)
 
 DATABASES = {
@@ -70,6 +78,68 @@ def drop_schemas(conn: Any, names: list[str]) -> None:
             time.sleep(3)
 
 
+@contextmanager
+def database(name: str, prefix: str, **env: str) -> Iterator[Any]:
+    """A fresh schema ``<prefix>_<random>`` on database ``name`` for this process and every
+    process it starts (``database_env`` and ``env`` in os.environ), connected; yields the
+    connection. The schema, its ledger and its ``_wide`` pipeline are dropped at the end,
+    also when a step failed."""
+    schema = fresh_schema(prefix)
+    os.environ.update({**database_env(name, schema), **env})
+    os.environ.pop("DJO_EMBEDDED_DIR", None)
+    import datajoint as dj
+
+    from dj_orchestrate import db
+
+    db.connect()
+    conn = dj.conn()
+    try:
+        yield conn
+    finally:
+        drop_schemas(conn, [schema, f"{schema}_ledger", f"{schema}_wide"])
+
+
+def empty(conn: Any, tables: list[Any]) -> None:
+    """Empty ``tables`` (classes or instances; downstream ones included, as foreign keys
+    require) and the jobs tables of the computed ones, which both systems share: each run
+    starts as the first did. TRUNCATE leaves no dead rows for the next run to skip."""
+    from dj_orchestrate.jobs import JobTable
+
+    names = []
+    for table in tables:
+        table = table() if isinstance(table, type) else table
+        names.append(table.full_table_name)
+        if hasattr(table, "make") and JobTable(table).declared:
+            names.append(JobTable(table).name)
+    if conn.adapter.backend == "mysql":
+        conn.query("SET FOREIGN_KEY_CHECKS = 0")
+        try:
+            for name in names:
+                conn.query(f"TRUNCATE TABLE {name}")
+        finally:
+            conn.query("SET FOREIGN_KEY_CHECKS = 1")
+    else:
+        conn.query(f"TRUNCATE TABLE {', '.join(names)}")
+
+
+def in_child(argv: list[str]) -> Any:
+    """``python ARGV --_out FILE`` in a fresh process, its stdout to stderr: one database's
+    part of a bench (a pipeline module is imported once per process, and a failure ends
+    that part only). What the child wrote to FILE (``child_result``); None if it failed."""
+    with tempfile.TemporaryDirectory(prefix="djo-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        code = subprocess.call([sys.executable, *argv, "--_out", str(out)], env=python_env(), stdout=sys.stderr)
+        if code:
+            log(f"{argv[0]} {' '.join(argv[1:])} failed (exit {code})")
+            return None
+        return json.loads(out.read_text())
+
+
+def child_result(out: str, result: Any) -> None:
+    """What a child started by ``in_child`` hands back."""
+    Path(out).write_text(json.dumps(result))
+
+
 # ------------------------------------------------------------------ timing
 def python_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """``env`` (default: this one) with this checkout first on PYTHONPATH: the CLI measured is this code."""
@@ -89,6 +159,14 @@ def command(argv: list[str], capture: bool = False, env: dict | None = None, cwd
     if r.returncode:
         raise RuntimeError(f"{argv} failed ({r.returncode}):\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
     return (took, r.stdout) if capture else took
+
+
+def counted(argv: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, int, str]:
+    """``command(ARGV)`` with every statement its process and the processes it forks send
+    counted (bench/counting.py): (wall time, statements, stdout)."""
+    with tempfile.TemporaryDirectory(prefix="djo-bench-count-") as folder:
+        took, out = command([COUNTING, folder, *argv], capture=True, env=env, cwd=cwd)
+        return took, statements_sent(Path(folder)), out
 
 
 def command_json(argv: list[str], env: dict | None = None) -> dict:
@@ -122,31 +200,51 @@ def met(ok: bool) -> str:
     return "yes" if ok else "**NO**"
 
 
-def machine() -> str:
-    """One line: the host, its CPUs and memory, SLURM's version where there is one, Python."""
-    cpus = os.cpu_count()
-    mem = ""
+def memory_gib() -> float | None:
     try:
-        kb = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 1024 / 1024:.0f} GiB"
+        return int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1]) / 1024 / 1024
     except (OSError, StopIteration):
-        pass
-    version = subprocess.run(["sbatch", "--version"], capture_output=True, text=True).stdout.strip() \
+        return None
+
+
+def machine(*versions: str) -> str:
+    """One line: the host, its CPUs, memory and load, SLURM's version where there is one,
+    ``versions`` (what else the bench measured), Python."""
+    mem = memory_gib()
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    sbatch = subprocess.run(["sbatch", "--version"], capture_output=True, text=True).stdout.strip() \
         if shutil.which("sbatch") else ""
-    return f"{platform.node()}: {platform.machine()}, {cpus} CPUs{mem}, {version + ', ' if version else ''}Python {platform.python_version()}"
+    return ", ".join(filter(None, [f"{platform.node()}: {platform.machine()}", f"{os.cpu_count()} CPUs",
+                                   mem and f"{mem:.0f} GiB", f"load {load}", sbatch, *versions,
+                                   f"Python {platform.python_version()}"]))
 
 
 # ------------------------------------------------------------------ stock DataJoint
-def stock_argv(pipeline: str, table: str) -> list[str]:
-    """Stock ``populate(reserve_jobs=True)`` of one table in a fresh process (bench/stock.py)."""
-    return [STOCK, pipeline, table]
+def stock_argv(pipeline: str, *tables: str) -> list[str]:
+    """Stock ``populate(reserve_jobs=True)`` of tables, one after the other, in a fresh
+    process (bench/stock.py)."""
+    return [STOCK, pipeline, *tables]
 
 
-def floor(table: Any) -> float:
-    """DataJoint's own per-key floor: ``populate()`` with no jobs table at all, in this
-    process (a transaction, a "key already in table" check, the insert, a commit)."""
+def stock_populate(pipeline: str, tables: list[str] | tuple[str, ...], workers: int, env: dict,
+                   cwd: Path | None = None) -> float:
+    """What users do without dj-orchestrate: per table, ``workers`` processes of stock
+    ``populate(reserve_jobs=True)``, one table after the other (a table's keys exist only
+    once the table before it is done). Wall time, interpreter start-ups included, as in
+    every sbatch loop around populate()."""
+    start = time.perf_counter()
+    for name in tables:
+        together([([sys.executable, *stock_argv(pipeline, name)], env)] * workers, f"stock populate of {name}", cwd=cwd)
+    return time.perf_counter() - start
+
+
+def floor(*tables: Any) -> float:
+    """DataJoint's own per-key floor: ``populate()`` of each table in order, with no jobs
+    table at all, in this process (a transaction, a "key already in table" check, the
+    insert, a commit)."""
     t = time.perf_counter()
-    table.populate()
+    for table in tables:
+        table.populate()
     return time.perf_counter() - t
 
 
@@ -231,18 +329,8 @@ class Comparison:
         return self.db(lambda: len(getattr(self.m, table)()))
 
     def reset(self) -> None:
-        """Empty the computed tables and their jobs tables (downstream first)."""
-        from dj_orchestrate.jobs import JobTable
-
-        def empty() -> None:
-            for name in reversed(self.TABLES):
-                t = getattr(self.m, name)()
-                self.conn.query(f"DELETE FROM {t.full_table_name}")
-                jt = JobTable(t)
-                if jt.declared:
-                    self.conn.query(f"DELETE FROM {jt.name}")
-
-        self.db(empty)
+        """Empty the computed tables and their jobs tables."""
+        self.db(lambda: empty(self.conn, [getattr(self.m, name) for name in self.TABLES]))
 
     def leftovers(self) -> dict:
         from dj_orchestrate.jobs import JobTable
@@ -264,16 +352,9 @@ class Comparison:
         return self.outcome("local", complete)
 
     def stock(self) -> dict:
-        """What users do today without dj-orchestrate: per table, W processes running plain
-        DataJoint's ``populate(reserve_jobs=True)``, one table after the other (a table's
-        keys exist only once the table before it is done). Interpreter start-up is timed,
-        as in every sbatch loop around populate()."""
+        """Stock populate, W processes per table, table after table (``stock_populate``)."""
         log(f"stock: {self.workers} x populate(reserve_jobs=True) per table")
-        start = time.perf_counter()
-        for name in self.TABLES:
-            together([([sys.executable, *stock_argv(self.PIPELINE, name)], self.env)] * self.workers,
-                     f"stock populate of {name}", cwd=self.tmp)
-        return self.outcome("stock", time.perf_counter() - start)
+        return self.outcome("stock", stock_populate(self.PIPELINE, self.TABLES, self.workers, self.env, self.tmp))
 
     def compare(self, name: str, run: Callable[[], dict]) -> dict[str, dict]:
         """Fill Source, then ``run`` (the backend measured), ``run --backend local`` and
