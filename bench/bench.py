@@ -3,6 +3,7 @@
 
     python bench/bench.py                 # MariaDB and PostgreSQL, full sizes (~10 min)
     python bench/bench.py --quick         # smaller sizes (~2 min)
+    python bench/bench.py --tiny          # a smoke test: does every step run (its numbers mean nothing)
     python bench/bench.py --db postgresql # one database
 
 Prints the machine, then one markdown table with both systems and their ratio. Each
@@ -31,6 +32,8 @@ SIZES = {
                  e2e=5_000, reps=5, fixed_reps=7, scale=800, sleep=0.02, plan=1_000_000, race=20_000, race_batch=10),
     "quick": dict(enqueue=100_000, stock_enqueue=1_000, claim=5_000, stock_claim=500, batch=50,
                   e2e=1_000, reps=3, fixed_reps=5, scale=200, sleep=0.02, plan=200_000, race=4_000, race_batch=10),
+    "tiny": dict(enqueue=2_000, stock_enqueue=100, claim=500, stock_claim=100, batch=50,
+                 e2e=100, reps=1, fixed_reps=1, scale=40, sleep=0.005, plan=5_000, race=500, race_batch=10),
 }
 SCALE_WORKERS = (1, 2, 4, 8)
 RACE_WORKERS = 32
@@ -480,10 +483,10 @@ def _claimer(cls, batch: int) -> dict:
     return {"claimed": claimed, "errors": errors}
 
 
-def run_one(backend: str, quick: bool, out: str, only: set[str] | None) -> None:
+def run_one(backend: str, size: str, out: str, only: set[str] | None) -> None:
     """Child process: one database, a fresh schema, dropped at the end."""
     with database(backend, "djo_bench"):
-        bench = Bench(backend, SIZES["quick" if quick else "full"])
+        bench = Bench(backend, SIZES[size])
         result = {"backend": backend, "version": bench.version(), "schema": os.environ["DJO_BENCH_SCHEMA"],
                   "rows": bench.rows}
         bench.run(only)
@@ -510,8 +513,8 @@ def machine() -> list[str]:
             f"dj-orchestrate {md.version('dj-orchestrate')}"]
 
 
-def render(results: list[dict], quick: bool, load: tuple, seconds: float) -> str:
-    lines = ["## dj-orchestrate vs stock DataJoint" + (" (--quick sizes)" if quick else ""), ""]
+def render(results: list[dict], size: str, load: tuple, seconds: float) -> str:
+    lines = ["## dj-orchestrate vs stock DataJoint" + ("" if size == "full" else f" (--{size} sizes)"), ""]
     lines += machine()
     lines.append(f"- load average (1 min) before/after: {load[0]:.1f} / {load[1]:.1f} — other processes share the "
                  f"CPU; both systems ran back to back or interleaved, under the same conditions; benchmark took {seconds:.0f} s")
@@ -528,21 +531,25 @@ def render(results: list[dict], quick: bool, load: tuple, seconds: float) -> str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", choices=["mysql", "postgresql", "both"], default="both")
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (about 2 minutes)")
+    sizes = ap.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_true", help="smaller sizes (about 2 minutes)")
+    sizes.add_argument("--tiny", action="store_true", help="a smoke test's sizes (its numbers mean nothing)")
     ap.add_argument("--only", help="comma-separated steps: enqueue,claim_complete,end_to_end,fixed_cost,scaling,plan,race")
     ap.add_argument("--_one", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
+    size = "quick" if args.quick else "tiny" if args.tiny else "full"
     if args._one:
-        run_one(args._one, args.quick, args._out, only)
+        run_one(args._one, size, args._out, only)
         return
     backends = ["mysql", "postgresql"] if args.db == "both" else [args.db]
     results = []
     load0 = os.getloadavg()[0]
     failed = []
     for backend in backends:
-        argv = [__file__, "--_one", backend, *(["--quick"] if args.quick else []), *(["--only", args.only] if args.only else [])]
+        argv = [__file__, "--_one", backend, *([] if size == "full" else [f"--{size}"]),
+                *(["--only", args.only] if args.only else [])]
         for attempt in (1, 2):  # once more if it failed: a shared server may have been restarted
             result = in_child(argv)
             if result is not None:
@@ -552,7 +559,7 @@ def main() -> None:
         else:
             failed.append(backend)
     log("done")
-    print(render(results, args.quick, (load0, os.getloadavg()[0]), time.perf_counter() - T0))
+    print(render(results, size, (load0, os.getloadavg()[0]), time.perf_counter() - T0))
     if failed:
         print(f"\n**benchmark failed on {', '.join(failed)}** (twice; see stderr)")
         sys.exit(1)
