@@ -20,8 +20,8 @@ For each database, in a child process with fresh schemas dropped at the end:
    per make.
 2. A no-op ``run``, ``status`` and ``plan`` of a ``--noop-tables`` (200) table tree with
    one key, all made: the wall time of each command (best of ``--reps``) over a fresh
-   ``import datajoint``, and the statements it sent; stock populate of every table, with
-   nothing to do, for comparison.
+   ``import datajoint``, and the statements it sent; for comparison, stock populate of
+   every table with nothing to do, and importing the pipeline alone.
 
 Statements are counted in the measured processes (bench/counting.py: every command the
 database driver sends, in the process and the workers it forks), never on the server,
@@ -127,6 +127,7 @@ def noop(name: str, args: argparse.Namespace) -> list[dict]:
             "`status`": ["-m", "dj_orchestrate", "status", WIDE],
             "`plan`": ["-m", "dj_orchestrate", "plan", WIDE],
             "stock populate(reserve_jobs=True) of each table": stock_argv(WIDE, *names),
+            "importing the pipeline alone (DataJoint declares its tables)": stock_argv(WIDE),
         }
         times: dict[str, list[float]] = {"import": [], **{what: [] for what in commands}}
         sent: dict[str, int] = {}

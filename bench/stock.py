@@ -34,7 +34,7 @@ def load(pipeline: str) -> ModuleType:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("pipeline", help="the pipeline module's file")
-    parser.add_argument("tables", nargs="+", help="the tables to populate, in this order")
+    parser.add_argument("tables", nargs="*", help="the tables to populate, in this order (none: import the pipeline only)")
     args = parser.parse_args()
     module = load(args.pipeline)
     seconds, made = 0.0, 0
