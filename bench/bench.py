@@ -46,10 +46,7 @@ class Bench:
         self.backend = backend
         self.s = sizes
         self.rows: list[dict] = []
-        from dj_orchestrate import db
-
-        db.connect()
-        import datajoint as dj
+        import datajoint as dj  # (connected by harness.database)
 
         from dj_orchestrate import pipeline
 

@@ -122,6 +122,7 @@ def empty(conn: Any, tables: list[Any]) -> None:
         conn.query(f"TRUNCATE TABLE {', '.join(names)}")
 
 
+# ------------------------------------------------------------------ one database's part, in a child
 def in_child(argv: list[str]) -> Any:
     """``python ARGV --_out FILE`` in a fresh process, its stdout to stderr: one database's
     part of a bench (a pipeline module is imported once per process, and a failure ends
