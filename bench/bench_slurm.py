@@ -30,7 +30,6 @@ import argparse
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import DATABASES, Comparison, log, machine  # noqa: E402
+from harness import BENCH, DATABASES, Comparison, log, machine  # noqa: E402
 
 
 def node_cpus() -> int:
@@ -46,26 +45,27 @@ def node_cpus() -> int:
     return int(out[0].rstrip("+"))
 
 
-def sbatch_shim(folder: Path) -> tuple[Path, Path]:
-    """A ``sbatch`` that logs its arguments, then execs the real one."""
+def sbatch_shim(folder: Path, env: dict[str, str]) -> Path:
+    """``sbatch`` first on ``env``'s PATH: bench/sbatch_logged.sh, which logs its arguments
+    to the file returned, then execs the real one."""
     real = shutil.which("sbatch")
     if real is None:
         sys.exit("bench_slurm: no sbatch on PATH; start the cluster with slurm/start-cluster.sh")
     calls = folder / "sbatch-calls.log"
+    calls.touch()
     shim = folder / "bin" / "sbatch"
     shim.parent.mkdir()
-    shim.write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\nexec "{real}" "$@"\n')
-    shim.chmod(shim.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    calls.touch()
-    return shim.parent, calls
+    shim.symlink_to(BENCH / "sbatch_logged.sh")
+    env.update({"DJO_BENCH_SBATCH": real, "DJO_BENCH_SBATCH_LOG": str(calls),
+                "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}"})
+    return calls
 
 
 class SlurmBench(Comparison):
     def __init__(self, database: str, keys: int, workers: int, tmp: Path) -> None:
         """The sbatch shim first on PATH, for every command this bench starts."""
         super().__init__(database, keys, workers, tmp)
-        self.shim_dir, self.calls = sbatch_shim(tmp)
-        self.env["PATH"] = f"{self.shim_dir}{os.pathsep}{os.environ['PATH']}"
+        self.calls = sbatch_shim(tmp, self.env)
         self.arrays: list[str] = []
 
     def slurm(self) -> dict:
