@@ -25,7 +25,9 @@ For each database, in a child process with fresh schemas dropped at the end:
 
 Statements are counted in the measured processes (bench/counting.py: every command the
 database driver sends, in the process and the workers it forks), never on the server,
-which other clients share. See bench/README.md.
+which other clients share. With ``--kinds``, part 1 also prints them per make by kind
+(verb and table kind); writing each one's kind down adds to every system's time, so its
+times are for that table only. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections import Counter as Counter_
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -82,6 +85,8 @@ def check(tables: list, keys: int, system: str) -> None:
 def wide(name: str, args: argparse.Namespace) -> list[dict]:
     """Part 1 on one database: every system on the tree, each from empty tables."""
     with tempfile.TemporaryDirectory(prefix="djo-bench-wide-") as tmp:
+        if args.kinds:
+            os.environ["DJO_BENCH_KINDS"] = "1"  # (read by install, here and in every measured process)
         counter = install(Path(tmp) / "counts")  # before the first connection
         with database(name, "djo_bench_wide", **tree(args.tables, tmp)) as conn:
             return wide_systems(name, args, conn, counter)
@@ -94,24 +99,25 @@ def wide_systems(name: str, args: argparse.Namespace, conn: Any, counter: Counte
     makes = len(tables) * args.keys
     runs: list[dict] = []
 
-    def measured(system: str, seconds: float, sent: int, note: str = "") -> None:
+    def measured(system: str, seconds: float, sent: int, kinds: Counter_[str], note: str = "") -> None:
         check(tables, args.keys, system)
         log(f"{name}: {system}: {seconds:.2f} s, {sent / makes:.1f} statements per make")
-        runs.append({"db": name, "system": system, "seconds": seconds, "per_make": sent / makes, "note": note})
+        runs.append({"db": name, "system": system, "seconds": seconds, "per_make": sent / makes, "note": note,
+                     "kinds": {k: n / makes for k, n in kinds.items()}})
         empty(conn, tables)
 
     log(f"{name}: floor, {len(tables)} tables x {args.keys} keys")
-    sent = counter.sent
+    sent, kinds = counter.sent, counter.kinds.copy()
     seconds = floor(*tables)
-    measured("floor", seconds, counter.sent - sent)
+    measured("floor", seconds, counter.sent - sent, counter.kinds - kinds)
     for workers in args.workers:
         log(f"{name}: dj-orchestrate run --workers {workers}")
-        seconds, sent, _ = counted(["-m", "dj_orchestrate", "run", WIDE, "--workers", str(workers), "--no-progress"])
-        measured(f"run {workers}", seconds, sent)
+        seconds, sent, kinds, _ = counted(["-m", "dj_orchestrate", "run", WIDE, "--workers", str(workers), "--no-progress"])
+        measured(f"run {workers}", seconds, sent, kinds)
     log(f"{name}: stock populate(reserve_jobs=True) of each table")
-    seconds, sent, out = counted(stock_argv(WIDE, *names))
+    seconds, sent, kinds, out = counted(stock_argv(WIDE, *names))
     calls = json.loads(out.strip().splitlines()[-1])["seconds"]
-    measured("stock", seconds, sent, f"the populate() calls alone: {calls:.2f} s")
+    measured("stock", seconds, sent, kinds, f"the populate() calls alone: {calls:.2f} s")
     return runs
 
 
@@ -135,11 +141,24 @@ def noop(name: str, args: argparse.Namespace) -> list[dict]:
             log(f"{name}: no-op commands on {len(tables)} tables, {rep + 1}/{args.reps}")
             times["import"].append(command(IMPORT_DATAJOINT))
             for what, argv in commands.items():
-                seconds, sent[what], _ = counted(argv)
+                seconds, sent[what], _, _ = counted(argv)
                 times[what].append(seconds)
         base = min(times["import"])
         return [{"db": name, "command": what, "seconds": min(times[what]), "runs": times[what], "base": base,
                  "imports": times["import"], "sent": sent[what]} for what in commands]
+
+
+def by_kind(runs: list[dict], least: float = 0.005) -> str:
+    """Per database, a row per kind of statement, a column per system: where the statements
+    go (kinds under ``least`` per make in every system left out: a run's fixed cost)."""
+    systems = list(dict.fromkeys(r["system"] for r in runs))
+    cells = []
+    for db in dict.fromkeys(r["db"] for r in runs):
+        per = {r["system"]: r["kinds"] for r in runs if r["db"] == db}
+        most = {k: max(kinds.get(k, 0) for kinds in per.values()) for kinds in per.values() for k in kinds}
+        cells += [[db, k, *(f"{per[s].get(k, 0):.2f}" for s in systems)]
+                  for k in sorted(most, key=lambda k: -most[k]) if most[k] >= least]
+    return markdown(["DB", "kind", *systems], cells)
 
 
 def render(results: dict[str, list[dict]], args: argparse.Namespace) -> str:
@@ -160,6 +179,9 @@ def render(results: dict[str, list[dict]], args: argparse.Namespace) -> str:
                           ratio(r["seconds"], base["stock"]), f"{r['per_make']:.1f}", note])
         out.append(markdown(["DB", "system", "time", "÷ DataJoint's floor", "÷ stock", "statements per make", "notes"],
                             cells))
+    if args.kinds and results["wide"]:
+        out += ["", "statements per make by kind (their verb and the kind of table they name first; kinds under 0.005 "
+                    "per make in every system left out)", "", by_kind(results["wide"])]
     if results["noop"]:
         out += ["", f"no-op commands on a {args.noop_tables}-table tree, everything made (best of {args.reps}; "
                     "over: the wall time less a fresh `import datajoint`'s)", ""]
@@ -179,6 +201,7 @@ def main() -> None:
     parser.add_argument("--noop-tables", type=int, default=200, help="tables of the no-op commands' tree (default 200)")
     parser.add_argument("--reps", type=int, default=3, help="runs of each no-op command; the best is reported")
     parser.add_argument("--only", choices=PARTS, help="one part: wide (per key) or noop (no-op commands)")
+    parser.add_argument("--kinds", action="store_true", help="also the statements per make by kind (slows every system)")
     parser.add_argument("--_one", nargs=2, help=argparse.SUPPRESS)  # DATABASE PART, in a process of its own
     parser.add_argument("--_out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -193,7 +216,7 @@ def main() -> None:
         for part in [args.only] if args.only else PARTS:
             result = in_child([__file__, "--_one", name, part, "--tables", str(args.tables), "--keys", str(args.keys),
                                "--workers", ",".join(map(str, args.workers)), "--noop-tables", str(args.noop_tables),
-                               "--reps", str(args.reps)])
+                               "--reps", str(args.reps), *(["--kinds"] if args.kinds else [])])
             if result is None:
                 sys.exit(f"bench_wide: {part} on {name} failed")
             results[part] += result

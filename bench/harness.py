@@ -11,6 +11,7 @@ for scale, DataJoint's own floor, ``populate()`` with no jobs table (``floor``).
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from counting import kinds as statement_kinds
 from counting import total as statements_sent
 
 BENCH = Path(__file__).resolve().parent
@@ -162,12 +164,14 @@ def command(argv: list[str], capture: bool = False, env: dict | None = None, cwd
     return (took, r.stdout) if capture else took
 
 
-def counted(argv: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, int, str]:
+def counted(argv: list[str], env: dict | None = None,
+            cwd: Path | None = None) -> tuple[float, int, collections.Counter[str], str]:
     """``command(ARGV)`` with every statement its process and the processes it forks send
-    counted (bench/counting.py): (wall time, statements, stdout)."""
+    counted (bench/counting.py): (wall time, statements, their kinds where
+    ``DJO_BENCH_KINDS=1``, stdout)."""
     with tempfile.TemporaryDirectory(prefix="djo-bench-count-") as folder:
         took, out = command([COUNTING, folder, *argv], capture=True, env=env, cwd=cwd)
-        return took, statements_sent(Path(folder)), out
+        return took, statements_sent(Path(folder)), statement_kinds(Path(folder)), out
 
 
 def command_json(argv: list[str], env: dict | None = None) -> dict:
