@@ -84,7 +84,7 @@ def main() -> None:
             rendered = render_bench(bench, args.tables)
             runs = bench.compare("pods", lambda: pods(bench))
         finally:
-            bench.drop(bench.schema + "_wide")
+            bench.drop()
     tables = len(bench.TABLES)
     n = args.keys * tables
     ok = {k: all(v == args.keys for v in r["made"].values()) and not r["left"] for k, r in runs.items()}

@@ -86,10 +86,10 @@ class SlurmBench(Comparison):
             time.sleep(0.5)
         return self.outcome("slurm", time.perf_counter() - start, calls=len(calls), submit=submit)
 
-    def drop(self, *more: str) -> None:
+    def drop(self) -> None:
         if self.arrays:  # a bench that stopped early leaves nothing running
             subprocess.run(["scancel", *self.arrays], capture_output=True)
-        super().drop(*more)
+        super().drop()
 
 
 def main() -> None:

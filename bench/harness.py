@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -293,26 +293,18 @@ class Comparison:
     PIPELINE = str(BENCH / "slurm_pipeline.py")
     TABLES = ("Stage1", "Stage2", "Stage3")
 
-    def __init__(self, database: str, keys: int, workers: int, tmp: Path) -> None:
+    def __init__(self, name: str, keys: int, workers: int, tmp: Path) -> None:
+        """A fresh schema on database ``name`` (``harness.database``), dropped by ``drop``."""
         self.keys, self.workers, self.tmp = keys, workers, tmp
-        self.schema = fresh_schema("djo_bench_slurm")
-        self.ledger = f"{self.schema}_ledger"
-        self.env = python_env({**os.environ, **database_env(database, self.schema), "DJO_LOG_DIR": str(tmp / "logs")})
-        for k, v in self.env.items():  # this process counts rows on the same database
-            if k.startswith(("DJ_", "DJO_")):
-                os.environ[k] = v
+        self.schemas = ExitStack()
+        self.conn = self.schemas.enter_context(database(name, "djo_bench_slurm", DJO_LOG_DIR=str(tmp / "logs")))
+        self.schema = os.environ["DJO_BENCH_SCHEMA"]
+        self.env = python_env()  # (what the commands it starts see: the schema, the database)
         self.config = tmp / "dj_orchestrate.toml"
         self.config.write_text(f"[slurm]\narray_parallelism = {workers}\npull_workers = {workers}\n")
-        import datajoint as dj
+        from dj_orchestrate import pipeline
 
-        from dj_orchestrate import db, pipeline
-
-        db.connect()
-        self.dj = dj
-        self.conn = dj.conn()
-        self.q = self.conn.adapter.quote_identifier
         self.m = pipeline.load(self.PIPELINE)
-        self.mysql = self.conn.adapter.backend == "mysql"
 
     def cli(self, *args: str, timeout: float = 3600) -> tuple[subprocess.CompletedProcess, float]:
         t = time.perf_counter()
@@ -373,8 +365,8 @@ class Comparison:
         runs["stock"] = self.stock()
         return runs
 
-    def drop(self, *more: str) -> None:
-        drop_schemas(self.conn, [self.schema, self.ledger, *more])
+    def drop(self) -> None:
+        self.schemas.close()
 
     def print_table(self, runs: dict[str, dict], rows: list[tuple], complete_target: str,
                     complete_met: bool | None = None) -> None:
