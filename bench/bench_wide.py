@@ -33,13 +33,13 @@ times are for that table only. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from collections import Counter as Counter_
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -99,7 +99,7 @@ def wide_systems(name: str, args: argparse.Namespace, conn: Any, counter: Counte
     makes = len(tables) * args.keys
     runs: list[dict] = []
 
-    def measured(system: str, seconds: float, sent: int, kinds: Counter_[str], note: str = "") -> None:
+    def measured(system: str, seconds: float, sent: int, kinds: collections.Counter[str], note: str = "") -> None:
         check(tables, args.keys, system)
         log(f"{name}: {system}: {seconds:.2f} s, {sent / makes:.1f} statements per make")
         runs.append({"db": name, "system": system, "seconds": seconds, "per_make": sent / makes, "note": note,
@@ -145,7 +145,7 @@ def noop(name: str, args: argparse.Namespace) -> list[dict]:
                 times[what].append(seconds)
         base = min(times["import"])
         return [{"db": name, "command": what, "seconds": min(times[what]), "runs": times[what], "base": base,
-                 "imports": times["import"], "sent": sent[what]} for what in commands]
+                 "sent": sent[what]} for what in commands]
 
 
 def by_kind(runs: list[dict], least: float = 0.005) -> str:
