@@ -206,7 +206,7 @@ def test_serve_bad_input_one_line_exit_2_nothing_written(chain, db, tmp_path, ar
     out = db.cli("serve", CHAIN, "--config", str(path), *args)
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and not servers(chain)
-    assert not ledger._existing()
+    assert not ledger.schema._existing()
 
 
 def test_until_is_the_next_such_time():
