@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .loop import Worker
 
 
-class _JobsHandle:
+class JobsHandle:
     """What DataJoint's ``_populate1`` calls ``jobs``: the key is already claimed, so
     ``reserve`` says yes; ``complete`` is buffered; ``error`` is owner-checked, counts
     the attempt, and is not an error at all when the worker was told to stop."""

@@ -14,7 +14,7 @@ from ..flow import Node
 from ..jobs import Claim, Owner, Restriction
 from ..pipeline import TableInfo
 from ..watchdog import MakeTimedOut, Watchdog
-from .handle import _JobsHandle
+from .handle import JobsHandle
 from .interrupts import Interrupts, WorkerInterrupted
 from .settings import Settings, Tally
 
@@ -164,7 +164,7 @@ class Worker(Interrupts):
             if self.stopping:
                 self._safe(lambda: jt.release(self.owner, batch[i:]))
                 return
-            handle = _JobsHandle(self, node, claim)
+            handle = JobsHandle(self, node, claim)
             started = time.monotonic()
             self.in_flight = claim
             self._arm(node, batch, i)
