@@ -388,7 +388,7 @@ def test_runs_page_lists_the_servers_and_metrics_their_heartbeat_age(chain, db, 
         page.goto(base + "/runs")
         assert "No dj-orchestrate serve" in page.locator("#servers").inner_text()
         assert "djo_server_heartbeat_age_seconds{" not in get(base + "/metrics")[1]
-        assert ledger._optional(ledger._define_servers, False) is None
+        assert ledger.schema._optional(ledger.heartbeats._define_servers, False) is None
         server = procs.cli("serve", CHAIN, "--interval", "1", "--workers", "1", name="serve")
         wait_for(lambda: page.locator("#servers tr.leader").count() == 1, 60, "the leader on /runs (not reloaded)",
                  detail=lambda: procs.output(server)[-2000:])

@@ -54,7 +54,7 @@ def test_connection_internals_for_lost_connections():
         assert adapter.ping(object.__new__(adapter), Dead()) is False  # a bool, never an exception
     assert "self._in_transaction" in inspect.getsource(Connection.start_transaction)
     # what Worker._interrupt reads off the stack: the frames' module names and the code name
-    from dj_orchestrate.worker import _DATABASE_CALLS
+    from dj_orchestrate.worker.interrupts import _DATABASE_CALLS
 
     for method in (Connection.query, MySQLAdapter.ping, PostgreSQLAdapter.ping):
         assert method.__code__.co_filename == inspect.getsourcefile(inspect.getmodule(method))

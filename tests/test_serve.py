@@ -7,6 +7,7 @@ gives, and ``MakeLog`` (written inside each make's transaction) counts every mak
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import signal
@@ -206,14 +207,14 @@ def test_serve_bad_input_one_line_exit_2_nothing_written(chain, db, tmp_path, ar
     out = db.cli("serve", CHAIN, "--config", str(path), *args)
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and not servers(chain)
-    assert not ledger._existing()
+    assert not ledger.schema._existing()
 
 
 def test_until_is_the_next_such_time():
-    now = serve.datetime.datetime.now()
+    now = datetime.datetime.now()
     at = serve.parse_until("00:00")
-    assert at > now and at - now <= serve.datetime.timedelta(days=1) and (at.hour, at.minute) == (0, 0)
-    assert serve.parse_until("2030-01-02T03:04") == serve.datetime.datetime(2030, 1, 2, 3, 4)
+    assert at > now and at - now <= datetime.timedelta(days=1) and (at.hour, at.minute) == (0, 0)
+    assert serve.parse_until("2030-01-02T03:04") == datetime.datetime(2030, 1, 2, 3, 4)
 
 
 def test_max_idle_ends_a_server_with_nothing_to_do(chain, db, procs):

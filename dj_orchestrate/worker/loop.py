@@ -1,144 +1,30 @@
-"""The one entry point every backend launches (``dj-orchestrate work``).
-
-A worker claims keys in batches, makes each with DataJoint's own ``_populate1`` (one
-transaction per key, the three-part make, part tables, job metadata), and reports
-back through the jobs table:
-
-* it serves every table it is given at once, with no level barrier: it claims from
-  whichever table has ready keys (in the order ``flow`` documents), and enqueues the
-  downstream keys of what it made as it marks it done, so a slow upstream key holds
-  back its own downstream keys only;
-* batches adapt to the time a key takes (about ``batch_seconds`` of work per claim),
-  so fast keys cost one claim per many keys and slow keys are never hoarded;
-* completions are flushed in batches; a crash before the flush costs nothing, since
-  a re-claimed key that is already in the table is only marked done, never re-made;
-* SIGTERM/SIGINT/SIGUSR1/SIGUSR2: stop claiming, let the key in flight finish for up
-  to ``grace`` seconds (else roll it back), release every unstarted claim, exit. A key
-  rolled back because the scheduler stopped the worker (TERM, USR1, USR2: preemption,
-  time limit) is charged an attempt, so a key that never fits its time limit ends as
-  ``error``; one rolled back for Ctrl-C (INT) is not;
-* a lost database connection: reconnect with backoff, release the old connection's
-  claims (the key in flight is charged an attempt), carry on;
-* a make running past its table's timeout: stopped, rolled back, failed with ``timed out
-  after N s`` (see ``watchdog``).
-"""
+"""The worker loop: claim from whichever table is ready, make, flush, reconnect."""
 
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import signal
-import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import flow, ledger, pipeline, serial
-from . import durations
-from .db import is_lost as _is_lost, reconnect
-from .errors import UsageError
-from .flow import Node
-from .jobs import Claim, Owner, Policy, Restriction
-from .pipeline import TableInfo
-from .watchdog import MakeTimedOut, Watchdog, message as timeout_message
+from .. import durations, flow, ledger, serial
+from ..db import is_lost as _is_lost, reconnect
+from ..flow import Node
+from ..jobs import Claim, Owner, Restriction
+from ..pipeline import TableInfo
+from ..watchdog import MakeTimedOut, Watchdog
+from .handle import JobsHandle
+from .interrupts import Interrupts, WorkerInterrupted
+from .settings import Settings, Tally
 
 log = logging.getLogger("dj_orchestrate")
 
 EMPTY_CLAIM_RETRIES = 50  # empty claims in a row while keys are due, before a worker gives up
 CLAIM_RETRIES = 4  # empty claims of one table with keys due, before the next table is tried
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
-_DATABASE_CALLS = ("pymysql", "psycopg2", "datajoint.connection", "datajoint.adapters")  # not to be interrupted
 
 
-def record_identity(run_id: str | None, tables: list[TableInfo], module: Any) -> None:
-    """Record in the ledger what this worker connected to and imported, before it writes to
-    the pipeline's tables; refuse to work (exit 2) when the run's driver imported the
-    pipeline against other schemas (an environment variable that names the schema, which
-    this worker lacks): it would find nothing to make, or make it in the wrong schema. The
-    driver compares too, and stops the run (``backends.base.check_identity``)."""
-    if run_id is None or ledger.run_row(run_id) is None:
-        return  # no run to compare with (a ledger that is not the driver's: the driver finds nothing made)
-    module_file, schemas = pipeline.identity(module)  # the pipeline module, as the driver saw it (not its tables' modules)
-    ledger.record_identity(run_id, f"{platform.node()}:{os.getpid()}", tables[0].cls.connection.conn_info,
-                           module_file, schemas)
-    expected = ledger.run_schemas(run_id)
-    if expected is not None and expected != schemas:
-        raise UsageError(f"this worker imported {module_file} against schemas {','.join(schemas) or 'none'}, "
-                         f"its run {run_id} against {','.join(expected) or 'none'}: nothing made",
-                         "give the workers the driver's environment (the variables that name the schemas)")
-
-
-class WorkerInterrupted(SystemExit):
-    """Raised into ``make`` when the grace period after a stop signal ends. A SystemExit,
-    so that DataJoint's ``_populate1`` rolls the transaction back before it propagates."""
-
-
-@dataclass
-class Settings:
-    """How one worker behaves; the CLI exposes each field as a flag."""
-
-    max_batch: int = 50
-    order: str = "upstream"  # which ready table a claim tries first: see ``flow``
-    # Work one claim takes. It bounds the tail: when the queue runs dry, a worker may still
-    # hold this much unstarted work while the others idle, and a slow key at the end of a
-    # batch starts that much late (bench/bench_pipeline.py, straggler last: 0.5 gave 1.35-1.40x
-    # the lower bound, 0.2 gives 1.23-1.25x, what claiming in key order allows). Keys faster
-    # than batch_seconds / max_batch (4 ms) are claimed max_batch at a time either way; slower
-    # keys cost at most five claims a second per worker (one claim is a few ms of database time).
-    batch_seconds: float = 0.2
-    flush_seconds: float = 1.0
-    grace: float = 5.0
-    policy: Policy = field(default_factory=Policy)
-    reconnect_seconds: float = 60.0
-    backend_job_id: str = ""
-    log_path: str = ""
-    make_kwargs: dict | None = None
-    timeout: dict[str, float] = field(default_factory=dict)  # seconds a make may take, per table ("": the others)
-
-    def timeout_of(self, table: str) -> float | None:
-        return self.timeout.get(table, self.timeout.get(""))
-
-
-@dataclass
-class Tally:
-    done: int = 0
-    failed: int = 0
-    stop_signal: int | None = None
-
-
-class _JobsHandle:
-    """What DataJoint's ``_populate1`` calls ``jobs``: the key is already claimed, so
-    ``reserve`` says yes; ``complete`` is buffered; ``error`` is owner-checked, counts
-    the attempt, and is not an error at all when the worker was told to stop."""
-
-    def __init__(self, worker: "Worker", node: Node, claim: Claim) -> None:
-        self.worker, self.node, self.jt, self.claim = worker, node, node.jt, claim
-        self.outcome = "done"
-        self.completed = False
-
-    def reserve(self, key: dict) -> bool:
-        return True
-
-    def complete(self, key: dict, duration: float | None = None) -> None:
-        if not self.completed:  # once: the worker also calls it for a key committed before an interrupt
-            self.completed = True
-            self.worker._completed.setdefault(self.node, []).append(self.claim)
-
-    def error(self, key: dict, error_message: str, error_stack: str | None = None) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, MakeTimedOut):
-            self.outcome = self.jt.fail(self.worker.owner, self.claim, str(exc), error_stack, self.worker.settings.policy)
-        elif isinstance(exc, WorkerInterrupted):
-            self.outcome = "interrupted"
-        elif _is_lost(exc, self.jt.conn):
-            self.outcome = "lost"
-        else:
-            self.outcome = self.jt.fail(self.worker.owner, self.claim, error_message, error_stack, self.worker.settings.policy)
-
-
-class Worker:
+class Worker(Interrupts):
     """Claims and makes keys of the given tables, whichever is ready (see ``flow``)."""
 
     def __init__(self, tables: list[TableInfo], settings: Settings, shard: tuple | None = None,
@@ -166,49 +52,6 @@ class Worker:
 
     def _new_owner(self) -> Owner:
         return Owner.of(self.conn, self.settings.backend_job_id, self.settings.log_path)
-
-    # ------------------------------------------------------------------ signals
-    def _install_signals(self) -> dict:
-        previous = {s: signal.signal(s, self._on_stop) for s in STOP_SIGNALS}
-        previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_grace_over)
-        return previous
-
-    def _on_stop(self, signum: int, frame: Any) -> None:
-        if self.stopping:
-            return
-        self.stopping = True
-        self.stop_signal = signum
-        log.warning("signal %d: stopping after the key in flight (grace %.0fs)", signum, self.settings.grace)
-        if self.in_flight is not None:
-            if self.settings.grace > 0:  # (or sooner, at the make's timeout)
-                left = self.settings.grace if self._deadline is None else self._deadline - time.monotonic()
-                signal.setitimer(signal.ITIMER_REAL, max(0.001, min(self.settings.grace, left)))
-            else:
-                self._interrupt(f"signal {signum}", frame)
-
-    def _on_grace_over(self, signum: int, frame: Any) -> None:
-        if self.in_flight is None:
-            return
-        if self._deadline is not None and (not self.stopping or time.monotonic() >= self._deadline - 0.01):
-            self._interrupt(timeout_message(self._seconds), frame, MakeTimedOut)
-        else:
-            self._interrupt("grace period over", frame)
-
-    def _interrupt(self, why: str, frame: Any, error: type[SystemExit] = WorkerInterrupted) -> None:
-        """Roll the key in flight back by raising into its make, but never in the middle
-        of a database call (raised there, the exception tears the connection: pymysql is
-        left mid-packet, and the worker can no longer release its claims) nor outside
-        ``_populate1`` (the worker's own bookkeeping). Else try again in 20 ms."""
-        in_make = False
-        while frame is not None:
-            if frame.f_globals.get("__name__", "").startswith(_DATABASE_CALLS):
-                in_make = False
-                break
-            in_make = in_make or frame.f_code.co_name == "_populate1"
-            frame = frame.f_back
-        if in_make:
-            raise error(why)
-        signal.setitimer(signal.ITIMER_REAL, 0.02)
 
     # --------------------------------------------------------------------- run
     def run(self) -> Tally:
@@ -321,7 +164,7 @@ class Worker:
             if self.stopping:
                 self._safe(lambda: jt.release(self.owner, batch[i:]))
                 return
-            handle = _JobsHandle(self, node, claim)
+            handle = JobsHandle(self, node, claim)
             started = time.monotonic()
             self.in_flight = claim
             self._arm(node, batch, i)
@@ -373,23 +216,6 @@ class Worker:
             else:
                 tally.failed += handle.outcome == "error"
             self._flush(node)
-
-    def _arm(self, node: Node, batch: list[Claim], i: int) -> None:
-        """The make of ``batch[i]`` gets its table's timeout: the alarm, the watchdog behind it."""
-        seconds = self.settings.timeout_of(node.info.name)
-        if seconds is None:
-            return
-        self._seconds, self._deadline = seconds, time.monotonic() + seconds
-        if self._watchdog is None:
-            self._watchdog = Watchdog(self.settings.policy)
-            self._watchdog.start()
-        self._watchdog.arm(seconds, node.jt, self.owner, batch[i], batch[i + 1:])
-        signal.setitimer(signal.ITIMER_REAL, seconds)
-
-    def _disarm(self) -> None:
-        self._deadline = None
-        if self._watchdog is not None:
-            self._watchdog.disarm()
 
     def _committed(self, table: Any, claim: Claim) -> bool:
         """Did the key's transaction commit before the interrupt landed? (It can land in

@@ -1,0 +1,108 @@
+"""Declaring a jobs table: DataJoint's own declaration, then dj-orchestrate's columns and
+(PostgreSQL) the claim index; and what columns a jobs table has now."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+from datajoint.errors import AccessError
+
+from ..errors import UsageError
+from .model import EXTRA_COLUMNS
+from .sql import TableSQL
+
+# Per process and table class: its jobs table's columns once complete, and whether this
+# process has ensured that jobs table (catalog queries each; columns are never dropped).
+_COLUMNS: dict[type, frozenset[str]] = {}
+_ENSURED: set[type] = set()
+
+
+@contextlib.contextmanager
+def _declaring(action: str, privilege: str) -> Iterator[None]:
+    """A declaration that another process may make first (then it is made), and that the
+    database may refuse for lack of a privilege: say which, exit 2."""
+    try:
+        yield
+    except AccessError as err:
+        detail = next((str(a) for a in err.args[1:2] if a), str(err)).splitlines()[0]
+        raise UsageError(
+            f"the database user may not {action} ({detail})",
+            f"grant the {privilege} privilege on that schema, or run this once as a user who has it",
+        ) from None
+    except Exception as err:  # another process made it first (workers that start together race)
+        if "uplicate" not in str(err) and "exists" not in str(err):
+            raise
+
+
+class Declared(TableSQL):
+    """A jobs table that may not exist yet, or lack dj-orchestrate's columns."""
+
+    @property
+    def supported(self) -> bool:
+        """DataJoint keys a jobs table by the primary-key attributes that come from
+        foreign keys; a table with none (a custom ``key_source`` over its own attributes)
+        cannot have one: it is made under a lock instead (``serial``)."""
+        return bool(self.pk)
+
+    def _serial(self) -> Any:
+        """This table as ``serial`` serves it, for one that cannot have a jobs table."""
+        from ..serial import SerialTable
+
+        return SerialTable(self.table)
+
+    @property
+    def columns(self) -> frozenset[str]:
+        """The columns the jobs table has now; empty when it is not declared. The one
+        place that knows: a jobs table may be undeclared, declared by stock DataJoint
+        (without dj-orchestrate's columns), ours, or half-upgraded by a process that
+        died, and a colleague's ``populate`` may declare it at any moment. Remembered
+        only once complete (columns are never dropped)."""
+        cls = type(self.table)
+        if cls not in _COLUMNS:
+            found = frozenset(
+                r[0]
+                for r in self._query(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+                    (self.schema, self.jobs_name),
+                ).fetchall()
+            )
+            if not found or not set(EXTRA_COLUMNS) <= found:
+                return found
+            _COLUMNS[cls] = found
+        return _COLUMNS[cls]
+
+    @property
+    def declared(self) -> bool:
+        return self.supported and bool(self.columns)
+
+    def _col(self, name: str, alias: str = "j", columns: frozenset[str] | None = None) -> str:
+        """A column for reading, or the value its rows would have where the jobs table
+        lacks it (stock DataJoint's): read-only commands never ALTER anything."""
+        if name in (self.columns if columns is None else columns) or name not in EXTRA_COLUMNS:
+            return f"{alias}.{self.q(name)}"
+        return EXTRA_COLUMNS[name][2]
+
+    def ensure(self) -> None:
+        """Declare the jobs table the way DataJoint does, then add dj-orchestrate's columns.
+        For commands that write; a missing privilege is a UsageError that names it."""
+        if not self.supported:
+            return
+        if type(self.table) in _ENSURED:
+            return
+        have = self.columns
+        if not have:
+            with _declaring(f"create the jobs table {self.name}", "CREATE"):
+                _ = self.table.jobs  # DataJoint declares ~~table on first access
+            have = self.columns
+        for column, types in EXTRA_COLUMNS.items():
+            if column not in have:
+                with _declaring(f"add the column {column!r} to {self.name}", "ALTER"):
+                    self._query(f"ALTER TABLE {self.name} ADD COLUMN {self.q(column)} {self.dialect.column_type(types)}")
+        index = self.dialect.claim_index(self)
+        if index is not None:
+            find, args, create = index
+            if not self._query(find, args).fetchone():
+                with _declaring(f"create an index on {self.name}", "owner (CREATE INDEX)"):
+                    self._query(create)
+        _ENSURED.add(type(self.table))

@@ -1,0 +1,134 @@
+"""One jobs table's names and key, and the SQL fragments every statement on it is built from.
+
+Keys travel as the raw values the database returned and are always bound as parameters.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from typing import Any, Sequence
+
+from .dialect import dialect_of
+from .model import Restriction
+
+# Per process and table class: its key_source and jobs key. Computing them costs catalog
+# queries each (every key_source loads its parents' headings afresh), paid by every
+# command and worker start for every JobTable built; the answers do not change while a
+# process runs.
+_KEY_SOURCE: dict[type, tuple[str, tuple[str, ...]]] = {}
+_JOBS_KEY: dict[type, list[str]] = {}
+
+
+def key_source_of(cls: type) -> tuple[str, tuple[str, ...]]:
+    """DataJoint's own SQL of a table class's key_source, and the attributes it yields."""
+    if cls not in _KEY_SOURCE:
+        ks = cls().key_source
+        if inspect.isclass(ks):
+            ks = ks()
+        _KEY_SOURCE[cls] = (ks.make_sql(), tuple(ks.heading.names))
+    return _KEY_SOURCE[cls]
+
+
+class TableSQL:
+    """One table's jobs table: its names, its key, how keys are bound and decoded, and the
+    conditions the statements share. ``dialect``: its database's SQL where the two differ."""
+
+    def __init__(self, table: Any, conn: Any = None) -> None:
+        """``conn``: the connection its statements run on, where not the table's own (the
+        dashboard reads on a second one, beside the one its pages use)."""
+        self.table = table
+        self.conn = conn or table.connection
+        self.dialect = dialect_of(self.conn)
+        self.mysql = self.dialect.mysql
+        self.q = self.conn.adapter.quote_identifier
+        self.schema = table.database
+        self.jobs_name = "~~" + table.table_name.lstrip("_")
+        self.name = f"{self.q(self.schema)}.{self.q(self.jobs_name)}"
+        self.target = table.full_table_name
+        cls = type(table)
+        if cls not in _JOBS_KEY:
+            fk: set[str] = set()
+            for _parent, props in table.parents(primary=True, foreign_key_info=True):
+                fk.update(props.get("attr_map", {}))
+            _JOBS_KEY[cls] = [a for a in table.primary_key if a in fk]
+        self.pk = _JOBS_KEY[cls]
+        self.uuid_cols = {a for a in self.pk if table.heading[a].uuid}
+        # Python orders numbers as the database does; strings follow a column's collation
+        self.numeric_key = all(table.heading[a].numeric for a in self.pk)
+
+    # ------------------------------------------------------------------ helpers
+    def _query(self, sql: str, args: Sequence = ()) -> Any:
+        return self.conn.query(sql, args=tuple(args), reconnect=False)
+
+    def _cols(self, alias: str | None = None, names: Sequence[str] | None = None) -> str:
+        prefix = f"{alias}." if alias else ""
+        return ", ".join(prefix + self.q(c) for c in (names or self.pk))
+
+    def _match(self, a: str, b: str) -> str:
+        return " AND ".join(f"{a}.{self.q(c)} = {b}.{self.q(c)}" for c in self.pk)
+
+    def _bind(self, name: str, value: Any) -> Any:
+        if isinstance(value, uuid.UUID) or (name in self.uuid_cols and isinstance(value, str)):
+            return self.dialect.uuid(value)
+        return value
+
+    def _decode(self, raw: Sequence) -> dict:
+        key = {}
+        for name, value in zip(self.pk, raw):
+            if name in self.uuid_cols and not isinstance(value, uuid.UUID):
+                value = uuid.UUID(bytes=bytes(value)) if isinstance(value, (bytes, bytearray, memoryview)) else uuid.UUID(str(value))
+            key[name] = value
+        return key
+
+    def _in(self, alias: str | None, raws: Sequence[tuple]) -> tuple[str, list]:
+        if not raws:
+            return "1=0", []
+        args = [self._bind(c, v) for raw in raws for c, v in zip(self.pk, raw)]
+        if len(self.pk) == 1:
+            return f"{self._cols(alias)} IN ({', '.join(['%s'] * len(raws))})", args
+        row = "(" + ", ".join(["%s"] * len(self.pk)) + ")"
+        return f"({self._cols(alias)}) IN ({', '.join([row] * len(raws))})", args
+
+    def _owned(self, host: str, pid: int, connection_id: int) -> tuple[str, list]:
+        return (
+            f"{self.q('status')} = 'reserved' AND {self.q('host')} = %s AND {self.q('pid')} = %s "
+            f"AND {self.q('connection_id')} = %s",
+            [host, pid, connection_id],
+        )
+
+    @property
+    def _by_key(self) -> str:
+        """The jobs table for a statement on listed keys or a key range (see ``by_key``)."""
+        return self.dialect.by_key(self.name)
+
+    def _interval(self, seconds: float) -> str:
+        return self.conn.adapter.interval_expr(max(0, int(round(seconds))), "second")
+
+    @property
+    def key_source(self) -> tuple[str, tuple[str, ...]]:
+        return key_source_of(type(self.table))
+
+    def reads(self, other: "TableSQL") -> bool:
+        """Whether this table's key_source reads ``other``: then a key of ``other`` made
+        can add keys here (a fan-in's only once every part it needs is there)."""
+        return other.target in self.key_source[0]
+
+    def _key_source(self, restriction: Restriction, after: "tuple[TableSQL, Sequence[tuple]] | None" = None) -> tuple[str, list]:
+        """``SELECT pk FROM (key_source) WHERE restriction``, from DataJoint's own SQL;
+        with ``after`` = (upstream, keys), only the keys that share those upstream keys'
+        values (the key_source rows those keys can have added)."""
+        sql, names = self.key_source
+        cond, args = restriction.sql("ks", names, self.q, self._bind)
+        if after is not None:
+            upstream, raws = after
+            common = [i for i, c in enumerate(upstream.pk) if c in names]
+            cols = [upstream.pk[i] for i in common]
+            distinct = list(dict.fromkeys(tuple(raw[i] for i in common) for raw in raws))
+            args += [upstream._bind(c, v) for row in distinct for c, v in zip(cols, row)]
+            row = "(" + ", ".join(["%s"] * len(cols)) + ")"
+            cond += f" AND ({', '.join('ks.' + self.q(c) for c in cols)}) IN ({', '.join([row] * len(distinct))})"
+        return f"SELECT {self._cols('ks')} FROM ({sql.replace('%', '%%')}) AS ks WHERE {cond}", args
+
+    def _done(self, alias: str) -> str:
+        return f"EXISTS (SELECT 1 FROM {self.target} AS t WHERE {self._match('t', alias)})"
