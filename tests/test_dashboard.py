@@ -26,7 +26,7 @@ from conftest import PIPELINES, ROOT, jobs_rows, password_env, read_only_user, r
 from test_interop import declared_by
 
 from dj_orchestrate import durations, jobs, ledger, pipeline, queries
-from dj_orchestrate.dashboard.snapshot import TTL, Snapshot
+from dj_orchestrate.dashboard.snapshot import TTL, Keeper, Snapshot
 from dj_orchestrate.jobs import STATUSES, JobTable
 
 CHAIN = str(PIPELINES / "chain.py")
@@ -319,10 +319,11 @@ def test_counts_of_tables_without_a_jobs_key_are_theirs(db):
     assert (found[0]["total"], found[0]["done"], found[0]["missing"]) == (3, 1, 2)
 
 
-def test_a_snapshot_is_served_then_refreshed_beside_its_readers_and_invalidated():
-    """Within its TTL a snapshot is served as taken; older, it is served while a refresh
-    runs in another thread (no reader waits); beyond ``stale``, or invalidated, the reader
-    waits for a fresh one. A value taken across an invalidation is not served again."""
+def test_a_snapshot_is_warmed_kept_fresh_while_viewed_and_invalidated():
+    """Warmed, a snapshot is served at once; the keeper takes it again once it is TTL old
+    while a page asked for it lately (no reader waits, none sees one older than TTL and a
+    refresh); not asked for, it is left alone, and the next reader waits for a fresh one,
+    as after an invalidation. A value taken across an invalidation is not served again."""
     computed, release = [], threading.Event()
     release.set()
 
@@ -331,37 +332,49 @@ def test_a_snapshot_is_served_then_refreshed_beside_its_readers_and_invalidated(
         computed.append(threading.current_thread().name)
         return len(computed)
 
-    snap = Snapshot("test", compute, threading.Lock(), ttl=0.3, stale=3.0)
-    assert snap.get()[0] == 1 and snap.get()[0] == 1
-    time.sleep(0.4)
-    release.clear()  # the refresh now waits: the reader does not
-    started = time.monotonic()
-    assert snap.get()[0] == 1 and time.monotonic() - started < 0.2
-    release.set()
-    wait_for(lambda: snap.get()[0] == 2, 5, "the refresh in the background")
-    assert computed[1].startswith("snapshot-test")
-    snap.invalidate()
-    assert snap.get()[0] == 3  # at once, in this thread
-    release.clear()
-    time.sleep(0.4)
-    assert snap.get()[0] == 3  # refreshing...
-    wait_for(snap.busy.locked, 5, "the refresh to start")
-    snap.invalidate()  # ...from before this
-    release.set()
-    assert snap.get()[0] == 5  # the one taken across it was not served: this one waited for another
-    time.sleep(3.1)
-    assert snap.get()[0] == 6  # too old to show: waited for
+    snap = Snapshot("test", compute, threading.Lock(), ttl=0.3, stale=1.5)
+    keeper = Keeper([snap])
+    snap.warm()
+    keeper.start()
+    try:
+        assert snap.get()[0] == 1 and computed == ["MainThread"]
+        wait_for(lambda: len(computed) >= 3, 5, "the keeper to refresh it twice")
+        assert set(computed[1:]) == {"snapshots"}
+        for _ in range(5):  # read while kept: at once, never older than the TTL and a refresh
+            started = time.monotonic()
+            value, taken = snap.get()
+            assert time.monotonic() - started < 0.1 and datetime.datetime.now() - taken < datetime.timedelta(seconds=1)
+            time.sleep(0.2)
+        time.sleep(1.6)  # not asked for: left alone
+        n = len(computed)
+        time.sleep(0.7)
+        assert len(computed) == n
+        assert snap.get()[0] == n + 1 and computed[-1] == "MainThread"  # waited for
+        snap.invalidate()
+        assert snap.get()[0] == n + 2 and computed[-1] == "MainThread"  # at once, in this thread
+        release.clear()
+        wait_for(snap.busy.locked, 5, "the keeper to start a refresh")
+        snap.invalidate()  # taken across this: not served
+        release.set()
+        assert snap.get()[0] > n + 3
+    finally:
+        release.set()
+        keeper.stop()
 
 
 def test_pages_read_snapshots_that_actions_refresh(chain, db, tmp_path):
-    """Counts shown come from a snapshot shared by the pages: a change by someone else shows
-    within its TTL and one refresh, the dashboard's own action at once; every answer says
-    its server time and statements."""
+    """Counts shown come from a snapshot shared by the pages, taken before the server
+    accepts a request: the first page computes none (its statements are its own); a change
+    by someone else shows within its TTL and one refresh; the dashboard's own action takes
+    the snapshots again before it answers, so the next page computes none and shows it.
+    Every answer says its server time and statements."""
     seed(chain, 5)
     with dashboard(db, tmp_path) as (base, out):
         def status() -> dict[str, dict]:
             return {r["table"]: r for r in json.loads(get(base + "/api/status")[1])}
 
+        assert statements(base + "/failures") == 0  # the first page: failures grouped, privileges read
+        assert statements(base + "/") == statements(base + "/")  # counted before it: nothing more the first time
         assert status()["Square"]["total"] == 5
         seed(chain, 8)  # someone else's change
         wait_for(lambda: status()["Square"]["total"] == 8, TTL + 30, "the new keys in /api/status",
@@ -370,7 +383,8 @@ def test_pages_read_snapshots_that_actions_refresh(chain, db, tmp_path):
             {"table": "Square", "key": '{"item_id": 1}'}).encode(), headers={"Authorization": f"Bearer {TOKEN}"})
         with urllib.request.urlopen(request, timeout=30) as r:
             assert "1 keys now ignored" in urllib.parse.unquote(r.url)
-        assert status()["Square"]["ignore"] == 1  # at once: the action made the next page wait for a fresh count
+        assert statements(base + "/failures") == 0  # taken again by the action
+        assert status()["Square"]["ignore"] == 1  # at once: the action took the counts again
         assert "Counted at" in get(base + "/")[1] and "Grouped at" in get(base + "/failures")[1]
         assert statements(base + "/tables/Square") == 1
         assert statements(base + "/api/status") >= 1
@@ -455,3 +469,45 @@ def test_causes_are_the_same_in_python_and_in_the_database(chain, db):
                     "write /scratch/job_991/out.h5: disk full; retry 2", "no digits, no paths"]:
         found = jt._query(f"SELECT {queries.cause_sql(jt, value)}", [message]).fetchone()[0]
         assert queries.cause_of(message) == found, message
+
+
+def test_keys_of_a_table_without_a_jobs_table_are_listed_with_their_failures(db, tmp_path, browser):
+    """/tables/NAME of ``keyless.Item`` (no jobs table: ``serial``): its counts, its keys not
+    made in key order, 50 a page, each with its failure from the ledger; filtered by status
+    and key; a key ignored and retried from the page."""
+    sys.modules.pop("keyless", None)
+    keyless = pipeline.load(KEYLESS)
+    keyless.seed(["x1", "x2", "x3"])
+    run = db.cli("run", KEYLESS, "--table", "Item", env={"DJO_TEST_FAIL": "x2,x3"}, cwd=tmp_path)
+    assert run.returncode == 1, run.stdout + run.stderr
+    keyless.seed([f"y{i:02d}" for i in range(52)])
+    with dashboard(db, tmp_path, spec=KEYLESS) as (base, _):
+        context = browser.new_context()
+        page = context.new_page()
+
+        def listed(query: str = "") -> list[list[str]]:
+            page.goto(base + "/tables/Item" + query)
+            return [row.locator("td").all_inner_texts()[:2] for row in page.locator("table.keys tbody tr").all()]
+
+        rows = listed()
+        assert "55 keys: 1 done, 52 to make, 0 reserved, 2 error, 0 ignored" in page.locator("#key-counts").inner_text()
+        assert len(rows) == 50 and rows[:3] == [['{"topic": "x2"}', "error"], ['{"topic": "x3"}', "error"],
+                                                ['{"topic": "y00"}', "pending"]]
+        assert "topic x2 is bad" in page.locator("table.keys tbody tr").first.inner_text()
+        page.locator("a", has_text="next page").click()
+        assert [r[0] for r in listed("?" + page.url.split("?")[1])] == [f'{{"topic": "y{i}"}}' for i in range(48, 52)]
+        assert listed("?status=error") == [['{"topic": "x2"}', "error"], ['{"topic": "x3"}', "error"]]
+        pending = listed("?status=pending")
+        assert len(pending) == 50 and {s for _, s in pending} == {"pending"} and pending[0][0] == '{"topic": "y00"}'
+        assert listed("?status=reserved") == [] and listed("?status=ignore") == []
+        assert listed("?key=" + urllib.parse.quote('{"topic": "x3"}')) == [['{"topic": "x3"}', "error"]]
+        assert "Within this key: 1 keys: 0 done, 0 to make" in page.locator("#key-counts").inner_text()
+
+        page.goto(base + "/?token=" + TOKEN)
+        listed()
+        page.locator("table.keys tr", has_text='"topic": "y01"').locator("button.ignore").click()
+        assert "1 keys now ignored" in page.locator("#msg").inner_text()
+        assert listed("?status=ignore") == [['{"topic": "y01"}', "ignore"]]
+        page.locator("table.keys tr", has_text='"topic": "y01"').locator("button.retry").click()
+        assert "1 keys back to pending" in page.locator("#msg").inner_text() and listed("?status=ignore") == []
+        context.close()
