@@ -209,10 +209,15 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
         assert context.request.get(base + "/tables/Square?key=%7B%22item_id%22%3A%20%22x%22%7D").status == 400
 
         assert {urllib.parse.urlsplit(u).hostname for u in urls} == {"127.0.0.1"}, urls
+        # no secret anywhere: not the password, nor the token (chosen by DJO_DASHBOARD_TOKEN: not printed)
         password = secret_env.get("DJ_PASS")
-        if password:
-            pages = [get(base + p)[1] for p in ("/", "/failures", "/runs", "/tables/Square", "/api/status", "/metrics")]
-            assert not any(password in text for text in pages + [out.read_text()])
+        assert password, "password_env gives the account a password"
+        paths = ("/", "/fragment/overview", "/failures", "/failures/group?cause=item+%3Cn%3E+is+bad", "/runs",
+                 "/tables/Square", "/api/status", "/api/errors?stack=1", "/api/plan", "/metrics", "/healthz")
+        pages = [context.request.get(base + p).text() for p in paths]  # with the token's cookie
+        printed = out.read_text()
+        assert not any(secret in text for secret in (password, TOKEN) for text in pages + [printed])
+        assert f"http://127.0.0.1:{urllib.parse.urlsplit(base).port}/?token=$DJO_DASHBOARD_TOKEN" in printed, printed
         context.close()
 
 
@@ -231,8 +236,9 @@ def test_dashboard_read_only_account_sees_no_buttons_and_is_refused(chain, db, t
             for path in ("/", "/failures", "/runs", "/tables/Square?status=error"):
                 page.goto(base + path)
                 assert page.locator("button.act").count() == 0, path
-            for path in ("/api/status", "/api/plan", "/api/errors", "/metrics"):
-                assert get(base + path)[0] == 200, path
+            for path in ("/api/status", "/api/plan", "/api/errors", "/metrics", "/fragment/overview", "/healthz",
+                         "/failures/group?cause=item+%3Cn%3E+is+bad", "/tables/Square?status=pending"):
+                assert get(base + path)[0] == 200, path  # GET writes nothing: all work on SELECT alone
             page.goto(base + "/failures")
             assert "item <n> is bad" in page.locator("tr.group").inner_text()
             forged = context.request.post(base + "/actions/retry", form={"cause": "item <n> is bad"},
@@ -511,3 +517,50 @@ def test_keys_of_a_table_without_a_jobs_table_are_listed_with_their_failures(db,
         page.locator("table.keys tr", has_text='"topic": "y01"').locator("button.retry").click()
         assert "1 keys back to pending" in page.locator("#msg").inner_text() and listed("?status=ignore") == []
         context.close()
+    # an account that may only read the ledger: no buttons, and a forged retry is refused naming the privilege
+    with read_only_user(db, db.ledger) as (user, password), \
+            dashboard(db, tmp_path, {"DJ_USER": user, "DJ_PASS": password}, spec=KEYLESS) as (base, out):
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(base + "/?token=" + TOKEN)
+        page.goto(base + "/tables/Item")
+        assert page.locator("table.keys tbody tr").count() == 50 and page.locator("button.act").count() == 0
+        note = page.locator("p.note").inner_text()
+        assert "lacks DELETE on" in note and "key_failure" in note, (note, out.read_text())
+        forged = context.request.post(base + "/actions/retry", form={"table": "Item", "key": '{"topic": "x2"}'},
+                                      headers={"Origin": base})
+        assert forged.status == 403 and "DELETE on" in forged.text(), forged.text()
+        context.close()
+    assert [e["key"] for e in JobTable(keyless.Item()).errors()] == [{"topic": "x2"}, {"topic": "x3"}]
+
+
+def test_metrics_say_when_the_database_does_not_answer():
+    """/metrics answers while the database does not: ``djo_database_up 0`` and no keys."""
+    from types import SimpleNamespace
+
+    from dj_orchestrate.dashboard import view
+
+    def unreachable() -> None:
+        raise ConnectionError("the database went away")
+
+    text = view.metrics(SimpleNamespace(status=unreachable, infos=[], jts={})).decode()
+    assert "djo_database_up 0.0" in text and "djo_keys{" not in text
+
+
+def test_the_dashboard_is_packaged_and_in_compose_on_localhost_only():
+    """``[dashboard]`` is in ``all`` (and in the worker image's extra); its templates and
+    assets ship with the package; compose runs it, published on 127.0.0.1 only, its
+    healthcheck on /healthz."""
+    import tomllib
+
+    import yaml
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    assert {"starlette", "uvicorn", "jinja2", "prometheus-client"} <= {re.split("[<>=\\[]", d)[0] for d in extras["dashboard"]}
+    for extra in ("all", "image"):
+        assert any("dashboard" in re.search(r"\[(.*)\]", d).group(1).split(",") for d in extras[extra] if "[" in d), extra
+    assert project["tool"]["setuptools"]["package-data"]["dj_orchestrate.dashboard"] == ["templates/*.html", "static/*"]
+    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["dashboard"]
+    assert service["command"][0] == "dashboard" and service["ports"] == ["127.0.0.1:${DJO_DASHBOARD_PORT:-8050}:8050"]
+    assert "/healthz" in " ".join(service["healthcheck"]["test"])

@@ -35,5 +35,5 @@ def key_page(jt: JobTable, status: str | None, restriction: Restriction, offset:
     for key in todo.keys(order_by="KEY", limit=limit, offset=offset or None):
         r = recorded.get(key_hash(key), {})
         rows.append({"key": key, "status": r.get("status") if r.get("status") in ("error", "ignore") else "pending",
-                     **{c: r.get(c) for c in SHOWN}})
+                     **{c: "" if r.get(c) is None else r[c] for c in SHOWN}})
     return rows
