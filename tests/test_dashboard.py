@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import html
 import json
 import os
 import re
@@ -395,6 +396,19 @@ def test_pages_read_snapshots_that_actions_refresh(chain, db, tmp_path):
         assert statements(base + "/tables/Square") == 1
         assert statements(base + "/api/status") >= 1
 
+        seed(chain, 60)  # a table's keys, 50 a page: the next page follows the last key shown
+        JobTable(chain.Square()).enqueue()
+
+        def keys_on(url: str) -> tuple[list[int], str | None]:
+            text = get(url)[1]
+            found = re.search(r'<a href="([^"]+)">next page', text)
+            return ([int(k) for k in re.findall(r'<code>\{&#34;item_id&#34;: ([0-9]+)\}</code>', text)],
+                    found and html.unescape(found.group(1)))
+
+        first, more = keys_on(base + "/tables/Square?status=pending")  # (1 is ignored)
+        assert first == [0, *range(2, 51)] and more and "after=" in more
+        assert keys_on(base + "/tables/Square" + more) == (list(range(51, 60)), None)
+
 
 def test_runs_page_lists_the_servers_and_metrics_their_heartbeat_age(chain, db, tmp_path, browser, procs):
     """The pipeline's ``serve`` processes on /runs (host, pid, role, last beat, beat age) and
@@ -480,7 +494,9 @@ def test_causes_are_the_same_in_python_and_in_the_database(chain, db):
 def test_keys_of_a_table_without_a_jobs_table_are_listed_with_their_failures(db, tmp_path, browser):
     """/tables/NAME of ``keyless.Item`` (no jobs table: ``serial``): its counts, its keys not
     made in key order, 50 a page, each with its failure from the ledger; filtered by status
-    and key; a key ignored and retried from the page."""
+    and key. An account that may not change the ledger's failures sees no button and is
+    refused; the token holder ignores a key and retries it, ignores the failures' group and
+    retries every failed or ignored key, from the pages."""
     sys.modules.pop("keyless", None)
     keyless = pipeline.load(KEYLESS)
     keyless.seed(["x1", "x2", "x3"])
@@ -508,14 +524,6 @@ def test_keys_of_a_table_without_a_jobs_table_are_listed_with_their_failures(db,
         assert listed("?status=reserved") == [] and listed("?status=ignore") == []
         assert listed("?key=" + urllib.parse.quote('{"topic": "x3"}')) == [['{"topic": "x3"}', "error"]]
         assert "Within this key: 1 keys: 0 done, 0 to make" in page.locator("#key-counts").inner_text()
-
-        page.goto(base + "/?token=" + TOKEN)
-        listed()
-        page.locator("table.keys tr", has_text='"topic": "y01"').locator("button.ignore").click()
-        assert "1 keys now ignored" in page.locator("#msg").inner_text()
-        assert listed("?status=ignore") == [['{"topic": "y01"}', "ignore"]]
-        page.locator("table.keys tr", has_text='"topic": "y01"').locator("button.retry").click()
-        assert "1 keys back to pending" in page.locator("#msg").inner_text() and listed("?status=ignore") == []
         context.close()
     # an account that may only read the ledger: no buttons, and a forged retry is refused naming the privilege
     with read_only_user(db, db.ledger) as (user, password), \
@@ -532,6 +540,25 @@ def test_keys_of_a_table_without_a_jobs_table_are_listed_with_their_failures(db,
         assert forged.status == 403 and "DELETE on" in forged.text(), forged.text()
         context.close()
     assert [e["key"] for e in JobTable(keyless.Item()).errors()] == [{"topic": "x2"}, {"topic": "x3"}]
+    with dashboard(db, tmp_path, spec=KEYLESS) as (base, _):
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(base + "/?token=" + TOKEN)
+        listed()
+        page.locator("table.keys tr", has_text='"topic": "y01"').locator("button.ignore").click()
+        assert "1 keys now ignored" in page.locator("#msg").inner_text()
+        assert listed("?status=ignore") == [['{"topic": "y01"}', "ignore"]]
+        page.locator("table.keys tr", has_text='"topic": "y01"').locator("button.retry").click()
+        assert "1 keys back to pending" in page.locator("#msg").inner_text() and listed("?status=ignore") == []
+        page.goto(base + "/failures")  # the group ignored, then every failed or ignored key retried
+        page.locator("tr.group button.ignore").click()
+        assert "2 keys now ignored" in page.locator("#msg").inner_text()
+        assert listed("?status=ignore") == [['{"topic": "x2"}', "ignore"], ['{"topic": "x3"}', "ignore"]]
+        page.locator("button.retry", has_text="Retry these").click()
+        assert "2 keys back to pending" in page.locator("#msg").inner_text()
+        assert listed("?status=ignore") == [] and listed("?status=error") == []
+        context.close()
+    assert JobTable(keyless.Item()).errors() == []
 
 
 def test_metrics_say_when_the_database_does_not_answer():
@@ -564,3 +591,48 @@ def test_the_dashboard_is_packaged_and_in_compose_on_localhost_only():
     service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["dashboard"]
     assert service["command"][0] == "dashboard" and service["ports"] == ["127.0.0.1:${DJO_DASHBOARD_PORT:-8050}:8050"]
     assert "/healthz" in " ".join(service["healthcheck"]["test"])
+
+
+def test_the_overview_draws_60_tables_in_levels_left_to_right_and_gates_dashed():
+    """A 60-table pipeline (three levels of 20): a column per level, left to right, its
+    boxes one under another without overlap, the graph as wide as its columns (the page
+    scrolls it sideways); foreign keys and the gate found in make (dashed) as edges; each
+    box's bar split by its counts."""
+    from dj_orchestrate.dashboard import view
+
+    def name(i: int) -> str:
+        return f"`lab`.`_t{i:02d}`"
+
+    infos = [pipeline.TableInfo(object, f"T{i:02d}", name(i), i, i // 20,
+                                upstream=frozenset({name(i - 20)} if i >= 20 else set()) | ({name(0)} if i == 59 else set()),
+                                hidden=frozenset({"T00"} if i == 59 else set())) for i in range(60)]
+    g = view.graph(infos, {"T00": {"done": 3, "pending": 1}})
+    columns: dict[int, list] = {}
+    for box in g["boxes"]:
+        columns.setdefault(box.x, []).append(box)
+    assert [sorted(b.name for b in boxes) == [f"T{i:02d}" for i in range(20 * c, 20 * c + 20)]
+            for c, (_, boxes) in enumerate(sorted(columns.items()))] == [True, True, True]
+    for boxes in columns.values():
+        ys = sorted(b.y for b in boxes)
+        assert all(b - a >= g["box_h"] for a, b in zip(ys, ys[1:]))
+    assert g["width"] == max(columns) + g["box_w"] + g["pad"] and g["height"] >= 20 * g["box_h"]
+    assert len(g["edges"]) == 41 and [(e.x1 < e.x2, e.gate) for e in g["edges"] if e.gate] == [(True, True)]
+    t00 = next(b for b in g["boxes"] if b.name == "T00")
+    assert [(s, round(w / (g["box_w"] - 2 * g["pad"]), 2)) for s, _, w in t00.bars] == [("done", 0.75), ("pending", 0.25)]
+    css = (ROOT / "dj_orchestrate" / "dashboard" / "static" / "dashboard.css").read_text()
+    assert re.search(r"\.graph \{[^}]*overflow-x: auto", css) and re.search(r"\.edge\.gate \{[^}]*stroke-dasharray", css)
+
+
+def test_a_keys_log_is_its_tail_when_readable_else_the_command_that_shows_it(tmp_path):
+    """The group page's log of a failed key: the file's last lines when this machine can
+    read it; else ``kubectl logs`` for a pod, ``ssh HOST tail`` for a path elsewhere, the
+    scheduler's accounting for a job id."""
+    log = tmp_path / "worker.log"
+    log.write_text("".join(f"line {i}\n" for i in range(500)))
+    kind, text = queries.log_of({"log_path": str(log)}, lines=3)
+    assert (kind, text) == ("tail", "line 497\nline 498\nline 499")
+    assert queries.log_of({"backend_job_id": "kubernetes:lab/djo-run-abc-0"}) == ("command", "kubectl logs -n lab djo-run-abc-0")
+    assert queries.log_of({"log_path": "/elsewhere/w.log", "host": "node7"}, lines=100) == \
+        ("command", "ssh node7 tail -n 100 /elsewhere/w.log")
+    assert queries.log_of({"backend_job_id": "4242"})[1].startswith("sacct -j 4242")
+    assert queries.log_of({}) == ("command", "no log path was recorded for this key")
