@@ -148,7 +148,7 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
         assert groups.count() == 1 and "item <n> is bad" in groups.inner_text() and groups.locator("td").first.inner_text() == "3"
         assert page.locator("button.act").count() == 0  # no token: no buttons
         page.locator("a.cause").click()
-        assert page.locator("details.failed").count() == 3
+        assert page.locator("details.failed").count() == 3 and "3 failed keys" in page.locator("h2").inner_text()
         assert "Traceback" in page.locator("pre.stack").first.inner_text()
         assert "ValueError: item 2 is bad" in page.locator("pre.stack").first.inner_text()
 
@@ -180,6 +180,7 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
                   f"WHERE item_id = 2")
         page.goto(base + "/runs")
         assert "gone-node" in page.locator("#owners tr.gone").inner_text()
+        assert "1 owners gone, holding 1 keys" in page.locator("#owners").inner_text()
         page.locator("button.reconcile").click()
         assert "1 keys back to pending" in page.locator("#msg").inner_text()
         assert page.locator("#owners tr.gone").count() == 0

@@ -40,6 +40,8 @@ from .snapshot import TTL, Keeper, Snapshot
 HERE = Path(__file__).parent
 COOKIE = "djo_dashboard_token"
 log = logging.getLogger("dj_orchestrate")
+GROUP_KEYS = 200  # failed keys listed, with their stacks, when a group opens
+OWNERS = 200  # owners of reserved keys listed on /runs (rendering thousands costs more than their queries)
 COLOURS = {"done": "#3a9a50", "pending": "#9aa5b1", "reserved": "#3c78c8", "error": "#d0453a", "ignore": "#c9a227"}
 
 
@@ -272,16 +274,23 @@ def build(dash: Dashboard) -> Starlette:
 
     def failure_group(request: Request) -> Response:
         cause = request.query_params.get("cause", "")
-        keys = [{"table": name, **item, "log": queries.log_of(item)}
-                for name, jt in dash.jts.items() for item in queries.group_keys(jt, cause)]
-        return dash.render(request, "group.html", cause=cause, keys=keys)
+        group = next((g for g in dash.failures()[0] if g.cause == cause), None)
+        # the tables the group has (every table, if it is newer than the snapshot), until GROUP_KEYS are found
+        keys: list[dict] = []
+        for name, jt in dash.jts.items():
+            if len(keys) < GROUP_KEYS and (group is None or name in group.tables):
+                keys += [{"table": name, **item, "log": queries.log_of(item)}
+                         for item in queries.group_keys(jt, cause, limit=GROUP_KEYS - len(keys))]
+        return dash.render(request, "group.html", cause=cause, keys=keys, total=max(len(keys), group.count if group else 0))
 
     def runs(request: Request) -> Response:
         found = ledger.recent_runs(dash.identity, dash.aliases, limit=50)
         shards = [s for r in found if r["state"] in ("running", "submitted") for s in ledger.shards_of(r["run_id"])]
-        owners = queries.orphans(dash.jts)
-        return dash.render(request, "runs.html", runs=found, shards=shards, owners=owners,
-                           gone=any(o["gone"] for o in owners), servers=dash.servers(), lost_after=reports.LOST_AFTER)
+        owners = sorted(queries.orphans(dash.jts), key=lambda o: not o["gone"])  # those reconcile releases first
+        gone = [o for o in owners if o["gone"]]
+        return dash.render(request, "runs.html", runs=found, shards=shards, owners=owners[:OWNERS], more=owners[OWNERS:],
+                           gone=len(gone), gone_keys=sum(o["keys"] for o in gone), servers=dash.servers(),
+                           lost_after=reports.LOST_AFTER)
 
     def keys(request: Request) -> Response:
         info = dash.table(request.path_params["name"])
