@@ -2,8 +2,10 @@
 
 One DataJoint connection serves every request, so database work is serialised by a
 lock (requests run in Starlette's thread pool); what costs a pass over every key is read
-from snapshots (``snapshot``), computed on a second connection. GET only reads. Every action is a POST
-that must pass ``Dashboard.refusal``: the account may write, the Origin is this
+from snapshots (``snapshot``), computed on a second connection: taken before the server
+accepts a request and again by each action before it answers, and kept fresh by a thread
+while pages ask for them. GET only reads. Every action is a POST that must pass
+``Dashboard.refusal``: the account may write, the Origin is this
 server's, and the caller holds the token (a cookie set by the URL printed at start, or
 ``Authorization: Bearer TOKEN``). Every answer says what it cost in a ``Server-Timing``
 header (a browser's network panel shows it; ``bench/bench_dashboard.py`` reads it)."""
@@ -309,8 +311,8 @@ def build(dash: Dashboard) -> Starlette:
         if jt.supported:  # its jobs table's rows, by keyset; the table's counts from the snapshot
             rows = queries.key_page(jt, status, restriction, after)
             more = {"after": json.dumps(rows[-1]["raw"], default=str)} if len(rows) == queries.PAGE else {}
-            counts, taken = dash.counts.get()
-            counts = counts.get(info.name)
+            every, taken = dash.counts.get()
+            counts = every.get(info.name)
         else:  # its keys not made, by offset; counted now, as status counts it
             rows = serial_keys.key_page(jt, status, restriction, offset)
             more = {"offset": offset + queries.PAGE} if len(rows) == queries.PAGE else {}
@@ -398,6 +400,7 @@ def build(dash: Dashboard) -> Starlette:
     routes = [Route(p, locked(h), methods=["GET"]) for p, h in pages]
     routes += [Route("/actions/{verb}", act, methods=["POST"]),
                Mount("/static", StaticFiles(directory=HERE / "static"), name="static")]
+
     def start() -> None:
         try:
             with dash.lock:
