@@ -198,6 +198,7 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
         metrics = get(base + "/metrics")[1]
         assert 'djo_keys{status="done",table="Square"} 21.0' in metrics and "djo_database_up 1.0" in metrics
         assert 'djo_keys_made_last_hour{table="Square"} 21.0' in metrics
+        assert 'djo_workers{table="Square"} 0.0' in metrics  # the run is over: none holds a key
         def made_counted() -> float:  # workers flush their make durations every few seconds and as they end
             found = re.search(r'djo_make_duration_seconds_count\{table="Square"\} ([0-9.]+)', get(base + "/metrics")[1])
             return float(found.group(1)) if found else 0.0
