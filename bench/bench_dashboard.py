@@ -13,15 +13,20 @@ durations; then the tables are analyzed, as autovacuum (PostgreSQL) and InnoDB's
 statistics (MariaDB) soon would. A real ``dj-orchestrate dashboard`` serves it; each URL
 is fetched once (``first``: what the first viewer waits for), then 20 times 0.3 s apart
 (longer than the dashboard's snapshots live, so refreshes happen while it is measured):
-the median and 95th percentile of the time to the last byte, and the statements the
-page ran (its ``Server-Timing`` header; "-" where the server does not say). ``status
---json`` (a process of its own, as a user runs it) for comparison. Each database runs in a
-child process with fresh schemas, dropped at the end.
+the median, 95th percentile and worst (the issue's target: 300 ms at most, every page) of
+the time to the last byte (the server's time and the local connection's), and the
+statements the page ran (its ``Server-Timing`` header; "-" where the server does not say).
+Then 20 actions (a retry that finds nothing to retry, with the token), each followed by
+the page it leads to (``/failures``): the action takes the snapshots again before it
+answers, so that page waits for none. ``status --json`` (a process of its own, as a user
+runs it, 20 times) for comparison. Each database runs in a child process with fresh
+schemas, dropped at the end. Prints the table, and the pages over the target.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -44,6 +49,8 @@ DATABASES = {
                    "DJ_BACKEND": "postgresql"},
 }
 TABLES, CAUSES, RUNS, REPS, PAUSE = 60, 50, 1000, 20, 0.3
+TARGET_MS = 300
+TOKEN = "bench-" + uuid.uuid4().hex
 WORDS = ("disk", "quota", "cuda", "memory", "nwb", "probe", "kilosort", "spike", "timeout", "socket")
 
 PIPELINE = '''
@@ -156,9 +163,32 @@ def timed(url: str) -> tuple[float, int | None]:
     return time.perf_counter() - t, int(found.group(1)) if found else None
 
 
+def posted(base: str, path: str, form: dict[str, str]) -> float:
+    """Seconds to the answer of an action (a redirect: not followed, the page is timed apart)."""
+    conn = http.client.HTTPConnection(urllib.parse.urlsplit(base).netloc, timeout=600)
+    t = time.perf_counter()
+    try:
+        conn.request("POST", path, urllib.parse.urlencode(form), {"Authorization": f"Bearer {TOKEN}",
+                                                                  "Content-Type": "application/x-www-form-urlencoded"})
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 303, (path, r.status)
+        return time.perf_counter() - t
+    finally:
+        conn.close()
+
+
+def figures(first: float, times: list[float], counts: set[int | None]) -> dict:
+    """first, median, 95th percentile and worst (ms), and the statements per fetch ("n", or
+    "min–max" where they differ)."""
+    statements = "-" if None in counts else f"{min(counts)}" + (f"–{max(counts)}" if len(counts) > 1 else "")
+    return {"first_ms": 1000 * first, "median_ms": 1000 * statistics.median(times),
+            "p95_ms": 1000 * statistics.quantiles(times, n=20)[-1], "max_ms": 1000 * max(times),
+            "statements": statements}
+
+
 def fetched(url: str) -> dict:
-    """The first fetch, then REPS more PAUSE apart: first, median and 95th percentile
-    (ms), and the statements per fetch ("n", or "min–max" where they differ)."""
+    """The first fetch, then REPS more PAUSE apart."""
     first = timed(url)[0]
     times, counts = [], set()
     for _ in range(REPS):
@@ -166,9 +196,23 @@ def fetched(url: str) -> dict:
         seconds, n = timed(url)
         times.append(seconds)
         counts.add(n)
-    statements = "-" if None in counts else f"{min(counts)}" + (f"–{max(counts)}" if len(counts) > 1 else "")
-    return {"first_ms": 1000 * first, "median_ms": 1000 * statistics.median(times),
-            "p95_ms": 1000 * statistics.quantiles(times, n=20)[-1], "statements": statements}
+    return figures(first, times, counts)
+
+
+def after_actions(base: str) -> list[dict]:
+    """REPS actions, PAUSE apart (a retry of a key that is not there, with the token: the
+    whole action, snapshots taken again included), each followed at once by the page it
+    leads to: the action's and the page's figures."""
+    acts, pages, counts = [], [], set()
+    for _ in range(REPS + 1):
+        time.sleep(PAUSE)
+        acts.append(posted(base, "/actions/retry", {"table": "T00", "key": '{"session_id": -1}', "next": "/failures"}))
+        seconds, n = timed(base + "/failures")
+        pages.append(seconds)
+        counts.add(n)
+    return [{"what": "POST /actions/retry (a retry, then the snapshots taken again)",
+             **figures(acts[0], acts[1:], {None})},
+            {"what": "/failures right after an action", **figures(pages[0], pages[1:], counts)}]
 
 
 def one_database(backend: str, quick: bool) -> list[dict]:
@@ -186,7 +230,7 @@ def one_database(backend: str, quick: bool) -> list[dict]:
         spec = populate_history(1_000_000 // TABLES // (10 if quick else 1))
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "dj_orchestrate", "dashboard", spec, "--port", str(port)],
-                                  env=env, stderr=subprocess.DEVNULL)
+                                  env={**env, "DJO_DASHBOARD_TOKEN": TOKEN}, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
         try:
             for _ in range(600):
@@ -203,17 +247,17 @@ def one_database(backend: str, quick: bool) -> list[dict]:
                 out.append({"db": backend, "what": page.split("?")[0] + ("?..." if "?" in page else ""),
                             **fetched(base + page)})
                 log(f"{backend} {page}: {out[-1]['median_ms']:.0f} ms, {out[-1]['statements']} statements")
+            out += [{"db": backend, **r} for r in after_actions(base)]
         finally:
             server.terminate()
             server.wait()
         times = []
-        for _ in range(5):
+        for _ in range(REPS + 1):
             t = time.perf_counter()
             subprocess.run([sys.executable, "-m", "dj_orchestrate", "status", spec, "--json"], env=env, check=True,
                            capture_output=True)
             times.append(time.perf_counter() - t)
-        out.append({"db": backend, "what": "status --json (whole process, 5 runs)", "first_ms": 1000 * times[0],
-                    "median_ms": 1000 * statistics.median(times), "p95_ms": 1000 * max(times), "statements": "-"})
+        out.append({"db": backend, "what": "status --json (a whole process)", **figures(times[0], times[1:], {None})})
         return out
     finally:
         for name in (env["DJO_LEDGER_SCHEMA"], env["DJO_BENCH_SCHEMA"]):
@@ -238,10 +282,15 @@ def main() -> None:
         rows += json.loads(child.stdout.strip().splitlines()[-1])
     print(f"{platform.node()}: {os.cpu_count()} cores, {platform.python_version()}"
           f"{' (--quick: a tenth of the rows)' if args.quick else ''}\n")
-    print("| database | page | first ms | p50 ms | p95 ms | statements |\n|---|---|---:|---:|---:|---:|")
+    print("| database | page | first ms | p50 ms | p95 ms | worst ms | statements |\n|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['db']} | `{r['what']}` | {r['first_ms']:.0f} | {r['median_ms']:.0f} | {r['p95_ms']:.0f} "
-              f"| {r['statements']} |")
+              f"| {r['max_ms']:.0f} | {r['statements']} |")
+    pages = [r for r in rows if not r["what"].startswith(("status", "POST"))]
+    over = [f"{r['db']} {r['what']} ({max(r['first_ms'], r['max_ms']):.0f} ms)" for r in pages
+            if max(r["first_ms"], r["max_ms"]) > TARGET_MS]
+    print(f"\nevery page within {TARGET_MS} ms, first and worst of {REPS}" if not over else
+          f"\nover {TARGET_MS} ms (first or worst of {REPS}): " + "; ".join(over))
 
 
 if __name__ == "__main__":

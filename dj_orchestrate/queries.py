@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from datajoint import blob
 
+from . import ledger
 from .jobs import JobTable, LiveConnections, Restriction
 
 # What is normalised away from an error message, in this order, to find its cause:
@@ -209,21 +210,33 @@ def live_workers(jts: dict[str, JobTable]) -> dict[str, int]:
 
 
 def can_write(jt: JobTable) -> str | None:
-    """None when this account may change the jobs table; else the privilege it lacks.
-    Asked of the database without changing anything (PostgreSQL: has_table_privilege;
-    MariaDB: an UPDATE that matches no row, refused as any UPDATE would be)."""
-    if not jt.declared:
-        return None
+    """None when this account may change the keys' state of ``jt``'s table; else the
+    privilege it lacks: UPDATE on its jobs table, or, for a table that can have no jobs
+    table (``serial``), DELETE on the ledger's failures (what retry does). Asked of the
+    database without changing anything (PostgreSQL: has_table_privilege; MariaDB: a
+    statement that matches no row, refused as any such statement would be)."""
+    if jt.declared:
+        return _lacks(jt, jt.name, "UPDATE", f"UPDATE {jt.name} SET {jt.q('status')} = {jt.q('status')} WHERE 1 = 0")
+    if not jt.supported:
+        failures = ledger.key_failures()
+        if failures is not None:
+            name = failures().full_table_name
+            return _lacks(jt, name, "DELETE", f"DELETE FROM {name} WHERE 1 = 0")
+    return None
+
+
+def _lacks(jt: JobTable, table: str, privilege: str, probe: str) -> str | None:
+    """``privilege`` on ``table`` (MariaDB: ``probe`` is refused) where this account lacks it."""
     if jt.mysql:
         try:
-            jt._query(f"UPDATE {jt.name} SET {jt.q('status')} = {jt.q('status')} WHERE 1 = 0")
+            jt._query(probe)
         except Exception as err:  # AccessError, or pymysql's own for a table-level grant
             if "denied" in str(err).lower() or "1142" in str(err):
-                return f"UPDATE on {jt.name}"
+                return f"{privilege} on {table}"
             raise
         return None
-    ok = jt._query("SELECT has_table_privilege(%s, 'UPDATE')", [f"{jt.name}"]).fetchone()[0]
-    return None if ok else f"UPDATE on {jt.name}"
+    ok = jt._query("SELECT has_table_privilege(%s, %s)", [table, privilege]).fetchone()[0]
+    return None if ok else f"{privilege} on {table}"
 
 
 def log_of(item: dict, lines: int = 100) -> tuple[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import html
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from conftest import PIPELINES, ROOT, jobs_rows, password_env, read_only_user, r
 from test_interop import declared_by
 
 from dj_orchestrate import durations, jobs, ledger, pipeline, queries
-from dj_orchestrate.dashboard.snapshot import TTL, Snapshot
+from dj_orchestrate.dashboard.snapshot import TTL, Keeper, Snapshot
 from dj_orchestrate.jobs import STATUSES, JobTable
 
 CHAIN = str(PIPELINES / "chain.py")
@@ -147,7 +148,7 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
         assert groups.count() == 1 and "item <n> is bad" in groups.inner_text() and groups.locator("td").first.inner_text() == "3"
         assert page.locator("button.act").count() == 0  # no token: no buttons
         page.locator("a.cause").click()
-        assert page.locator("details.failed").count() == 3
+        assert page.locator("details.failed").count() == 3 and "3 failed keys" in page.locator("h2").inner_text()
         assert "Traceback" in page.locator("pre.stack").first.inner_text()
         assert "ValueError: item 2 is bad" in page.locator("pre.stack").first.inner_text()
 
@@ -179,6 +180,7 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
                   f"WHERE item_id = 2")
         page.goto(base + "/runs")
         assert "gone-node" in page.locator("#owners tr.gone").inner_text()
+        assert "1 owners gone, holding 1 keys" in page.locator("#owners").inner_text()
         page.locator("button.reconcile").click()
         assert "1 keys back to pending" in page.locator("#msg").inner_text()
         assert page.locator("#owners tr.gone").count() == 0
@@ -196,6 +198,7 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
         metrics = get(base + "/metrics")[1]
         assert 'djo_keys{status="done",table="Square"} 21.0' in metrics and "djo_database_up 1.0" in metrics
         assert 'djo_keys_made_last_hour{table="Square"} 21.0' in metrics
+        assert 'djo_workers{table="Square"} 0.0' in metrics  # the run is over: none holds a key
         def made_counted() -> float:  # workers flush their make durations every few seconds and as they end
             found = re.search(r'djo_make_duration_seconds_count\{table="Square"\} ([0-9.]+)', get(base + "/metrics")[1])
             return float(found.group(1)) if found else 0.0
@@ -209,10 +212,15 @@ def test_dashboard_follows_a_run_groups_failures_and_retries(chain, db, tmp_path
         assert context.request.get(base + "/tables/Square?key=%7B%22item_id%22%3A%20%22x%22%7D").status == 400
 
         assert {urllib.parse.urlsplit(u).hostname for u in urls} == {"127.0.0.1"}, urls
+        # no secret anywhere: not the password, nor the token (chosen by DJO_DASHBOARD_TOKEN: not printed)
         password = secret_env.get("DJ_PASS")
-        if password:
-            pages = [get(base + p)[1] for p in ("/", "/failures", "/runs", "/tables/Square", "/api/status", "/metrics")]
-            assert not any(password in text for text in pages + [out.read_text()])
+        assert password, "password_env gives the account a password"
+        paths = ("/", "/fragment/overview", "/failures", "/failures/group?cause=item+%3Cn%3E+is+bad", "/runs",
+                 "/tables/Square", "/api/status", "/api/errors?stack=1", "/api/plan", "/metrics", "/healthz")
+        pages = [context.request.get(base + p).text() for p in paths]  # with the token's cookie
+        printed = out.read_text()
+        assert not any(secret in text for secret in (password, TOKEN) for text in pages + [printed])
+        assert f"http://127.0.0.1:{urllib.parse.urlsplit(base).port}/?token=$DJO_DASHBOARD_TOKEN" in printed, printed
         context.close()
 
 
@@ -231,8 +239,9 @@ def test_dashboard_read_only_account_sees_no_buttons_and_is_refused(chain, db, t
             for path in ("/", "/failures", "/runs", "/tables/Square?status=error"):
                 page.goto(base + path)
                 assert page.locator("button.act").count() == 0, path
-            for path in ("/api/status", "/api/plan", "/api/errors", "/metrics"):
-                assert get(base + path)[0] == 200, path
+            for path in ("/api/status", "/api/plan", "/api/errors", "/metrics", "/fragment/overview", "/healthz",
+                         "/failures/group?cause=item+%3Cn%3E+is+bad", "/tables/Square?status=pending"):
+                assert get(base + path)[0] == 200, path  # GET writes nothing: all work on SELECT alone
             page.goto(base + "/failures")
             assert "item <n> is bad" in page.locator("tr.group").inner_text()
             forged = context.request.post(base + "/actions/retry", form={"cause": "item <n> is bad"},
@@ -319,10 +328,11 @@ def test_counts_of_tables_without_a_jobs_key_are_theirs(db):
     assert (found[0]["total"], found[0]["done"], found[0]["missing"]) == (3, 1, 2)
 
 
-def test_a_snapshot_is_served_then_refreshed_beside_its_readers_and_invalidated():
-    """Within its TTL a snapshot is served as taken; older, it is served while a refresh
-    runs in another thread (no reader waits); beyond ``stale``, or invalidated, the reader
-    waits for a fresh one. A value taken across an invalidation is not served again."""
+def test_a_snapshot_is_warmed_kept_fresh_while_viewed_and_invalidated():
+    """Warmed, a snapshot is served at once; the keeper takes it again once it is TTL old
+    while a page asked for it lately (no reader waits, none sees one older than TTL and a
+    refresh); not asked for, it is left alone, and the next reader waits for a fresh one,
+    as after an invalidation. A value taken across an invalidation is not served again."""
     computed, release = [], threading.Event()
     release.set()
 
@@ -332,36 +342,48 @@ def test_a_snapshot_is_served_then_refreshed_beside_its_readers_and_invalidated(
         return len(computed)
 
     snap = Snapshot("test", compute, threading.Lock(), ttl=0.3, stale=3.0)
-    assert snap.get()[0] == 1 and snap.get()[0] == 1
-    time.sleep(0.4)
-    release.clear()  # the refresh now waits: the reader does not
-    started = time.monotonic()
-    assert snap.get()[0] == 1 and time.monotonic() - started < 0.2
-    release.set()
-    wait_for(lambda: snap.get()[0] == 2, 5, "the refresh in the background")
-    assert computed[1].startswith("snapshot-test")
-    snap.invalidate()
-    assert snap.get()[0] == 3  # at once, in this thread
-    release.clear()
-    time.sleep(0.4)
-    assert snap.get()[0] == 3  # refreshing...
-    wait_for(snap.busy.locked, 5, "the refresh to start")
-    snap.invalidate()  # ...from before this
-    release.set()
-    assert snap.get()[0] == 5  # the one taken across it was not served: this one waited for another
-    time.sleep(3.1)
-    assert snap.get()[0] == 6  # too old to show: waited for
+    keeper = Keeper([snap])
+    snap.warm()
+    keeper.start()
+    try:
+        assert snap.get()[0] == 1 and computed == ["MainThread"]
+        wait_for(lambda: len(computed) >= 3, 5, "the keeper to refresh it twice")
+        assert set(computed[1:]) == {"snapshots"}
+        for _ in range(5):  # read while kept: at once, never older than the TTL and a refresh
+            started = time.monotonic()
+            value, taken = snap.get()
+            assert time.monotonic() - started < 0.5 and datetime.datetime.now() - taken < datetime.timedelta(seconds=1.5)
+            time.sleep(0.2)
+        time.sleep(3.2)  # not asked for: left alone
+        n = len(computed)
+        time.sleep(0.7)
+        assert len(computed) == n
+        assert snap.get()[0] == n + 1 and computed[-1] == "MainThread"  # waited for
+        snap.invalidate()
+        assert snap.get()[0] == n + 2 and computed[-1] == "MainThread"  # at once, in this thread
+        release.clear()
+        wait_for(snap.busy.locked, 5, "the keeper to start a refresh")
+        snap.invalidate()  # taken across this: not served
+        release.set()
+        assert snap.get()[0] > n + 3
+    finally:
+        release.set()
+        keeper.stop()
 
 
 def test_pages_read_snapshots_that_actions_refresh(chain, db, tmp_path):
-    """Counts shown come from a snapshot shared by the pages: a change by someone else shows
-    within its TTL and one refresh, the dashboard's own action at once; every answer says
-    its server time and statements."""
+    """Counts shown come from a snapshot shared by the pages, taken before the server
+    accepts a request: the first page computes none (its statements are its own); a change
+    by someone else shows within its TTL and one refresh; the dashboard's own action takes
+    the snapshots again before it answers, so the next page computes none and shows it.
+    Every answer says its server time and statements."""
     seed(chain, 5)
     with dashboard(db, tmp_path) as (base, out):
         def status() -> dict[str, dict]:
             return {r["table"]: r for r in json.loads(get(base + "/api/status")[1])}
 
+        assert statements(base + "/failures") == 0  # the first page: failures grouped, privileges read
+        assert statements(base + "/") == statements(base + "/")  # counted before it: nothing more the first time
         assert status()["Square"]["total"] == 5
         seed(chain, 8)  # someone else's change
         wait_for(lambda: status()["Square"]["total"] == 8, TTL + 30, "the new keys in /api/status",
@@ -370,10 +392,24 @@ def test_pages_read_snapshots_that_actions_refresh(chain, db, tmp_path):
             {"table": "Square", "key": '{"item_id": 1}'}).encode(), headers={"Authorization": f"Bearer {TOKEN}"})
         with urllib.request.urlopen(request, timeout=30) as r:
             assert "1 keys now ignored" in urllib.parse.unquote(r.url)
-        assert status()["Square"]["ignore"] == 1  # at once: the action made the next page wait for a fresh count
+        assert statements(base + "/failures") == 0  # taken again by the action
+        assert status()["Square"]["ignore"] == 1  # at once: the action took the counts again
         assert "Counted at" in get(base + "/")[1] and "Grouped at" in get(base + "/failures")[1]
         assert statements(base + "/tables/Square") == 1
         assert statements(base + "/api/status") >= 1
+
+        seed(chain, 60)  # a table's keys, 50 a page: the next page follows the last key shown
+        JobTable(chain.Square()).enqueue()
+
+        def keys_on(url: str) -> tuple[list[int], str | None]:
+            text = get(url)[1]
+            found = re.search(r'<a href="([^"]+)">next page', text)
+            return ([int(k) for k in re.findall(r'<code>\{&#34;item_id&#34;: ([0-9]+)\}</code>', text)],
+                    found and html.unescape(found.group(1)))
+
+        first, more = keys_on(base + "/tables/Square?status=pending")  # (1 is ignored)
+        assert first == [0, *range(2, 51)] and more and "after=" in more
+        assert keys_on(base + "/tables/Square" + more) == (list(range(51, 60)), None)
 
 
 def test_runs_page_lists_the_servers_and_metrics_their_heartbeat_age(chain, db, tmp_path, browser, procs):
@@ -455,3 +491,150 @@ def test_causes_are_the_same_in_python_and_in_the_database(chain, db):
                     "write /scratch/job_991/out.h5: disk full; retry 2", "no digits, no paths"]:
         found = jt._query(f"SELECT {queries.cause_sql(jt, value)}", [message]).fetchone()[0]
         assert queries.cause_of(message) == found, message
+
+
+def test_keys_of_a_table_without_a_jobs_table_are_listed_with_their_failures(db, tmp_path, browser):
+    """/tables/NAME of ``keyless.Item`` (no jobs table: ``serial``): its counts, its keys not
+    made in key order, 50 a page, each with its failure from the ledger; filtered by status
+    and key. An account that may not change the ledger's failures sees no button and is
+    refused; the token holder ignores a key and retries it, ignores the failures' group and
+    retries every failed or ignored key, from the pages."""
+    sys.modules.pop("keyless", None)
+    keyless = pipeline.load(KEYLESS)
+    keyless.seed(["x1", "x2", "x3"])
+    run = db.cli("run", KEYLESS, "--table", "Item", env={"DJO_TEST_FAIL": "x2,x3"}, cwd=tmp_path)
+    assert run.returncode == 1, run.stdout + run.stderr
+    keyless.seed([f"y{i:02d}" for i in range(52)])
+    with dashboard(db, tmp_path, spec=KEYLESS) as (base, _):
+        context = browser.new_context()
+        page = context.new_page()
+
+        def listed(query: str = "") -> list[list[str]]:
+            page.goto(base + "/tables/Item" + query)
+            return [row.locator("td").all_inner_texts()[:2] for row in page.locator("table.keys tbody tr").all()]
+
+        rows = listed()
+        assert "55 keys: 1 done, 52 to make, 0 reserved, 2 error, 0 ignored" in page.locator("#key-counts").inner_text()
+        assert len(rows) == 50 and rows[:3] == [['{"topic": "x2"}', "error"], ['{"topic": "x3"}', "error"],
+                                                ['{"topic": "y00"}', "pending"]]
+        assert "topic x2 is bad" in page.locator("table.keys tbody tr").first.inner_text()
+        page.locator("a", has_text="next page").click()
+        assert [r[0] for r in listed("?" + page.url.split("?")[1])] == [f'{{"topic": "y{i}"}}' for i in range(48, 52)]
+        assert listed("?status=error") == [['{"topic": "x2"}', "error"], ['{"topic": "x3"}', "error"]]
+        pending = listed("?status=pending")
+        assert len(pending) == 50 and {s for _, s in pending} == {"pending"} and pending[0][0] == '{"topic": "y00"}'
+        assert listed("?status=reserved") == [] and listed("?status=ignore") == []
+        assert listed("?key=" + urllib.parse.quote('{"topic": "x3"}')) == [['{"topic": "x3"}', "error"]]
+        assert "Within this key: 1 keys: 0 done, 0 to make" in page.locator("#key-counts").inner_text()
+        context.close()
+    # an account that may only read the ledger: no buttons, and a forged retry is refused naming the privilege
+    with read_only_user(db, db.ledger) as (user, password), \
+            dashboard(db, tmp_path, {"DJ_USER": user, "DJ_PASS": password}, spec=KEYLESS) as (base, out):
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(base + "/?token=" + TOKEN)
+        page.goto(base + "/tables/Item")
+        assert page.locator("table.keys tbody tr").count() == 50 and page.locator("button.act").count() == 0
+        note = page.locator("p.note").inner_text()
+        assert "lacks DELETE on" in note and "key_failure" in note, (note, out.read_text())
+        forged = context.request.post(base + "/actions/retry", form={"table": "Item", "key": '{"topic": "x2"}'},
+                                      headers={"Origin": base})
+        assert forged.status == 403 and "DELETE on" in forged.text(), forged.text()
+        context.close()
+    assert [e["key"] for e in JobTable(keyless.Item()).errors()] == [{"topic": "x2"}, {"topic": "x3"}]
+    with dashboard(db, tmp_path, spec=KEYLESS) as (base, _):
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(base + "/?token=" + TOKEN)
+        listed()
+        page.locator("table.keys tr", has_text='"topic": "y01"').locator("button.ignore").click()
+        assert "1 keys now ignored" in page.locator("#msg").inner_text()
+        assert listed("?status=ignore") == [['{"topic": "y01"}', "ignore"]]
+        page.locator("table.keys tr", has_text='"topic": "y01"').locator("button.retry").click()
+        assert "1 keys back to pending" in page.locator("#msg").inner_text() and listed("?status=ignore") == []
+        page.goto(base + "/failures")  # the group ignored, then every failed or ignored key retried
+        page.locator("tr.group button.ignore").click()
+        assert "2 keys now ignored" in page.locator("#msg").inner_text()
+        assert listed("?status=ignore") == [['{"topic": "x2"}', "ignore"], ['{"topic": "x3"}', "ignore"]]
+        page.locator("button.retry", has_text="Retry these").click()
+        assert "2 keys back to pending" in page.locator("#msg").inner_text()
+        assert listed("?status=ignore") == [] and listed("?status=error") == []
+        context.close()
+    assert JobTable(keyless.Item()).errors() == []
+
+
+def test_metrics_say_when_the_database_does_not_answer():
+    """/metrics answers while the database does not: ``djo_database_up 0`` and no keys."""
+    from types import SimpleNamespace
+
+    from dj_orchestrate.dashboard import view
+
+    def unreachable() -> None:
+        raise ConnectionError("the database went away")
+
+    text = view.metrics(SimpleNamespace(status=unreachable, infos=[], jts={})).decode()
+    assert "djo_database_up 0.0" in text and "djo_keys{" not in text
+
+
+def test_the_dashboard_is_packaged_and_in_compose_on_localhost_only():
+    """``[dashboard]`` is in ``all`` (and in the worker image's extra); its templates and
+    assets ship with the package; compose runs it, published on 127.0.0.1 only, its
+    healthcheck on /healthz."""
+    import tomllib
+
+    import yaml
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    assert {"starlette", "uvicorn", "jinja2", "prometheus-client"} <= {re.split("[<>=\\[]", d)[0] for d in extras["dashboard"]}
+    for extra in ("all", "image"):
+        assert any("dashboard" in re.search(r"\[(.*)\]", d).group(1).split(",") for d in extras[extra] if "[" in d), extra
+    assert project["tool"]["setuptools"]["package-data"]["dj_orchestrate.dashboard"] == ["templates/*.html", "static/*"]
+    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["dashboard"]
+    assert service["command"][0] == "dashboard" and service["ports"] == ["127.0.0.1:${DJO_DASHBOARD_PORT:-8050}:8050"]
+    assert "/healthz" in " ".join(service["healthcheck"]["test"])
+
+
+def test_the_overview_draws_60_tables_in_levels_left_to_right_and_gates_dashed():
+    """A 60-table pipeline (three levels of 20): a column per level, left to right, its
+    boxes one under another without overlap, the graph as wide as its columns (the page
+    scrolls it sideways); foreign keys and the gate found in make (dashed) as edges; each
+    box's bar split by its counts."""
+    from dj_orchestrate.dashboard import view
+
+    def name(i: int) -> str:
+        return f"`lab`.`_t{i:02d}`"
+
+    infos = [pipeline.TableInfo(object, f"T{i:02d}", name(i), i, i // 20,
+                                upstream=frozenset({name(i - 20)} if i >= 20 else set()) | ({name(0)} if i == 59 else set()),
+                                hidden=frozenset({"T00"} if i == 59 else set())) for i in range(60)]
+    g = view.graph(infos, {"T00": {"done": 3, "pending": 1}})
+    columns: dict[int, list] = {}
+    for box in g["boxes"]:
+        columns.setdefault(box.x, []).append(box)
+    assert [sorted(b.name for b in boxes) == [f"T{i:02d}" for i in range(20 * c, 20 * c + 20)]
+            for c, (_, boxes) in enumerate(sorted(columns.items()))] == [True, True, True]
+    for boxes in columns.values():
+        ys = sorted(b.y for b in boxes)
+        assert all(b - a >= g["box_h"] for a, b in zip(ys, ys[1:]))
+    assert g["width"] == max(columns) + g["box_w"] + g["pad"] and g["height"] >= 20 * g["box_h"]
+    assert len(g["edges"]) == 41 and [(e.x1 < e.x2, e.gate) for e in g["edges"] if e.gate] == [(True, True)]
+    t00 = next(b for b in g["boxes"] if b.name == "T00")
+    assert [(s, round(w / (g["box_w"] - 2 * g["pad"]), 2)) for s, _, w in t00.bars] == [("done", 0.75), ("pending", 0.25)]
+    css = (ROOT / "dj_orchestrate" / "dashboard" / "static" / "dashboard.css").read_text()
+    assert re.search(r"\.graph \{[^}]*overflow-x: auto", css) and re.search(r"\.edge\.gate \{[^}]*stroke-dasharray", css)
+
+
+def test_a_keys_log_is_its_tail_when_readable_else_the_command_that_shows_it(tmp_path):
+    """The group page's log of a failed key: the file's last lines when this machine can
+    read it; else ``kubectl logs`` for a pod, ``ssh HOST tail`` for a path elsewhere, the
+    scheduler's accounting for a job id."""
+    log = tmp_path / "worker.log"
+    log.write_text("".join(f"line {i}\n" for i in range(500)))
+    kind, text = queries.log_of({"log_path": str(log)}, lines=3)
+    assert (kind, text) == ("tail", "line 497\nline 498\nline 499")
+    assert queries.log_of({"backend_job_id": "kubernetes:lab/djo-run-abc-0"}) == ("command", "kubectl logs -n lab djo-run-abc-0")
+    assert queries.log_of({"log_path": "/elsewhere/w.log", "host": "node7"}, lines=100) == \
+        ("command", "ssh node7 tail -n 100 /elsewhere/w.log")
+    assert queries.log_of({"backend_job_id": "4242"})[1].startswith("sacct -j 4242")
+    assert queries.log_of({}) == ("command", "no log path was recorded for this key")

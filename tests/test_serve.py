@@ -90,7 +90,10 @@ def test_serve_http_runs_the_dashboard_beside_it(chain, db, procs):
     wait_for(all_made(chain, 3), 60, "the seeded keys")
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: get(base + "/healthz")[0] == 200, 60, "the dashboard", detail=lambda: procs.output(p)[-2000:])
-    assert json.loads(get(base + "/api/status")[1]) == json.loads(db.cli("status", CHAIN, "--json").stdout)["tables"]
+    cli = json.loads(db.cli("status", CHAIN, "--json").stdout)["tables"]
+    # the dashboard's counts are a snapshot (taken as it starts, then every few seconds)
+    wait_for(lambda: json.loads(get(base + "/api/status")[1]) == cli, 30, "/api/status to be status --json's",
+             detail=lambda: get(base + "/api/status")[1])
     stop(procs, p)
     wait_for(lambda: get(base + "/healthz")[0] != 200, 15, "the dashboard to stop")
     assert "t-" + db.schema not in procs.output(p)

@@ -2,22 +2,26 @@
 
 One DataJoint connection serves every request, so database work is serialised by a
 lock (requests run in Starlette's thread pool); what costs a pass over every key is read
-from snapshots (``snapshot``), computed on a second connection. GET only reads. Every action is a POST
-that must pass ``Dashboard.refusal``: the account may write, the Origin is this
+from snapshots (``snapshot``), computed on a second connection: taken before the server
+accepts a request and again by each action before it answers, and kept fresh by a thread
+while pages ask for them. GET only reads. Every action is a POST that must pass
+``Dashboard.refusal``: the account may write, the Origin is this
 server's, and the caller holds the token (a cookie set by the URL printed at start, or
 ``Authorization: Bearer TOKEN``). Every answer says what it cost in a ``Server-Timing``
 header (a browser's network panel shows it; ``bench/bench_dashboard.py`` reads it)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hmac
 import json
+import logging
 import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import datajoint as dj
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -32,11 +36,14 @@ from .. import backends, db, ledger, pipeline, queries, reports
 from ..errors import UsageError
 from ..jobs import STATUSES, JobTable, Policy, Restriction, counts_of, key_source_of, reconcile_all
 from ..planner import TablePlan, plan_table
-from . import view
-from .snapshot import TTL, Snapshot
+from . import serial_keys, view
+from .snapshot import TTL, Keeper, Snapshot
 
 HERE = Path(__file__).parent
 COOKIE = "djo_dashboard_token"
+log = logging.getLogger("dj_orchestrate")
+GROUP_KEYS = 200  # failed keys listed, with their stacks, when a group opens
+OWNERS = 200  # owners of reserved keys listed on /runs (rendering thousands costs more than their queries)
 COLOURS = {"done": "#3a9a50", "pending": "#9aa5b1", "reserved": "#3c78c8", "error": "#d0453a", "ignore": "#c9a227"}
 
 
@@ -101,6 +108,7 @@ class Dashboard:
         self.groups = Snapshot("failures by cause", self._on_reader(lambda: queries.error_groups(
             {name: jt for name, jt in self.readers.items() if jt.supported})), reading)
         self.plans = Snapshot("plans", self._on_reader(self._plan), reading)
+        self.keeper = Keeper([self.counts, self.groups, self.plans])
         self.identity = pipeline.identity(pipeline.load(spec))
         self.aliases = {spec, pipeline.resolve_spec(spec), self.identity[0]}
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape())
@@ -165,8 +173,18 @@ class Dashboard:
         """The pipeline's ``serve`` processes, as ``status --json`` lists them."""
         return reports.server_rows(self.identity[1])
 
+    def warm(self, plans: bool = True) -> None:
+        """Take the snapshots, so that the next page waits for none: at the start, and
+        after an action (then after ``invalidate``). The plans (only /api/plan shows them,
+        and the slowest) only if ``plans``: after an action the keeper takes them again if
+        /api/plan was asked for lately."""
+        self.counts.warm()
+        self.groups.warm()
+        if plans:
+            self.plans.warm()
+
     def invalidate(self) -> None:
-        """After an action: the next page shows what it did."""
+        """After an action: what was taken before it is not shown again."""
         for snapshot in (self.counts, self.groups, self.plans):
             snapshot.invalidate()
 
@@ -258,16 +276,23 @@ def build(dash: Dashboard) -> Starlette:
 
     def failure_group(request: Request) -> Response:
         cause = request.query_params.get("cause", "")
-        keys = [{"table": name, **item, "log": queries.log_of(item)}
-                for name, jt in dash.jts.items() for item in queries.group_keys(jt, cause)]
-        return dash.render(request, "group.html", cause=cause, keys=keys)
+        group = next((g for g in dash.failures()[0] if g.cause == cause), None)
+        # the tables the group has (every table, if it is newer than the snapshot), until GROUP_KEYS are found
+        keys: list[dict] = []
+        for name, jt in dash.jts.items():
+            if len(keys) < GROUP_KEYS and (group is None or name in group.tables):
+                keys += [{"table": name, **item, "log": queries.log_of(item)}
+                         for item in queries.group_keys(jt, cause, limit=GROUP_KEYS - len(keys))]
+        return dash.render(request, "group.html", cause=cause, keys=keys, total=max(len(keys), group.count if group else 0))
 
     def runs(request: Request) -> Response:
         found = ledger.recent_runs(dash.identity, dash.aliases, limit=50)
         shards = [s for r in found if r["state"] in ("running", "submitted") for s in ledger.shards_of(r["run_id"])]
-        owners = queries.orphans(dash.jts)
-        return dash.render(request, "runs.html", runs=found, shards=shards, owners=owners,
-                           gone=any(o["gone"] for o in owners), servers=dash.servers(), lost_after=reports.LOST_AFTER)
+        owners = sorted(queries.orphans(dash.jts), key=lambda o: not o["gone"])  # those reconcile releases first
+        gone = [o for o in owners if o["gone"]]
+        return dash.render(request, "runs.html", runs=found, shards=shards, owners=owners[:OWNERS], more=owners[OWNERS:],
+                           gone=len(gone), gone_keys=sum(o["keys"] for o in gone), servers=dash.servers(),
+                           lost_after=reports.LOST_AFTER)
 
     def keys(request: Request) -> Response:
         info = dash.table(request.path_params["name"])
@@ -279,25 +304,42 @@ def build(dash: Dashboard) -> Starlette:
         try:
             restriction = Restriction(pipeline.check_key_attributes(keys_of(request.query_params.get("key")), [info]))
             after = json.loads(request.query_params["after"]) if request.query_params.get("after") else None
+            offset = max(0, int(request.query_params.get("offset") or 0))
         except (UsageError, ValueError) as err:
             return PlainTextResponse(f"bad key: {getattr(err, 'message', err)}", status_code=400)
-        rows = queries.key_page(dash.jts[info.name], status, restriction, after)
+        jt = dash.jts[info.name]
+        if jt.supported:  # its jobs table's rows, by keyset; the table's counts from the snapshot
+            rows = queries.key_page(jt, status, restriction, after)
+            more = {"after": json.dumps(rows[-1]["raw"], default=str)} if len(rows) == queries.PAGE else {}
+            every, taken = dash.counts.get()
+            counts = every.get(info.name)
+        else:  # its keys not made, by offset; counted now, as status counts it
+            rows = serial_keys.key_page(jt, status, restriction, offset)
+            more = {"offset": offset + queries.PAGE} if len(rows) == queries.PAGE else {}
+            counts, taken = jt.counts(restriction), None
         return dash.render(request, "keys.html", table=info.name, rows=rows, status=status or "",
-                           key=request.query_params.get("key", ""),
-                           next_after=json.dumps(rows[-1]["raw"], default=str) if len(rows) == queries.PAGE else "")
+                           key=request.query_params.get("key", ""), serial=not jt.supported, counts=counts,
+                           taken=taken, more=more)
 
     async def act(request: Request) -> Response:
         form = await request.form()  # read here (async); the database work in the thread pool, under the lock
-        return await run_in_threadpool(locked(lambda r: perform(r, request.path_params["verb"], dict(form))), request)
+        return await run_in_threadpool(dash.meter.timed(lambda r: perform(r, request.path_params["verb"], dict(form))),
+                                       request)
 
     def perform(request: Request, verb: str, form: dict) -> Response:
-        refused = dash.refusal(request)
-        if refused:
-            return PlainTextResponse(f"403 Forbidden: {refused}", status_code=403)
-        try:
-            return act_on(request, verb, form)
-        finally:
-            dash.invalidate()
+        with dash.lock:
+            refused = dash.refusal(request)
+            if refused:
+                return PlainTextResponse(f"403 Forbidden: {refused}", status_code=403)
+            try:
+                response = act_on(request, verb, form)
+            finally:
+                dash.invalidate()
+        # taken again before the answer, so that the page it leads to is fast and shows the
+        # action's effect; outside the pages' lock (on the snapshots' connection): other
+        # viewers' pages go on meanwhile
+        dash.warm(plans=False)
+        return response
 
     def act_on(request: Request, verb: str, form: dict) -> Response:
         tables = [t for t in dash.infos if not form.get("table") or t.name == form["table"]]
@@ -358,4 +400,24 @@ def build(dash: Dashboard) -> Starlette:
     routes = [Route(p, locked(h), methods=["GET"]) for p, h in pages]
     routes += [Route("/actions/{verb}", act, methods=["POST"]),
                Mount("/static", StaticFiles(directory=HERE / "static"), name="static")]
-    return Starlette(routes=routes)
+
+    def start() -> None:
+        try:
+            with dash.lock:
+                dash.missing_privilege()  # (a statement per table, on the pages' connection)
+        except Exception as err:  # the first page asks again, and shows the error
+            log.warning("dashboard: reading the account's privileges failed: %s", err)
+        dash.warm()
+        dash.keeper.start()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        """Before the server accepts a request: what the first page needs, so that it waits
+        for nothing; then the snapshots are kept fresh while they are viewed."""
+        await run_in_threadpool(start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(dash.keeper.stop)
+
+    return Starlette(routes=routes, lifespan=lifespan)
