@@ -16,9 +16,9 @@ from .base import Backend
 # name: (module:class, the pip extra its imports need)
 BACKENDS = {
     "local": ("dj_orchestrate.backends.local:LocalBackend", None),
-    "slurm": ("dj_orchestrate.backends.slurm:SlurmBackend", "slurm"),
+    "slurm": ("dj_orchestrate.backends.slurm.backend:SlurmBackend", "slurm"),
     "dask": ("dj_orchestrate.backends.dask.backend:DaskBackend", "dask"),
-    "kubernetes": ("dj_orchestrate.backends.kubernetes:KubernetesBackend", "kubernetes"),
+    "kubernetes": ("dj_orchestrate.backends.kubernetes.backend:KubernetesBackend", "kubernetes"),
 }
 
 

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from ...config import BackendConfig, Settings
 from ...errors import UsageError
-from ..slurm import slurm_minutes
+from ..slurm.settings import slurm_minutes
 
 CLUSTERS = ("local", "slurm", "cuda")
 CLUSTER_WIDE = ("scheduler", "connect_timeout", "worker_resources", "forward_env", "slurm")
