@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from .. import backends, ledger
-from ..backends.base import check_identity
+from ..backends.follow import check_identity
 from ..entry import friendly, open_pipeline
 from ..errors import UsageError
 from ..jobs import Policy, reconcile_all

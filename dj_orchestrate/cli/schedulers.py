@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +38,11 @@ def slurm_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | No
 
 
 def _kubernetes() -> Any:
-    """The Kubernetes backend module; without its package, the error names the extra."""
-    return sys.modules[backends.get("kubernetes").__module__]
+    """The Kubernetes backend package; without its client package, the error names the extra."""
+    backends.get("kubernetes")
+    from ..backends import kubernetes
+
+    return kubernetes
 
 
 @click.group()

@@ -11,28 +11,22 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Iterator
 
 import distributed
-from tqdm import tqdm
 
-from ... import db, ledger
+from ... import ledger
 from ...config import BackendConfig
 from ...errors import UsageError
-from ...jobs import JobTable, reconcile_all
 from ...pipeline import TableInfo
-from ..base import (SUBMITTED, Backend, RunRequest, TableLaunch, check_identity, error_count, outcome, plan_launches,
-                    rerun_levels, work_spec)
+from ..base import RunRequest, SchedulerBackend, Submission, work_spec
+from ..follow import Poll
+from ..plan import TableLaunch, plan_launches
 from . import clusters
 from .clusters import quiet
 from .settings import CLUSTERS, DaskSettings, load_config
 from .task import stop_run, work_task
 
-T = TypeVar("T")
-WHO = "dask --wait"
-DB_PATIENCE = 300.0  # seconds --wait waits for a database that restarts
-FIX = ("add the variables that name the pipeline's schemas to forward_env in [dask] (e.g. forward_env = [\"LAB_*\"]), "
-       "or set them in the Dask workers' environment")
 
 
 @dataclass
@@ -50,9 +44,25 @@ class Group:
         return "+".join(t.name for t in self.tables)
 
 
-class DaskBackend(Backend):
+@dataclass
+class Tasks(Submission):
+    """A round's pull slots, by group, and the request they serve (for ``interrupt``)."""
+
+    groups: list[Group] = field(default_factory=list)
+    request: RunRequest | None = None
+
+    @property
+    def futures(self) -> dict[str, distributed.Future]:
+        return {f.key: f for g in self.groups for f in g.futures}
+
+
+class DaskBackend(SchedulerBackend):
     name = "dask"
     options = ("scheduler", "cluster")
+    poll_every, look_every, reconcile_every = 0.1, 1.0, 5.0  # a round ends as soon as its last task does
+    workers_are = "Dask workers"
+    fix_identity = ("add the variables that name the pipeline's schemas to forward_env in [dask] (e.g. forward_env = [\"LAB_*\"]), "
+                    "or set them in the Dask workers' environment")
 
     def __init__(self, config: BackendConfig[DaskSettings] | None = None, scheduler: str | None = None,
                  cluster: str | None = None) -> None:
@@ -77,16 +87,14 @@ class DaskBackend(Backend):
         return self.kind is not None  # a cluster started for the run lives as long as this command
 
     # --------------------------------------------------------------- checks
-    def check(self, tables: list[TableInfo], embedded: bool = False, wait: bool = False) -> None:
+    def verify(self, tables: list[TableInfo], embedded: bool, wait: bool) -> None:
         """Before anything is written: a scheduler that answers (or a cluster to start
         that can be waited for), and for every table a worker that offers the resources
         it asks for (Dask itself would wait for one forever)."""
         if self.kind and not wait:
             raise UsageError(f"the {self.kind} cluster started for this run would stop when this command exits",
                              "use --wait, or start a scheduler (`dask scheduler`) and pass --scheduler")
-        if embedded and not wait:
-            raise UsageError("the embedded database stops when this command exits, so Dask workers could not reach it",
-                             "use --wait, or configure a database server (DJ_HOST/DJ_USER/DJ_PASS)")
+        self.refuse_embedded(embedded, wait)
         if self.kind is None:
             if not self.address:
                 raise UsageError("no Dask scheduler configured",
@@ -155,46 +163,41 @@ class DaskBackend(Backend):
         return [(offer, s.max_jobs * s.cores) for offer in self._offers()]
 
     # ------------------------------------------------------------- the run
-    def run(self, request: RunRequest) -> int:
-        errors_before = self._db(request, lambda: error_count(request.tables)) if request.wait else 0
-        try:
-            self._start(request)
-            groups = self._submit(request, self._stages(request.tables))
-            info = self._info(request, groups)
-            self._db(request, lambda: ledger.set_backend_info(request.run_id, info))
-        except BaseException:
-            with contextlib.suppress(Exception):  # the reason to report is the one above
-                ledger.finish_run(request.run_id, "rejected")
-            self._close()
-            raise
-        tasks = sum(len(g.futures) for g in groups)
-        print(f"submitted {tasks} Dask task(s) to {info}", file=sys.stderr)
-        if not request.wait:
-            distributed.fire_and_forget([f for g in groups for f in g.futures])
-            self._close()
-            return SUBMITTED
+    def submit(self, request: RunRequest, levels: list[list[TableInfo]], first: bool) -> Tasks:
+        """Every slot of these levels' tables, stage after stage (``_stages``); the first
+        round starts the client (and with --cluster the cluster)."""
+        self._start(request)
+        groups = self._submit(request, self._stages([t for level in levels for t in level]))
+        info = self._info(request, groups)
+        return Tasks(info, f"submitted {sum(len(g.futures) for g in groups)} Dask task(s) to {info}", groups, request)
+
+    def poll(self, submission: Tasks) -> Poll:
+        futures = submission.futures.values()
+        running = sum(not f.done() for f in futures)
+        return Poll(running, ended=not running)
+
+    def cancel(self, submission: Tasks) -> None:
+        assert self.client is not None
+        with contextlib.suppress(Exception):
+            self.client.cancel(list(submission.futures.values()))
+
+    def detach(self, submission: Tasks) -> None:
+        distributed.fire_and_forget(list(submission.futures.values()))
+
+    @contextlib.contextmanager
+    def following(self) -> Iterator[None]:
+        """SIGTERM and Ctrl-C stop the run's workers (``interrupt``), not this process."""
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            crashed = self._follow(request, groups)
+            yield
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            self._close()
-        if self.stopping:
-            return 130
-        gave_up = self._db(request, lambda: error_count(request.tables)) > errors_before  # workers died until max_attempts
-        return 1 if crashed or gave_up else self._db(request, lambda: outcome(request.run_id))
-
-    @staticmethod
-    def _db(request: RunRequest, action: Callable[[], T]) -> T:
-        """The driver's bookkeeping outlives a database restart (the tasks do not need
-        this process): retried on a new connection for DB_PATIENCE seconds."""
-        return db.retrying(request.tables[0].cls.connection, action, WHO, DB_PATIENCE)
 
     def _stop(self, signum: int, frame: Any) -> None:
         self.stopping = True
 
-    def _close(self) -> None:
+    def close(self) -> None:
         for thing in (self.client, self.cluster):
             if thing is not None:
                 with contextlib.suppress(Exception), quiet():
@@ -292,69 +295,24 @@ class DaskBackend(Backend):
         chosen = {k: v for k, v in os.environ.items() if k != "DJ_PASS" and any(fnmatch.fnmatchcase(k, p) for p in patterns)}
         return {**chosen, **{k: v for k, v in request.target.worker_env().items() if v}}
 
-    # ------------------------------------------------------------ follow
-    def _follow(self, request: RunRequest, groups: list[Group]) -> bool:
-        """--wait: progress from the jobs tables until every task ended, releasing on the
-        way the keys of tasks whose worker died; then reconcile and submit slots again for
-        the levels that still have work (bounded). True when a worker exited abnormally."""
-        assert self.client is not None
-        crashed = False
-        for round_ in range(request.worker.policy.max_attempts + 1):
-            futures = {f.key: f for g in groups for f in g.futures}
-            self._wait_round(request, futures)
-            if self.stopping:
-                return crashed
-            self._db(request, lambda: check_identity(request.run_id, request.tables, FIX))
-            crashed |= self._report(futures)
-            todo = self._db(request, lambda: rerun_levels(request, self._ended))
-            if not todo or round_ == request.worker.policy.max_attempts:
-                break
-            groups = self._submit(request, self._stages([t for level in todo for t in level]))
-        return crashed
-
-    def _wait_round(self, request: RunRequest, futures: dict[str, distributed.Future]) -> None:
-        tables = [JobTable(t.instance()) for t in request.tables]
-        next_progress = next_reconcile = time.monotonic()
-        with tqdm(desc="dask", unit="key", disable=not request.progress or None) as bar:
-            while not all(f.done() for f in futures.values()):
-                if self.stopping:
-                    self._stop_tasks(request, futures)
-                    return
-                time.sleep(0.1)  # a round ends as soon as its last task does
-                if request.progress and time.monotonic() > next_progress:  # (no counting for nobody)
-                    next_progress = time.monotonic() + 1
-                    counts = self._db(request, lambda: [jt.status_counts() for jt in tables])
-                    running = sum(not f.done() for f in futures.values())
-                    bar.set_postfix_str(f"pending={sum(c['pending'] for c in counts)} "
-                                        f"reserved={sum(c['reserved'] for c in counts)} tasks={running}")
-                    bar.refresh()
-                if time.monotonic() > next_reconcile:  # a dead worker's keys go back to pending now
-                    next_reconcile = time.monotonic() + 5
-                    self._db(request, lambda: self._reconcile(request, tables))
-                    self._db(request, lambda: check_identity(request.run_id, request.tables, FIX))
-
-    def _reconcile(self, request: RunRequest, tables: list[JobTable]) -> None:
-        ended = self._ended({j for jt in tables for j in jt.reserved_backend_ids()})
-        if ended:
-            reconcile_all([t.instance() for t in request.tables], request.worker.policy, ended)
-
-    def _stop_tasks(self, request: RunRequest, futures: dict[str, distributed.Future]) -> None:
+    def interrupt(self, submission: Tasks) -> int:
         """Ctrl-C / SIGTERM: the workers of the run are told to stop (they release their
         claims, charging nothing); tasks not started are cancelled; wait for the others a
         little longer than the grace period."""
-        assert self.client is not None
+        assert self.client is not None and submission.request is not None
+        request, futures = submission.request, submission.futures
         with contextlib.suppress(Exception):
             self.client.cancel([f for f in futures.values() if f.status == "pending"])
             self.client.run(stop_run, request.run_id)
             deadline = time.monotonic() + request.worker.grace + 10
             while time.monotonic() < deadline and not all(f.done() for f in futures.values()):
                 time.sleep(0.2)
+        return 130
 
-    @staticmethod
-    def _report(futures: dict[str, distributed.Future]) -> bool:
+    def failed(self, submission: Tasks) -> bool:
         """Tasks that did not end with status 0 (worker exit codes; Dask's KilledWorker)."""
         bad = False
-        for key, f in futures.items():
+        for key, f in submission.futures.items():
             if f.status != "finished":  # its worker died too often (KilledWorker), or it was cancelled
                 print(f"dask: task {key} {f.status}; its keys are reconciled and run again", file=sys.stderr)
                 continue
@@ -364,7 +322,7 @@ class DaskBackend(Backend):
                 bad = True
         return bad
 
-    def _ended(self, job_ids: set[str]) -> set[str]:
+    def ended_now(self, job_ids: set[str]) -> set[str]:
         assert self.client is not None
         return _ended_by(self.client, job_ids)
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import kubernetes  # noqa: F401  (the extra: a missing package names it)
 import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config

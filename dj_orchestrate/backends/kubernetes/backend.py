@@ -26,34 +26,39 @@ job-wide ``backoffLimit`` and ``FailJob`` take their place.
 
 from __future__ import annotations
 
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from ... import ledger
 from ...config import BackendConfig, dumps
-from ...db import retrying
 from ...errors import UsageError
-from ...jobs import JobTable
 from ...pipeline import TableInfo
-from ..base import (SUBMITTED, Backend, Mismatch, RunRequest, TableLaunch, check_identity, outcome, plan_launches,
-                    reconcile_run, record_fixed)
+from ..base import RunRequest, SchedulerBackend, Submission
+from ..follow import Poll
+from ..plan import TableLaunch, plan_launches, record_fixed
 from .api import API_ERRORS, HINT_RETRIES, Api
-from .conductor import cancel, conduct, finished
+from .conductor import Conductor, cancel as cancel_run, finished
 from .manifests import REPLICAS_NOTE, Manifests, account, pod_command, render_name, table_job, write_manifests
 from .settings import (AFTER, CONFIG_DIR, MIN_VERSION, RENDER_VERSION, SERVER, SERVER_RULES, KubernetesSettings,
                        dns_name, load_config, version_tuple)
 
-WHO = "kubernetes --wait"
-DB_PATIENCE = 300.0  # seconds --wait waits for a database that restarts (the Jobs do not need us)
-FIX = "set the variables that name the pipeline's schemas in the pods' env ([kubernetes] env)"
+
+@dataclass
+class Jobs(Submission):
+    """The run's table Jobs: how many, and (once followed) their conductor."""
+
+    run: str = ""
+    expected: int = 0
+    conductor: Conductor | None = None
 
 
-class KubernetesBackend(Backend):
+class KubernetesBackend(SchedulerBackend):
     name = "kubernetes"
     options = ("image", "namespace", "secret")
+    resubmits = False  # an index's pods are retried by the Job itself (backoffLimitPerIndex)
+    poll_every, shown_as = 5.0, "pods"  # poll_every: the longest a watch waits for an event
+    workers_are, reaches_embedded = "pods in the cluster", False
+    fix_identity = "set the variables that name the pipeline's schemas in the pods' env ([kubernetes] env)"
 
     def __init__(self, config: BackendConfig[KubernetesSettings] | None = None, api: Api | None = None) -> None:
         self.config = config or load_config()
@@ -76,14 +81,12 @@ class KubernetesBackend(Backend):
             self.api = Api.connect(self.settings.context, self.settings.namespace)
         return self.api
 
-    def check(self, tables: list[TableInfo], embedded: bool = False, wait: bool = False) -> None:
+    def verify(self, tables: list[TableInfo], embedded: bool, wait: bool) -> None:
         """Before anything is written: an image, a database pods can reach, a cluster
         that answers, is recent enough, and has the namespace; every table's settings."""
         if not self.settings.image:
             raise UsageError("no image for the Kubernetes pods", "pass --image, or set image in [kubernetes] of dj_orchestrate.toml")
-        if embedded:
-            raise UsageError("the embedded database runs on this machine, so pods in the cluster could not reach it",
-                             "configure a database server the cluster can reach (its credentials in a Secret: --secret)")
+        self.refuse_embedded(embedded, wait)
         for t in tables:
             self.config.for_table(t)
         api = self._api()
@@ -110,11 +113,13 @@ class KubernetesBackend(Backend):
                                          namespace, run, after, version, request.worker.grace, suspend_all or bool(after)))
         return result
 
-    def run(self, request: RunRequest) -> int:
-        if not hasattr(self, "version"):
-            self.check(request.tables, bool(request.target.embedded), request.wait)
+    def submit(self, request: RunRequest, levels: list[list[TableInfo]], first: bool) -> Jobs:
+        """Every Job created suspended; once the API accepted all of them (and, without
+        --wait, the conductor) the first level's keys are enqueued and the Jobs that wait
+        for none released. A refusal deletes what was created (none of it ran)."""
         api = self._api()
-        launches = plan_launches(request, lambda info: self.config.for_table(info).parallelism)
+        launches = plan_launches(request, lambda info: self.config.for_table(info).parallelism, fixed_first=first,
+                                 levels=levels)
         run = request.run_id
         made = self.manifests(request, launches, run, api.namespace, self.version, suspend_all=True)
         try:
@@ -127,7 +132,6 @@ class KubernetesBackend(Backend):
         except BaseException as err:
             for job in made.jobs:  # none of them ran: suspended until now (and a lost answer may have made one)
                 api.delete("Job", job["metadata"]["name"])
-            ledger.finish_run(request.run_id, "rejected")
             if isinstance(err, API_ERRORS):
                 raise UsageError(f"Kubernetes rejected the run: {getattr(err, 'message', '') or err}",
                                  "check the image, resources and your rights in the namespace") from None
@@ -135,39 +139,34 @@ class KubernetesBackend(Backend):
         for job in made.jobs:
             if not job["metadata"].get("annotations", {}).get(AFTER):
                 api.release(job["metadata"]["name"])
-        info = f"{api.namespace}/" + ",".join(j["metadata"]["name"] for j in made.jobs)
-        ledger.set_backend_info(request.run_id, info)
-        print(f"created {len(made.jobs)} Job(s) in {api.namespace}: "
-              f"{', '.join(j['metadata']['name'] for j in made.jobs) or 'nothing to do'}", file=sys.stderr)
-        if not request.wait:
-            return SUBMITTED
-        return self._follow(request, api, run, len(made.jobs))
+        names = [j["metadata"]["name"] for j in made.jobs]
+        return Jobs(f"{api.namespace}/" + ",".join(names),
+                    f"created {len(names)} Job(s) in {api.namespace}: {', '.join(names) or 'nothing to do'}", run, len(names))
 
-    def _follow(self, request: RunRequest, api: Api, run: str, expected: int) -> int:
-        """--wait: release downstream Jobs as upstream ones finish, until all finished;
-        then reconcile (pods killed outright leave keys reserved by a dead connection).
-        Ctrl-C deletes the run's Jobs: their workers get SIGTERM and release their keys."""
-        tables = [JobTable(t.instance()) for t in request.tables]
-        conn = request.tables[0].cls.connection
-        with tqdm(desc="kubernetes", unit="key", disable=not request.progress or None) as bar:
-            def tick(jobs: dict[str, dict]) -> None:
-                counts = retrying(conn, lambda: [jt.status_counts() for jt in tables], WHO, DB_PATIENCE)
-                active = sum(j.get("status", {}).get("active", 0) or 0 for j in jobs.values())
-                bar.set_postfix_str(f"pending={sum(c['pending'] for c in counts)} "
-                                    f"reserved={sum(c['reserved'] for c in counts)} pods={active}")
-                bar.refresh()
-                retrying(conn, lambda: check_identity(request.run_id, request.tables, FIX), WHO, DB_PATIENCE)
-            try:
-                if expected:
-                    conduct(api, run, expected, until_finished=True, tick=tick)
-            except KeyboardInterrupt:
-                cancel(api, run)
-                return 130
-            except Mismatch:  # its workers would make nothing
-                cancel(api, run)
-                raise
-        retrying(conn, lambda: reconcile_run(request, self.ended_jobs), WHO, DB_PATIENCE)
-        return outcome(request.run_id)
+    def poll(self, submission: Jobs) -> Poll:
+        """Downstream Jobs released as upstream ones finish (the conductor's work, while
+        we wait); ended once every Job finished."""
+        if not submission.expected:
+            return Poll(0, ended=True)
+        if submission.conductor is None:
+            submission.conductor = Conductor(self._api(), submission.run, submission.expected)
+        conductor = submission.conductor
+        conductor.release_ready()
+        active = sum(j.get("status", {}).get("active", 0) or 0 for j in conductor.jobs.values())
+        return Poll(active, ended=conductor.done(until_finished=True))
+
+    def wait_for_change(self, submission: Jobs, timeout: float) -> None:
+        """The watch, instead of a sleep: back as soon as a Job can be released or all finished."""
+        assert submission.conductor is not None
+        submission.conductor.wait(timeout, until_finished=True)
+
+    def cancel(self, submission: Jobs) -> None:
+        """Delete the run's Jobs: their workers get SIGTERM and release their keys."""
+        cancel_run(self._api(), submission.run)
+
+    def interrupt(self, submission: Jobs) -> int:
+        self.cancel(submission)
+        return 130
 
     def _jobs_of(self, run: dict) -> tuple[list[str], dict[str, dict]] | None:
         """The names of a run's table Jobs (its ledger row) and the Jobs of the run that

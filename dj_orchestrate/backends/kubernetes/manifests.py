@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from ..base import RunRequest, TableLaunch
+from ..base import RunRequest
+from ..plan import TableLaunch
 from .settings import (AFTER, CONDUCTOR, CONDUCTOR_VERBS, CONFIG_DIR, GRACE_MARGIN, GROUP, MANAGED, PER_INDEX_SINCE,
                        RUN_LABEL, SECRETS_DIR, SERVER, TABLE_LABEL, USAGE_EXIT, KubernetesSettings, dns_name)
 

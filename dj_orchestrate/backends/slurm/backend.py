@@ -30,32 +30,39 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from tqdm import tqdm
-
-from ... import db, ledger
 from ...config import BackendConfig
 from ...errors import UsageError
-from ...jobs import JobTable
-from ...pipeline import TableInfo, levels_of
+from ...pipeline import TableInfo
 from ...work import WorkSpec
-from ..base import (SUBMITTED, Backend, Mismatch, RunRequest, check_identity, error_count, outcome, plan_launches,
-                    record_fixed, rerun_levels)
+from ..base import RunRequest, SchedulerBackend, Submission
+from ..follow import Poll
+from ..plan import plan_launches, record_fixed
 from .commands import ACTIVE_STATES, NEVER_STARTS, SLURM_JOB_ID, Task, call, environment, require, slurm_words, squeue
-from .settings import SlurmResources, load_config, slurm_minutes
 from .render import scripts
+from .settings import SlurmResources, load_config, slurm_minutes
 from .task import WorkerTask
 
-WHO = "slurm --wait"
-DB_PATIENCE = 300.0  # seconds --wait waits for a database that restarts
-FIX = ("give the jobs the driver's environment (sbatch exports it unless [slurm] extra sets --export), "
-       "or set the variables that name the pipeline's schemas in [slurm] setup")
+
+@dataclass
+class Arrays(Submission):
+    """A round's arrays per table (``{"Square": ["64"], "Total": ["65", "66"]}``)."""
+
+    arrays: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def job_ids(self) -> set[str]:
+        return {i for ids in self.arrays.values() for i in ids}
 
 
-class SlurmBackend(Backend):
+class SlurmBackend(SchedulerBackend):
     name = "slurm"
+    scheduler, runs_on, workers_are = "squeue", "the arrays", "SLURM jobs"
+    fix_identity = ("give the jobs the driver's environment (sbatch exports it unless [slurm] extra sets --export), "
+                    "or set the variables that name the pipeline's schemas in [slurm] setup")
 
     def __init__(self, config: BackendConfig[SlurmResources] | None = None) -> None:
         self.config = config or load_config()
@@ -67,16 +74,12 @@ class SlurmBackend(Backend):
     def from_config(cls, path: str | None = None, **options: Any) -> "SlurmBackend":
         return cls(load_config(path))
 
-
-
-    def check(self, tables: list[TableInfo], embedded: bool = False, wait: bool = False) -> None:
+    def verify(self, tables: list[TableInfo], embedded: bool, wait: bool) -> None:
         """Fail before anything is written: sbatch and srun exist, the controller answers,
         every partition exists, every table's resources are consistent, and an embedded
         database is not asked to outlive this command. (No ``sbatch`` call here: a run
         costs one sbatch per array and nothing else.)"""
-        if embedded and not wait:
-            raise UsageError("the embedded database stops when this command exits, so SLURM jobs could not reach it",
-                             "use --wait, or configure a database server (DJ_HOST/DJ_USER/DJ_PASS)")
+        self.refuse_embedded(embedded, wait)
         for command in ("sbatch", "srun", "squeue", "scontrol"):
             require(command)
         listed = [line.split() for line in call("sinfo", "-h", "-o", "%P %l").splitlines() if line.strip()]
@@ -144,26 +147,7 @@ class SlurmBackend(Backend):
                     self._gated.append(ids[-1])
         return ids
 
-    def run(self, request: RunRequest) -> int:
-        if not hasattr(self, "max_array"):
-            self.check(request.tables, bool(request.target.embedded), request.wait)
-        errors_before = error_count(request.tables) if request.wait else 0
-        try:
-            arrays = self._submit_levels(request, levels_of(request.tables), first=True)
-        except BaseException:
-            with contextlib.suppress(Exception):  # the reason to report is the one above
-                ledger.finish_run(request.run_id, "rejected")
-            raise
-        info = "; ".join(f"{name}: {','.join(ids)}" for name, ids in arrays.items())
-        ledger.set_backend_info(request.run_id, info)
-        print(f"submitted {sum(map(len, arrays.values()))} array job(s): {info or 'nothing to do'}", file=sys.stderr)
-        if not request.wait:
-            return SUBMITTED
-        self._follow(request, arrays)
-        gave_up = error_count(request.tables) > errors_before  # keys whose tasks died until max_attempts
-        return 1 if gave_up else outcome(request.run_id)
-
-    def _submit_levels(self, request: RunRequest, levels: list[list[TableInfo]], first: bool) -> dict[str, list[str]]:
+    def submit(self, request: RunRequest, levels: list[list[TableInfo]], first: bool) -> Arrays:
         """The run's launch plan as arrays: fixed shards for the first level (keys known
         now), pull workers downstream, each after every earlier level (``afterany``).
 
@@ -196,54 +180,20 @@ class SlurmBackend(Backend):
             if self._submitted:
                 subprocess.run(["scancel", *self._submitted], capture_output=True, timeout=60)
             raise
-        return arrays
+        info = "; ".join(f"{name}: {','.join(ids)}" for name, ids in arrays.items())
+        return Arrays(info, f"submitted {sum(map(len, arrays.values()))} array job(s): {info or 'nothing to do'}", arrays)
 
-    def _follow(self, request: RunRequest, arrays: dict[str, list[str]]) -> None:
-        """--wait: progress from the jobs tables until no task of the run is active;
-        then reconcile and resubmit pull workers for keys released on the way.
+    def poll(self, submission: Arrays) -> Poll:
+        """The round's tasks that squeue lists as queued or running (None: no answer)."""
+        states = squeue(submission.job_ids)
+        if states is None:
+            return Poll(None)
+        ours = {j: t for j, t in states.items() if j.split("_")[0] in submission.job_ids}
+        active = [t for t in ours.values() if t.state in ACTIVE_STATES]
+        return Poll(len(active), ended=not active, stuck=never_starts(submission.arrays, ours))
 
-        The arrays do not need this process, and a database restart must not end it:
-        progress and reconcile are retried on a new connection for DB_PATIENCE seconds."""
-        conn = request.tables[0].cls.connection
-        for round_ in range(request.worker.policy.max_attempts + 1):
-            job_ids = {i for ids in arrays.values() for i in ids}
-            tables = [JobTable(t.instance()) for t in request.tables]
-            silent_since = None
-            with tqdm(desc="slurm", unit="key", disable=not request.progress or None) as bar:
-                while True:
-                    states = squeue(job_ids)
-                    if states is None:  # no answer is not "all ended": ask again, for a while
-                        silent_since = silent_since or time.monotonic()
-                        if time.monotonic() - silent_since > 600:
-                            raise UsageError("squeue has not answered for 10 minutes; the arrays may still run",
-                                             "check the cluster; `dj-orchestrate status` shows the keys")
-                        time.sleep(5)
-                        continue
-                    silent_since = None
-                    ours = {j: t for j, t in states.items() if j.split("_")[0] in job_ids}
-                    active = [t for t in ours.values() if t.state in ACTIVE_STATES]
-                    _stop_if_never_starts(arrays, ours)
-                    counts = db.retrying(conn, lambda: [jt.status_counts() for jt in tables], WHO, DB_PATIENCE)
-                    self._check_identity(request, job_ids)
-                    bar.set_postfix_str(f"pending={sum(c['pending'] for c in counts)} "
-                                        f"reserved={sum(c['reserved'] for c in counts)} tasks={len(active)}")
-                    bar.refresh()
-                    if not active:
-                        break
-                    time.sleep(2)
-            todo = db.retrying(conn, lambda: rerun_levels(request, self.ended_jobs), WHO, DB_PATIENCE)
-            if not todo or round_ == request.worker.policy.max_attempts:
-                break
-            arrays = self._submit_levels(request, todo, first=False)
-
-    def _check_identity(self, request: RunRequest, job_ids: set[str]) -> None:
-        """Workers against other schemas stop the run: its arrays are cancelled."""
-        try:
-            db.retrying(request.tables[0].cls.connection, lambda: check_identity(request.run_id, request.tables, FIX),
-                        WHO, DB_PATIENCE)
-        except Mismatch:
-            subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60)
-            raise
+    def cancel(self, submission: Arrays) -> None:
+        subprocess.run(["scancel", *submission.job_ids], capture_output=True, timeout=60)
 
     def describe(self, run: dict) -> str:
         """Per-table task states of a run, for ``status``."""
@@ -277,15 +227,15 @@ def _arrays(run: dict) -> dict[str, list[str]]:
     return {name: ids.split(",") for name, _, ids in items}
 
 
-def _stop_if_never_starts(arrays: dict[str, list[str]], tasks: dict[str, Task]) -> None:
+def never_starts(arrays: dict[str, list[str]], tasks: dict[str, Task]) -> tuple[str, str] | None:
     """--wait: a task SLURM will never start (its time over the partition's limit, an
     unsatisfiable dependency, ...) ends the wait with SLURM's reason, instead of a wait
     without end. The arrays stay queued: the user decides, and their keys are pending."""
     stuck = {j: t.reason for j, t in tasks.items() if t.state == "PENDING" and t.reason in NEVER_STARTS}
     if not stuck:
-        return
+        return None
     jobs = sorted({j.split("_")[0] for j in stuck}, key=int)
     names = [name for name, ids in arrays.items() if set(ids) & set(jobs)]
-    raise UsageError(f"SLURM will not start {len(stuck)} task(s) of {', '.join(names)} ({', '.join(jobs)}): "
-                     f"{', '.join(sorted(set(stuck.values())))}",
-                     f"their keys stay pending; fix the config, `scancel {' '.join(jobs)}` and run again")
+    return (f"SLURM will not start {len(stuck)} task(s) of {', '.join(names)} ({', '.join(jobs)}): "
+            f"{', '.join(sorted(set(stuck.values())))}",
+            f"their keys stay pending; fix the config, `scancel {' '.join(jobs)}` and run again")
