@@ -55,15 +55,16 @@ class Backend(ABC):
     backend made: ``<name>:…``, see ``backends.maker``) are no longer running: a hint on
     top of the jobs table, never a replacement for it."""
 
-    name: ClassVar[str]
-    options: ClassVar[tuple[str, ...]] = ()  # `run` options this backend takes (e.g. "scheduler")
+    name: ClassVar[str]  # its name in the registry (``backends.BACKENDS``), its config section's
 
     @classmethod
     def create(cls, config_path: str | None = None, **options: Any) -> "Backend":
         """The backend for ``run``: its config section and the options given for it. An
         option meant for another backend is a mistake, not something to ignore."""
+        from . import settings  # (the registry, which imports this module)
+
         given = {k: v for k, v in options.items() if v is not None}
-        stray = sorted(set(given) - set(cls.options))
+        stray = sorted(set(given) - {f.name for f in settings(cls.name).flags()})
         if stray:
             raise UsageError(f"--{stray[0].replace('_', '-')} is not an option of --backend {cls.name}",
                              "leave it out, or pick the backend it belongs to (see `dj-orchestrate run --help`)")

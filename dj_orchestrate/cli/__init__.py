@@ -21,7 +21,6 @@ except UsageError as _err:
     report(_err, "--debug" in sys.argv)
     sys.exit(_err.exit_code)
 
-
 from .. import __version__  # noqa: E402
 from ..dashboard import command as dashboard  # noqa: E402
 from . import airflow, keys, running, schedulers  # noqa: E402

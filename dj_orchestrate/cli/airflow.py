@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from .. import backends, ledger
+from ..backends import airflow as af
 from ..backends.follow import check_identity
 from ..entry import friendly, open_pipeline
 from ..errors import UsageError
@@ -31,7 +32,7 @@ def airflow() -> None:
 @click.option("--schedule", help='Cron expression or preset, e.g. "0 2 * * *" or @daily (default: triggered only).')
 @click.option("--conn-id", default="datajoint_default", show_default=True,
               help="The Airflow connection (mysql or postgres) the tasks take the database credentials from.")
-@click.option("--mode", type=click.Choice(["worker", "slurm", "dask", "kubernetes"]),
+@click.option("--mode", type=click.Choice(af.MODES),
               help="Where work runs (default: [airflow] mode, else worker): worker runs `dj-orchestrate work` in the "
                    "Airflow worker; slurm, dask and kubernetes submit each table to that backend (its settings from "
                    "--config) and wait in the triggerer, holding no worker slot.")
@@ -43,8 +44,6 @@ def airflow_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | 
                    python: str | None, check_only: bool) -> None:
     """Write one DAG file for the pipeline into the dags folder (or --check it)."""
     import dataclasses
-
-    from ..backends import airflow as af
 
     af.require_airflow()
     af.check_schedule(schedule)
@@ -79,8 +78,6 @@ def airflow_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | 
 @friendly
 def airflow_enqueue(pipeline_spec: str, table: str, key_json: str | None, shard_size: int, max_shards: int) -> None:
     """(Run by the DAG's enqueue tasks.) Enqueue a table's missing keys; print its shards as JSON."""
-    from ..backends import airflow as af
-
     _, infos, restriction = open_pipeline(pipeline_spec, (table,), key_json)
     emit_json({"table": table, **af.enqueue(infos[0], restriction, shard_size, max_shards)})
 
@@ -95,8 +92,6 @@ def airflow_enqueue(pipeline_spec: str, table: str, key_json: str | None, shard_
 def airflow_progress(pipeline_spec: str, table: str, run_id: str, key_json: str | None, config_path: str | None) -> None:
     """(Run by the DAG's wait triggers.) Reconcile the table, then print as JSON its keys'
     counts and whether it is finished: no key left, or the run's workers are gone."""
-    from ..backends import airflow as af
-
     _, infos, restriction = open_pipeline(pipeline_spec, (table,), key_json)
     run = ledger.run_row(run_id)
     if run is None:
@@ -114,8 +109,6 @@ def airflow_progress(pipeline_spec: str, table: str, run_id: str, key_json: str 
 @friendly
 def airflow_check(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None) -> None:
     """(Run by the DAG's check task.) Exit 1, naming them, when keys failed or were not made."""
-    from ..backends import airflow as af
-
     _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
     lines = af.unfinished(infos, restriction)
     if lines:

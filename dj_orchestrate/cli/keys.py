@@ -11,7 +11,7 @@ from ..entry import friendly, open_pipeline
 from ..jobs import JobTable, Policy, reconcile_all
 from ..options import json_opt, key_opt, max_attempts_opt, pipeline_arg, table_opt
 from ..runs import identity_of, per_table, prepare
-from .output import emit_json, render_table
+from .output import emit, emit_json, render_table
 
 
 @click.command()
@@ -85,10 +85,7 @@ def retry(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, mat
     _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
     prepare(infos, declare=False)
     moved = {t.name: JobTable(t.instance()).retry(restriction, match) for t in infos}
-    if as_json:
-        emit_json(moved)
-    else:
-        click.echo(f"{sum(moved.values())} keys back to pending ({per_table(moved)})")
+    emit(as_json, moved, f"{sum(moved.values())} keys back to pending ({per_table(moved)})")
 
 
 @click.command()
@@ -103,10 +100,7 @@ def ignore(pipeline_spec: str, tables: tuple[str, ...], key_json: str, as_json: 
     _, infos, restriction = open_pipeline(pipeline_spec, tables, key_json)
     prepare(infos)
     marked = {t.name: JobTable(t.instance()).ignore(restriction) for t in infos}
-    if as_json:
-        emit_json(marked)
-    else:
-        click.echo(f"{sum(marked.values())} keys now ignored ({per_table(marked)}); `dj-orchestrate retry` releases them")
+    emit(as_json, marked, f"{sum(marked.values())} keys now ignored ({per_table(marked)}); `dj-orchestrate retry` releases them")
 
 
 @click.command()

@@ -16,6 +16,14 @@ def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
+def emit(as_json: bool, value: Any, line: str) -> None:
+    """A command's answer: ``value`` as JSON with --json, else ``line`` for people."""
+    if as_json:
+        emit_json(value)
+    else:
+        click.echo(line)
+
+
 def render_table(rows: list[dict], columns: list[str]) -> str:
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c) for c in columns}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]

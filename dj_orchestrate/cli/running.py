@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import click
 
-from .. import db, pipeline, reports, runs
+from .. import backends, db, pipeline, reports, runs
 from ..entry import friendly, open_pipeline
 from ..jobs import JobTable, Restriction
 from ..options import json_opt, key_opt, pipeline_arg, policy_options, table_opt, work_options
 from ..work import WorkSpec, main as work_main
 from ..worker import Settings
+from .flags import pop_flags, run_flags
 from .output import command_name, emit_json, render_table
 
 
@@ -42,37 +43,40 @@ def plan(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, shar
                f"({target.describe()}). Downstream counts grow as upstream tables fill.")
 
 
+def routed(backend_help: str, workers_help: str) -> Callable[[Callable], Callable]:
+    """What ``run`` and ``serve`` share: the pipeline, its backend (where [run.tables.X]
+    routes no table elsewhere), the workers per run, the tables and keys."""
+    def decorate(f: Callable) -> Callable:
+        for option in reversed([pipeline_arg, click.option("--backend", help=backend_help),
+                                click.option("--workers", default=4, show_default=True, help=workers_help),
+                                table_opt, key_opt]):
+            f = option(f)
+        return f
+    return decorate
+
+
 @click.command()
-@pipeline_arg
-@click.option("--backend", help="local, slurm, dask or kubernetes: every table's, but those [run.tables.X] backend routes elsewhere "
-              "(default: [run] backend, else local).")
-@click.option("--workers", default=4, show_default=True, help="Worker processes (local) or array parallelism.")
-@table_opt
-@key_opt
+@routed(f"{backends.names()}: every table's, but those [run.tables.X] backend routes elsewhere "
+        "(default: [run] backend, else local).", "Worker processes (local) or array parallelism.")
 @click.option("--shard-size", type=int, help="Keys per shard (array task).")
 @click.option("--shards", type=int, help="Shards per table instead of --shard-size.")
 @click.option("--wait/--no-wait", default=None, help="Follow until done (default: local and a dask --cluster wait, slurm and dask --scheduler return).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Backend config (dj_orchestrate.toml).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--scheduler", help="dask: the scheduler's address (default: [dask] scheduler, DASK_SCHEDULER_ADDRESS).")
-@click.option("--cluster", help="dask: start a cluster for this run instead: local, slurm (dask-jobqueue) or cuda (dask-cuda).")
-@click.option("--image", help="kubernetes: the worker image (default: [kubernetes] image).")
-@click.option("--namespace", help="kubernetes: the namespace (default: [kubernetes] namespace, then the context's).")
-@click.option("--secret", help="kubernetes: the Secret with the database credentials (default: [kubernetes] secret).")
+@run_flags
 @policy_options
 @json_opt
 @friendly
 def run(pipeline_spec: str, backend: str | None, workers: int, tables: tuple[str, ...], key_json: str | None,
         shard_size: int | None, shards: int | None, wait: bool | None, config_path: str | None,
-        no_progress: bool, scheduler: str | None, cluster: str | None, image: str | None, namespace: str | None,
-        secret: str | None, as_json: bool, **policy: Any) -> None:
+        no_progress: bool, as_json: bool, **params: Any) -> None:
     """Reconcile, then compute every missing key of the selected tables.
 
     Tables that the config routes to different backends ([run.tables.X] backend) are made
     by one run per backend, each started when its tables have keys ready."""
-    options = dict(scheduler=scheduler, cluster=cluster, image=image, namespace=namespace, secret=secret)
+    options = pop_flags(params)  # the rest: the workers' policy
     ended = runs.run(pipeline_spec, tables, key_json, backend, workers, shard_size, shards, wait, config_path,
-                     not (no_progress or as_json), options, policy)
+                     not (no_progress or as_json), options, params)
     one = {"run_id": ended.run_id} if ended.run_id is not None else {"runs": ended.runs}
     if as_json:
         emit_json({**one, "state": ended.state, "tables": ended.tables})
@@ -86,12 +90,8 @@ def run(pipeline_spec: str, backend: str | None, workers: int, tables: tuple[str
 
 
 @click.command("serve")
-@pipeline_arg
-@click.option("--backend", help="Every table's backend, but those [run.tables.X] backend routes elsewhere "
-                                "(default: [run] backend, else local).")
-@click.option("--workers", default=4, show_default=True, help="Worker processes (local) or array parallelism, per run.")
-@table_opt
-@key_opt
+@routed("Every table's backend, but those [run.tables.X] backend routes elsewhere (default: [run] backend, else local).",
+        "Worker processes (local) or array parallelism, per run.")
 @click.option("--interval", type=float, help="Seconds between looks for new work (default: [serve] interval, else 60).")
 @click.option("--max-idle", type=float, help="Exit 0 after this many seconds with nothing to do (default: never).")
 @click.option("--until", help="Exit 0 at this time: HH:MM or an ISO date-time (an allocation's end, a cron window's).")

@@ -13,6 +13,7 @@ from ..entry import friendly
 from ..errors import UsageError
 from ..options import render_options
 from ..runs import render_request, warn_unknown_tables
+from .flags import render_flags
 
 
 @click.group()
@@ -53,21 +54,19 @@ def k8s() -> None:
 @k8s.command("render")
 @render_options
 @click.option("--out", "out_dir", default="k8s", show_default=True, type=click.Path(file_okay=False))
-@click.option("--image", help="The worker image (default: [kubernetes] image).")
-@click.option("--namespace", help="The namespace (default: [kubernetes] namespace, else default).")
-@click.option("--secret", help="The Secret with the database credentials (default: [kubernetes] secret).")
+@render_flags("kubernetes")
 @click.option("--serve", "always_on", is_flag=True,
               help="Also write OUT/serve/: a Deployment running `dj-orchestrate serve --backend kubernetes` "
                    "(its config in a ConfigMap), its ServiceAccount, and a Role for Jobs in the namespace only.")
 @friendly
 def k8s_render(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, config_path: str | None,
-               out_dir: str, image: str | None, namespace: str | None, secret: str | None, always_on: bool) -> None:
+               out_dir: str, always_on: bool, **flags: str | None) -> None:
     """Write the manifests that run the pipeline with `kubectl apply -f OUT`: the
     conductor and its RBAC, and one Indexed Job per table; with --serve, those that
     keep it computed as data arrives (`kubectl apply -f OUT/serve`). Writes nothing to
     the database. They target Kubernetes 1.35 (the oldest minor release upstream
     maintains), or cluster_version in [kubernetes] (1.28 at the oldest)."""
-    backend = _kubernetes().KubernetesBackend.from_config(config_path, image=image, namespace=namespace, secret=secret)
+    backend = _kubernetes().KubernetesBackend.from_config(config_path, **flags)
     request = render_request(pipeline_spec, tables, key_json, out_dir)
     request.worker.timeout = timeouts({}, backend.config, request.tables)
     warn_unknown_tables(backend.config, pipeline_spec)

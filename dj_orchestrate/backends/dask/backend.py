@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
-import re
 import signal
 import sys
 import time
@@ -15,33 +14,17 @@ from typing import Any, Iterator
 
 import distributed
 
-from ... import ledger
 from ...config import BackendConfig
 from ...errors import UsageError
 from ...pipeline import TableInfo
 from ..base import RunRequest, SchedulerBackend, Submission, work_spec
 from ..follow import Poll
-from ..plan import TableLaunch, plan_launches
-from . import clusters
+from . import clusters, plan, status
+from .plan import Group
 from .clusters import quiet
 from .settings import CLUSTERS, DaskSettings, load_config
 from .task import stop_run, work_task
 
-
-
-@dataclass
-class Group:
-    """Pull slots that serve some tables of one stage (same resources)."""
-
-    tables: list[TableInfo]
-    level: int
-    resources: dict[str, Any]
-    slots: int
-    futures: list[distributed.Future] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return "+".join(t.name for t in self.tables)
 
 
 @dataclass
@@ -58,7 +41,6 @@ class Tasks(Submission):
 
 class DaskBackend(SchedulerBackend):
     name = "dask"
-    options = ("scheduler", "cluster")
     poll_every, look_every, reconcile_every = 0.1, 1.0, 5.0  # a round ends as soon as its last task does
     workers_are = "Dask workers"
     fix_identity = ("add the variables that name the pipeline's schemas to forward_env in [dask] (e.g. forward_env = [\"LAB_*\"]), "
@@ -167,7 +149,7 @@ class DaskBackend(SchedulerBackend):
         """Every slot of these levels' tables, stage after stage (``_stages``); the first
         round starts the client (and with --cluster the cluster)."""
         self._start(request)
-        groups = self._submit(request, self._stages([t for level in levels for t in level]))
+        groups = self._submit(request, plan.stages(self.config, [t for level in levels for t in level]))
         info = self._info(request, groups)
         return Tasks(info, f"submitted {sum(len(g.futures) for g in groups)} Dask task(s) to {info}", groups, request)
 
@@ -218,52 +200,12 @@ class DaskBackend(SchedulerBackend):
             parts.append(f"cluster={self.kind}")
         return " ".join(parts)
 
-    def _stages(self, tables: list[TableInfo]) -> list[list[TableInfo]]:
-        """Tables (upstream first) in stages: a table joins the latest stage of its upstream
-        tables when it asks for the same resources as each of them there, else the stage
-        after. Within a stage the workers pipeline; between stages Dask orders the tasks."""
-        resources = {t.full_name: repr(sorted(self.config.for_table(t).resources.items())) for t in tables}
-        stage: dict[str, int] = {}
-        for t in tables:
-            stage[t.full_name] = max((stage[u] + (resources[u] != resources[t.full_name])
-                                      for u in t.upstream if u in stage), default=0)
-        out: dict[int, list[TableInfo]] = {}
-        for t in tables:
-            out.setdefault(stage[t.full_name], []).append(t)
-        return [out[k] for k in sorted(out)]
-
-    def _groups(self, request: RunRequest, levels: list[list[TableInfo]]) -> list[Group]:
-        """The launch plan (pull slots per table, after every earlier stage), with the
-        tables of one stage that ask for the same resources sharing their slots."""
-        offers = self._thread_offers(request)
-        groups: dict[tuple[int, str], Group] = {}
-        launches: list[TableLaunch] = plan_launches(request, lambda info: self._slots(info, offers), fixed_first=False,
-                                                    levels=levels)
-        for launch in launches:
-            resources = self.config.for_table(launch.info).resources
-            key = (launch.level, repr(sorted(resources.items())))
-            if key in groups:
-                groups[key].tables.append(launch.info)
-                groups[key].slots = max(groups[key].slots, launch.slots)
-            else:
-                groups[key] = Group([launch.info], launch.level, resources, launch.slots)
-        return list(groups.values())
-
-    def _slots(self, info: TableInfo, offers: list[tuple[dict[str, float], int]]) -> int:
-        settings = self.config.for_table(info)
-        if settings.pull_workers:
-            return settings.pull_workers
-        need = settings.resources
-        # a worker runs as many of these at once as it has threads and resources for
-        fitting = sum(min([threads] + [int(offer.get(r, 0) // v) for r, v in need.items()]) for offer, threads in offers)
-        return max(1, fitting)
-
     def _submit(self, request: RunRequest, levels: list[list[TableInfo]]) -> list[Group]:
         """One task per pull slot; each stage's tasks after every earlier stage's. All
         of them go in one ``submit`` per task before any can matter: each task enqueues
         its own tables when it starts."""
         assert self.client is not None
-        groups = self._groups(request, levels)
+        groups = plan.groups(request, self.config, levels, self._thread_offers(request))
         env = self._env(request)
         before: list[distributed.Future] = []
         for level in sorted({g.level for g in groups}):
@@ -324,99 +266,19 @@ class DaskBackend(SchedulerBackend):
 
     def ended_now(self, job_ids: set[str]) -> set[str]:
         assert self.client is not None
-        return _ended_by(self.client, job_ids)
+        return status.ended_by(self.client, job_ids)
 
     # --------------------------------------------------------- hints, status
     @classmethod
     def ended_jobs(cls, job_ids: set[str]) -> set[str]:
-        """Which ``dask:<worker>/<task key>`` ids no longer run: their task key is not
-        processing on that worker, as the run's scheduler (from the ledger) says. A
-        scheduler that does not answer gives no hint."""
-        by_run: dict[str, set[str]] = {}
-        for job_id in job_ids:
-            if run_id := _run_of(job_id):
-                by_run.setdefault(run_id, set()).add(job_id)
-        by_scheduler: dict[str, set[str]] = {}
-        for run_id, ids in by_run.items():  # one ledger read per run, not per slot
-            if address := _scheduler_of(run_id):
-                by_scheduler.setdefault(address, set()).update(ids)
-        ended: set[str] = set()
-        for address, ids in by_scheduler.items():
-            with contextlib.suppress(Exception), quiet():
-                with distributed.Client(address, timeout=3, set_as_default=False) as client:
-                    ended |= _ended_by(client, ids)
-        return ended
+        return status.ended_jobs(job_ids)
 
     def run_ended(self, run: dict) -> bool | None:
-        """No task of the run is waiting, queued or running on its scheduler (with
-        ``fire_and_forget`` a finished task is forgotten). None: the scheduler does not
-        answer, or the run's tasks were not recorded."""
-        info = run.get("backend_info") or ""
-        address, keys = _field(info, "scheduler"), _task_keys(run["run_id"], info)
-        if not address or keys is None:
-            return None
-        try:
-            with quiet(), distributed.Client(address, timeout=3, set_as_default=False) as client:
-                states = client.sync(client.scheduler.get_task_status, keys=keys)
-        except Exception:
-            return None
-        return not any(state in LIVE_TASK_STATES for state in states.values())
+        return status.run_ended(run)
 
     def describe(self, run: dict) -> str:
-        """For ``status``: the scheduler, its dashboard and the run's running tasks."""
-        info = run.get("backend_info") or ""
-        address = _field(info, "scheduler")
-        if not address:
-            return info
-        try:
-            with quiet(), distributed.Client(address, timeout=3, set_as_default=False) as client:
-                prefix = f"djo-{run['run_id']}-"
-                running = sum(str(k).startswith(prefix) for keys in client.processing().values() for k in keys)
-        except Exception:
-            return f"{info} (scheduler not answering)"
-        return f"{info} running={running} worker task(s)"
+        return status.describe(run)
 
 
-# ------------------------------------------------------------------ helpers
 def _fits(need: dict[str, float], offer: dict[str, float]) -> bool:
     return all(offer.get(r, 0) >= v for r, v in need.items())
-
-
-def _ended_by(client: distributed.Client, job_ids: set[str]) -> set[str]:
-    processing = {(w, str(k)) for w, keys in client.processing().items() for k in keys}
-    ended = set()
-    for job_id in job_ids:
-        worker, _, key = job_id.removeprefix("dask:").rpartition("/")
-        if (worker, key) not in processing:
-            ended.add(job_id)
-    return ended
-
-
-LIVE_TASK_STATES = {"released", "waiting", "no-worker", "queued", "processing"}  # (not memory, erred, forgotten)
-RUN_IN_KEY = re.compile(r"dask:.+/djo-(\d{8}-\d{6}-[0-9a-f]+)-")
-
-
-def _run_of(job_id: str) -> str | None:
-    m = RUN_IN_KEY.match(job_id)
-    return m.group(1) if m else None
-
-
-def _scheduler_of(run_id: str) -> str | None:
-    """The scheduler a run's tasks went to, from its ledger row (None: not known)."""
-    info = ledger.backend_info(run_id)
-    return _field(info, "scheduler") if info else None
-
-
-def _task_keys(run_id: str, info: str) -> list[str] | None:
-    """The run's task keys from ``tasks=Square:0-1,Total:2-3`` in its backend info."""
-    ranges = _field(info, "tasks")
-    if ranges is None:
-        return None
-    pairs = (part.rpartition(":")[::2] for part in ranges.split(",") if part != "none")
-    return [f"djo-{run_id}-{label}-{slot}" for label, span in pairs
-            for slot in range(int(span.split("-")[0]), int(span.split("-")[1]) + 1)]
-
-
-def _field(info: str, name: str) -> str | None:
-    m = re.search(rf"(?:^| ){name}=(\S+)", info)
-    return m.group(1) if m else None

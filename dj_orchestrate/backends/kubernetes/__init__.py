@@ -1,12 +1,16 @@
 """Kubernetes: one Indexed Job per table (``backend``), the API client (``api``), the
 manifests (``manifests``), the release of downstream Jobs (``conductor``) and the
-``[kubernetes]`` settings (``settings``)."""
+``[kubernetes]`` settings (``settings``, importable without the ``kubernetes`` package).
 
-from .api import API_ERRORS, Api, ApiError, Gone
-from .backend import KubernetesBackend
-from .conductor import cancel, conduct
-from .manifests import pod_here
-from .settings import KubernetesSettings, load_config
+The names below are imported when first used, so that the settings (the ``run`` and
+``k8s render`` options) need no client package."""
 
-__all__ = ["API_ERRORS", "Api", "ApiError", "Gone", "KubernetesBackend", "KubernetesSettings", "cancel", "conduct",
-           "load_config", "pod_here"]
+from __future__ import annotations
+
+from .. import lazy
+
+WHERE = {"API_ERRORS": "api", "Api": "api", "ApiError": "api", "Gone": "api", "KubernetesBackend": "backend",
+         "cancel": "conductor", "conduct": "conductor", "pod_here": "manifests", "KubernetesSettings": "settings",
+         "load_config": "settings"}
+
+__getattr__ = lazy(__name__, WHERE)

@@ -54,7 +54,6 @@ class Jobs(Submission):
 
 class KubernetesBackend(SchedulerBackend):
     name = "kubernetes"
-    options = ("image", "namespace", "secret")
     resubmits = False  # an index's pods are retried by the Job itself (backoffLimitPerIndex)
     poll_every, shown_as = 5.0, "pods"  # poll_every: the longest a watch waits for an event
     workers_are, reaches_embedded = "pods in the cluster", False

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ...config import BackendConfig, Settings
+from ...config import BackendConfig, Settings, flag
 from ...errors import UsageError
 
 MIN_VERSION = (1, 28)
@@ -44,10 +44,13 @@ class KubernetesSettings(Settings):
 
     label: ClassVar[str] = "Kubernetes setting"
 
-    image: str | None = None
-    namespace: str | None = None  # default: the context's namespace, else "default"
+    image: str | None = flag(None, "the worker image (default: [kubernetes] image).",
+                             render="The worker image (default: [kubernetes] image).")
+    namespace: str | None = flag(None, "the namespace (default: [kubernetes] namespace, then the context's).",
+                                 render="The namespace (default: [kubernetes] namespace, else default).")
     context: str | None = None  # kubeconfig context (default: the current one)
-    secret: str | None = None  # the Secret with the database credentials
+    secret: str | None = flag(None, "the Secret with the database credentials (default: [kubernetes] secret).",
+                              render="The Secret with the database credentials (default: [kubernetes] secret).")
     secret_files: bool = False  # false: envFrom (DJ_HOST, DJ_USER, DJ_PASS); true: mounted at /run/secrets/datajoint/
     env: dict[str, Any] = field(default_factory=dict)  # plain variables for the pods (no credentials)
     parallelism: int = 4  # pods at once per table; also the pull slots of downstream tables
