@@ -84,12 +84,33 @@ def _value(value: Any) -> str:
 
 
 @dataclass(frozen=True)
+class Flag:
+    """A backend's command-line option: ``run --NAME``, its help after ``<backend>: ``,
+    and where ``render`` is set, its render command's option with that help."""
+
+    name: str
+    help: str
+    render: str | None = None
+
+
+def flag(default: Any, help: str, render: str | None = None) -> Any:
+    """A settings field that is also a command-line option (``Flag``): declared once."""
+    return field(default=default, metadata={"flag": (help, render)})
+
+
+@dataclass(frozen=True)
 class Settings:
     """Base of a backend's settings. Subclasses are frozen dataclasses whose fields have
     defaults and plain types (str, int, float, bool, ``X | None``, ``tuple[str, ...]``,
     ``dict[str, ...]``, ``tuple[dict, ...]``); ``label`` names them in messages."""
 
     label: ClassVar[str] = "setting"
+    extra_flags: ClassVar[tuple[Flag, ...]] = ()  # options of `run` that are no config key (dask's --cluster)
+
+    @classmethod
+    def flags(cls) -> tuple[Flag, ...]:
+        """The backend's command-line options: its fields declared with ``flag``, then ``extra_flags``."""
+        return tuple(Flag(f.name, *f.metadata["flag"]) for f in dataclasses.fields(cls) if "flag" in f.metadata) + cls.extra_flags
 
     @classmethod
     def build(cls: type[S], values: dict[str, Any], where: str) -> S:

@@ -16,7 +16,8 @@ from typing import Any
 import click
 
 from . import backends, ledger, pipeline, serve
-from .backends.base import SUBMITTED, Backend, Mismatch, RunRequest, keys_left, left_message
+from .backends.base import SUBMITTED, Backend, RunRequest
+from .backends.follow import Mismatch, keys_left, left_message
 from .config import BackendConfig, timeouts
 from .db import Target
 from .entry import open_pipeline

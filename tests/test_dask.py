@@ -395,7 +395,8 @@ def test_stages_pipeline_within_a_resource_class(tmp_path):
     has three and the CPU branch beside the GPU table stays in the first."""
     from types import SimpleNamespace
 
-    from dj_orchestrate.backends.dask import DaskBackend, load_config
+    from dj_orchestrate.backends.dask import load_config
+    from dj_orchestrate.backends.dask.plan import stages
 
     def table(name: str, upstream: tuple[str, ...] = (), **attrs) -> SimpleNamespace:
         return SimpleNamespace(name=name, full_name=name, upstream=frozenset(upstream), cls=type(name, (), attrs))
@@ -404,8 +405,8 @@ def test_stages_pipeline_within_a_resource_class(tmp_path):
     tables = [table("Preprocess"), table("Behavior"), table("Sorting", ("Preprocess",), **gpu),
               table("Summary", ("Sorting", "Behavior")), table("Report", ("Behavior",))]
     (tmp_path / "dj_orchestrate.toml").write_text("")
-    backend = DaskBackend(load_config(str(tmp_path / "dj_orchestrate.toml")), scheduler="tcp://127.0.0.1:1")
-    assert [[t.name for t in stage] for stage in backend._stages(tables)] == [
+    config = load_config(str(tmp_path / "dj_orchestrate.toml"))
+    assert [[t.name for t in stage] for stage in stages(config, tables)] == [
         ["Preprocess", "Behavior", "Report"], ["Sorting"], ["Summary"]]
 
 

@@ -70,7 +70,7 @@ def manifests(out: Path) -> list[Path]:
 
 def pod_process(job: dict, index: int, secret_env: dict, **popen) -> subprocess.Popen:
     """One pod of an Indexed Job, as the kubelet would start it (see ``pod_here``)."""
-    from dj_orchestrate.backends.kubernetes import pod_here
+    from dj_orchestrate.backends.kubernetes.manifests import pod_here
 
     argv, env = pod_here(job, index, secret_env)
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
@@ -208,7 +208,7 @@ def test_render_help_names_the_version():
     """``k8s render --help`` says which version it writes for by default (RENDER_VERSION)."""
     from click.testing import CliRunner
 
-    from dj_orchestrate.backends.kubernetes import RENDER_VERSION
+    from dj_orchestrate.backends.kubernetes.settings import RENDER_VERSION
     from dj_orchestrate.cli import main
 
     out = CliRunner().invoke(main, ["k8s", "render", "--help"], terminal_width=200)
@@ -265,7 +265,7 @@ def test_example_config_documents_every_key():
     """The golden config names every Kubernetes setting (set, or commented)."""
     import dataclasses
 
-    from dj_orchestrate.backends.kubernetes import KubernetesSettings, load_config
+    from dj_orchestrate.backends.kubernetes.settings import KubernetesSettings, load_config
 
     config = load_config(str(GOLDEN / "dj_orchestrate.toml"))
     assert config.tables
@@ -288,7 +288,7 @@ def test_rendered_serve_is_least_privilege_and_a_real_command(folder, tmp_path):
     the pod's only variables are the namespace and ``env`` of the config."""
     from test_compose import check_command, literal_passwords
 
-    from dj_orchestrate.backends.kubernetes import CREDENTIAL_WORDS, load_config
+    from dj_orchestrate.backends.kubernetes.settings import CREDENTIAL_WORDS, load_config
     from dj_orchestrate.cli import main
 
     docs = {d["kind"]: d for p in manifests(folder / "serve") for d in documents(p)}
@@ -333,7 +333,7 @@ def test_rendered_serve_is_least_privilege_and_a_real_command(folder, tmp_path):
 def test_names_are_dns_labels_and_deterministic():
     """Job names: lowercase DNS-1123 labels, the same for the same run and table,
     long ones cut and told apart by a hash. (No API server: pure function.)"""
-    from dj_orchestrate.backends.kubernetes import NAME_LIMIT, dns_name
+    from dj_orchestrate.backends.kubernetes.settings import NAME_LIMIT, dns_name
 
     assert dns_name("djo", "20261201-a1b2", "SpikeSorting") == "djo-20261201-a1b2-spikesorting"
     long_a, long_b = dns_name("djo", "r", "X" * 80 + "A"), dns_name("djo", "r", "X" * 80 + "B")
@@ -349,7 +349,7 @@ def test_connect_in_cluster_or_kubeconfig_context(tmp_path, monkeypatch):
     namespace unless one is given."""
     from kubernetes.config import incluster_config
 
-    from dj_orchestrate.backends.kubernetes import Api
+    from dj_orchestrate.backends.kubernetes.api import Api
 
     token, ca = tmp_path / "token", tmp_path / "ca.crt"
     token.write_text("sa-token")
@@ -472,7 +472,7 @@ def cluster(kmock, version: str = "33") -> None:
 def api_for(kmock, sleeps: list | None = None):
     from kubernetes import client as kc
 
-    from dj_orchestrate.backends.kubernetes import Api
+    from dj_orchestrate.backends.kubernetes.api import Api
 
     configuration = kc.Configuration()
     configuration.host = str(kmock.url).rstrip("/")
@@ -517,7 +517,7 @@ async def test_create_adopts_on_409_and_retries_after_429(kmock):
     assert sleeps == [2.0, 0.5, 1.0]
     kmock[f"get /apis/batch/v1/namespaces/{NS}/jobs/forbidden"] << 403 << {"kind": "Status", "code": 403, "reason": "Forbidden",
                                                                            "message": "jobs.batch is forbidden"}
-    from dj_orchestrate.backends.kubernetes import ApiError
+    from dj_orchestrate.backends.kubernetes.api import ApiError
 
     with pytest.raises(ApiError, match="jobs.batch is forbidden"):
         await asyncio.to_thread(api.request, "GET", api.jobs_path("forbidden"))
@@ -561,7 +561,7 @@ async def test_conductor_releases_downstream_and_relists_after_410(kmock, tmp_pa
     assert len(list(watch)) == 1
     lists = [r for r in kmock if r.method == "GET" and r.action == km.action.LIST]
     assert len(lists) >= 2  # the first list, and the one after 410 Gone
-    from dj_orchestrate.backends.kubernetes import CONDUCTOR_VERBS
+    from dj_orchestrate.backends.kubernetes.settings import CONDUCTOR_VERBS
 
     mine, theirs = list(kmock)[:3], list(kmock)[3:]  # the test's three creates, then the conductor's requests
     assert [r.method for r in mine] == ["POST"] * 3
@@ -575,7 +575,7 @@ async def test_run_ended_when_every_table_job_finished(kmock, tmp_path, monkeypa
     run (its ledger row): not ended while a table Job runs or is suspended (waiting for
     the conductor), ended once each finished (a failed one too) or is gone; no answer
     from the API is no answer (None), not an end."""
-    from dj_orchestrate.backends.kubernetes import KubernetesBackend
+    from dj_orchestrate.backends.kubernetes.backend import KubernetesBackend
 
     cluster(kmock)
     api = api_for(kmock)
@@ -718,7 +718,8 @@ async def test_rendered_serve_against_the_emulator(db, kmock, tmp_path):
     but /version (any authenticated user may read it) and reading the namespace (a
     refusal is no answer, not an error); what it grants and they did not ask is what
     only a lost answer, a rejected run or keys held by pods need."""
-    from dj_orchestrate.backends.kubernetes import SERVER_RULES, pod_here
+    from dj_orchestrate.backends.kubernetes.manifests import pod_here
+    from dj_orchestrate.backends.kubernetes.settings import SERVER_RULES
 
     demo(db, "seed", db.schema, 3)
     cluster(kmock)
@@ -876,7 +877,7 @@ async def test_killed_pod_is_reconciled(chain, db, kmock, tmp_path):
     this one is gone — and puts its keys back to pending, the key in flight charged an
     attempt. While the API does not answer, reconcile gets no hint from it, and the
     key of a live owner stays reserved."""
-    from dj_orchestrate.backends.kubernetes import KubernetesBackend
+    from dj_orchestrate.backends.kubernetes.backend import KubernetesBackend
     from dj_orchestrate.jobs import Owner
 
     seed(chain, 3)

@@ -316,7 +316,7 @@ def test_example_config_documents_every_key():
     resource key, in [slurm] and in a per-table section."""
     import dataclasses
 
-    from dj_orchestrate.backends.slurm import SlurmResources, load_config
+    from dj_orchestrate.backends.slurm.settings import SlurmResources, load_config
 
     path = ROOT / "slurm" / "dj_orchestrate.toml.example"
     config = load_config(str(path))

@@ -1,25 +1,68 @@
 """Backends launch workers; they never claim keys themselves (see ``jobs``).
 
-Each backend is one short module (or, for ``dask``, a package) on the shared base:
-``local`` (processes on this machine) and ``slurm`` (array jobs via submitit), plus those
-registered below.
+Each backend is a module or a package on the shared base (``base``), registered below
+once: its class, the pip extra its imports need, and its settings class, which declares
+its config section's keys and its command-line options (importable without the extra).
+Adding a backend touches its package and this registry.
 """
 
 from __future__ import annotations
 
 import importlib
 import re
+from typing import Any, Callable, NamedTuple
 
+from ..config import Flag, Settings
 from ..errors import UsageError
 from .base import Backend
 
-# name: (module:class, the pip extra its imports need)
+
+class Entry(NamedTuple):
+    backend: str  # module:class
+    extra: str | None  # the pip extra its imports need
+    settings: str  # module:class, importable without the extra
+
+
 BACKENDS = {
-    "local": ("dj_orchestrate.backends.local:LocalBackend", None),
-    "slurm": ("dj_orchestrate.backends.slurm:SlurmBackend", "slurm"),
-    "dask": ("dj_orchestrate.backends.dask.backend:DaskBackend", "dask"),
-    "kubernetes": ("dj_orchestrate.backends.kubernetes:KubernetesBackend", "kubernetes"),
+    "local": Entry("dj_orchestrate.backends.local:LocalBackend", None, "dj_orchestrate.backends.local:LocalSettings"),
+    "slurm": Entry("dj_orchestrate.backends.slurm.backend:SlurmBackend", "slurm",
+                   "dj_orchestrate.backends.slurm.settings:SlurmResources"),
+    "dask": Entry("dj_orchestrate.backends.dask.backend:DaskBackend", "dask",
+                  "dj_orchestrate.backends.dask.settings:DaskSettings"),
+    "kubernetes": Entry("dj_orchestrate.backends.kubernetes.backend:KubernetesBackend", "kubernetes",
+                        "dj_orchestrate.backends.kubernetes.settings:KubernetesSettings"),
 }
+
+
+def _load(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def settings(name: str) -> type[Settings]:
+    """A backend's settings class (its config section's keys, its options)."""
+    return _load(BACKENDS[name].settings)
+
+
+def flags() -> list[tuple[str, Flag]]:
+    """Every backend's command-line options, in the registry's order."""
+    return [(name, f) for name in BACKENDS for f in settings(name).flags()]
+
+
+def lazy(package: str, where: dict[str, str]) -> Callable[[str], Any]:
+    """A package's ``__getattr__`` that imports each name's module (``where``) when the
+    name is first used: the package's settings then import without the backend's extra."""
+    def attribute(name: str) -> Any:
+        if name not in where:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{where[name]}"), name)
+    return attribute
+
+
+def names() -> str:
+    """``local, slurm, dask or kubernetes``: the valid names, for help texts."""
+    *first, last = BACKENDS
+    return f"{', '.join(first)} or {last}"
 
 
 def get(name: str) -> type[Backend]:
@@ -27,10 +70,9 @@ def get(name: str) -> type[Backend]:
     to install when the backend's packages are missing."""
     if name not in BACKENDS:
         raise UsageError(f"unknown backend {name!r}", f"valid backends: {', '.join(BACKENDS)}")
-    path, extra = BACKENDS[name]
-    module, _, cls = path.partition(":")
+    path, extra, _ = BACKENDS[name]
     try:
-        return getattr(importlib.import_module(module), cls)
+        return _load(path)
     except ModuleNotFoundError as err:
         if extra is None or (err.name or "").startswith("dj_orchestrate"):
             raise

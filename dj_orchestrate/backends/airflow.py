@@ -36,11 +36,12 @@ from ..config import BackendConfig, Settings
 from ..errors import UsageError
 from ..jobs import JobTable, Restriction, reconcile_all
 from ..pipeline import TableInfo
+from . import BACKENDS, get
 from .base import RunRequest
 
 EXTRA = "pip install 'dj-orchestrate[airflow]'"
 MAX_MAP_LENGTH = 1024  # Airflow's default [core] max_map_length; the runtime also reads the worker's own
-MODES = ("worker", "slurm", "dask", "kubernetes")
+MODES = ("worker", *(name for name in BACKENDS if name != "local"))  # worker, or a backend a table is handed to
 DAG_ID = re.compile(r"[A-Za-z0-9_.-]{1,250}")
 CRON_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 
@@ -113,8 +114,6 @@ def check_mode(mode: str) -> None:
     """``worker`` runs in the Airflow worker; the other modes hand work to a backend,
     which must be installed here: the error names its extra."""
     if mode != "worker":
-        from . import get
-
         get(mode)
 
 

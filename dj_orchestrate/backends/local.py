@@ -36,7 +36,8 @@ from ..jobs import JobTable, reconcile_all
 from ..pipeline import TableInfo
 from ..entry import reported
 from ..work import WorkSpec, main
-from .base import Backend, RunRequest, outcome, ready_keys, work_spec
+from .base import Backend, RunRequest, work_spec
+from .follow import outcome, ready_keys
 
 T = TypeVar("T")
 TICK = 0.05  # seconds between looks at the worker processes

@@ -29,8 +29,12 @@ Dask's own reruns (``allowed-failures``) are what a dead worker's task gets, and
 ``run`` (or ``reconcile``) picks up what is left.
 """
 
-from .backend import DaskBackend
-from .settings import CLUSTERS, DaskSettings, DaskSlurm, load_config
-from .task import stop_run, work_task
+from __future__ import annotations
 
-__all__ = ["CLUSTERS", "DaskBackend", "DaskSettings", "DaskSlurm", "load_config", "stop_run", "work_task"]
+from .. import lazy
+
+# imported when first used, so that the settings (the `run` options) need no `distributed`
+WHERE = {"DaskBackend": "backend", "CLUSTERS": "settings", "DaskSettings": "settings", "DaskSlurm": "settings",
+         "load_config": "settings", "stop_run": "task", "work_task": "task"}
+
+__getattr__ = lazy(__name__, WHERE)

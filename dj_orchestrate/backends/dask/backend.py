@@ -6,53 +6,45 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
-import re
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Iterator
 
 import distributed
-from tqdm import tqdm
 
-from ... import db, ledger
 from ...config import BackendConfig
 from ...errors import UsageError
-from ...jobs import JobTable, reconcile_all
 from ...pipeline import TableInfo
-from ..base import (SUBMITTED, Backend, RunRequest, TableLaunch, check_identity, error_count, outcome, plan_launches,
-                    rerun_levels, work_spec)
-from . import clusters
+from ..base import RunRequest, SchedulerBackend, Submission, work_spec
+from ..follow import Poll
+from . import clusters, plan, status
+from .plan import Group
 from .clusters import quiet
 from .settings import CLUSTERS, DaskSettings, load_config
 from .task import stop_run, work_task
 
-T = TypeVar("T")
-WHO = "dask --wait"
-DB_PATIENCE = 300.0  # seconds --wait waits for a database that restarts
-FIX = ("add the variables that name the pipeline's schemas to forward_env in [dask] (e.g. forward_env = [\"LAB_*\"]), "
-       "or set them in the Dask workers' environment")
 
 
 @dataclass
-class Group:
-    """Pull slots that serve some tables of one stage (same resources)."""
+class Tasks(Submission):
+    """A round's pull slots, by group, and the request they serve (for ``interrupt``)."""
 
-    tables: list[TableInfo]
-    level: int
-    resources: dict[str, Any]
-    slots: int
-    futures: list[distributed.Future] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
+    request: RunRequest | None = None
 
     @property
-    def label(self) -> str:
-        return "+".join(t.name for t in self.tables)
+    def futures(self) -> dict[str, distributed.Future]:
+        return {f.key: f for g in self.groups for f in g.futures}
 
 
-class DaskBackend(Backend):
+class DaskBackend(SchedulerBackend):
     name = "dask"
-    options = ("scheduler", "cluster")
+    poll_every, look_every, reconcile_every = 0.1, 1.0, 5.0  # a round ends as soon as its last task does
+    workers_are = "Dask workers"
+    fix_identity = ("add the variables that name the pipeline's schemas to forward_env in [dask] (e.g. forward_env = [\"LAB_*\"]), "
+                    "or set them in the Dask workers' environment")
 
     def __init__(self, config: BackendConfig[DaskSettings] | None = None, scheduler: str | None = None,
                  cluster: str | None = None) -> None:
@@ -77,16 +69,14 @@ class DaskBackend(Backend):
         return self.kind is not None  # a cluster started for the run lives as long as this command
 
     # --------------------------------------------------------------- checks
-    def check(self, tables: list[TableInfo], embedded: bool = False, wait: bool = False) -> None:
+    def verify(self, tables: list[TableInfo], embedded: bool, wait: bool) -> None:
         """Before anything is written: a scheduler that answers (or a cluster to start
         that can be waited for), and for every table a worker that offers the resources
         it asks for (Dask itself would wait for one forever)."""
         if self.kind and not wait:
             raise UsageError(f"the {self.kind} cluster started for this run would stop when this command exits",
                              "use --wait, or start a scheduler (`dask scheduler`) and pass --scheduler")
-        if embedded and not wait:
-            raise UsageError("the embedded database stops when this command exits, so Dask workers could not reach it",
-                             "use --wait, or configure a database server (DJ_HOST/DJ_USER/DJ_PASS)")
+        self.refuse_embedded(embedded, wait)
         if self.kind is None:
             if not self.address:
                 raise UsageError("no Dask scheduler configured",
@@ -155,46 +145,41 @@ class DaskBackend(Backend):
         return [(offer, s.max_jobs * s.cores) for offer in self._offers()]
 
     # ------------------------------------------------------------- the run
-    def run(self, request: RunRequest) -> int:
-        errors_before = self._db(request, lambda: error_count(request.tables)) if request.wait else 0
-        try:
-            self._start(request)
-            groups = self._submit(request, self._stages(request.tables))
-            info = self._info(request, groups)
-            self._db(request, lambda: ledger.set_backend_info(request.run_id, info))
-        except BaseException:
-            with contextlib.suppress(Exception):  # the reason to report is the one above
-                ledger.finish_run(request.run_id, "rejected")
-            self._close()
-            raise
-        tasks = sum(len(g.futures) for g in groups)
-        print(f"submitted {tasks} Dask task(s) to {info}", file=sys.stderr)
-        if not request.wait:
-            distributed.fire_and_forget([f for g in groups for f in g.futures])
-            self._close()
-            return SUBMITTED
+    def submit(self, request: RunRequest, levels: list[list[TableInfo]], first: bool) -> Tasks:
+        """Every slot of these levels' tables, stage after stage (``_stages``); the first
+        round starts the client (and with --cluster the cluster)."""
+        self._start(request)
+        groups = self._submit(request, plan.stages(self.config, [t for level in levels for t in level]))
+        info = self._info(request, groups)
+        return Tasks(info, f"submitted {sum(len(g.futures) for g in groups)} Dask task(s) to {info}", groups, request)
+
+    def poll(self, submission: Tasks) -> Poll:
+        futures = submission.futures.values()
+        running = sum(not f.done() for f in futures)
+        return Poll(running, ended=not running)
+
+    def cancel(self, submission: Tasks) -> None:
+        assert self.client is not None
+        with contextlib.suppress(Exception):
+            self.client.cancel(list(submission.futures.values()))
+
+    def detach(self, submission: Tasks) -> None:
+        distributed.fire_and_forget(list(submission.futures.values()))
+
+    @contextlib.contextmanager
+    def following(self) -> Iterator[None]:
+        """SIGTERM and Ctrl-C stop the run's workers (``interrupt``), not this process."""
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            crashed = self._follow(request, groups)
+            yield
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            self._close()
-        if self.stopping:
-            return 130
-        gave_up = self._db(request, lambda: error_count(request.tables)) > errors_before  # workers died until max_attempts
-        return 1 if crashed or gave_up else self._db(request, lambda: outcome(request.run_id))
-
-    @staticmethod
-    def _db(request: RunRequest, action: Callable[[], T]) -> T:
-        """The driver's bookkeeping outlives a database restart (the tasks do not need
-        this process): retried on a new connection for DB_PATIENCE seconds."""
-        return db.retrying(request.tables[0].cls.connection, action, WHO, DB_PATIENCE)
 
     def _stop(self, signum: int, frame: Any) -> None:
         self.stopping = True
 
-    def _close(self) -> None:
+    def close(self) -> None:
         for thing in (self.client, self.cluster):
             if thing is not None:
                 with contextlib.suppress(Exception), quiet():
@@ -215,52 +200,12 @@ class DaskBackend(Backend):
             parts.append(f"cluster={self.kind}")
         return " ".join(parts)
 
-    def _stages(self, tables: list[TableInfo]) -> list[list[TableInfo]]:
-        """Tables (upstream first) in stages: a table joins the latest stage of its upstream
-        tables when it asks for the same resources as each of them there, else the stage
-        after. Within a stage the workers pipeline; between stages Dask orders the tasks."""
-        resources = {t.full_name: repr(sorted(self.config.for_table(t).resources.items())) for t in tables}
-        stage: dict[str, int] = {}
-        for t in tables:
-            stage[t.full_name] = max((stage[u] + (resources[u] != resources[t.full_name])
-                                      for u in t.upstream if u in stage), default=0)
-        out: dict[int, list[TableInfo]] = {}
-        for t in tables:
-            out.setdefault(stage[t.full_name], []).append(t)
-        return [out[k] for k in sorted(out)]
-
-    def _groups(self, request: RunRequest, levels: list[list[TableInfo]]) -> list[Group]:
-        """The launch plan (pull slots per table, after every earlier stage), with the
-        tables of one stage that ask for the same resources sharing their slots."""
-        offers = self._thread_offers(request)
-        groups: dict[tuple[int, str], Group] = {}
-        launches: list[TableLaunch] = plan_launches(request, lambda info: self._slots(info, offers), fixed_first=False,
-                                                    levels=levels)
-        for launch in launches:
-            resources = self.config.for_table(launch.info).resources
-            key = (launch.level, repr(sorted(resources.items())))
-            if key in groups:
-                groups[key].tables.append(launch.info)
-                groups[key].slots = max(groups[key].slots, launch.slots)
-            else:
-                groups[key] = Group([launch.info], launch.level, resources, launch.slots)
-        return list(groups.values())
-
-    def _slots(self, info: TableInfo, offers: list[tuple[dict[str, float], int]]) -> int:
-        settings = self.config.for_table(info)
-        if settings.pull_workers:
-            return settings.pull_workers
-        need = settings.resources
-        # a worker runs as many of these at once as it has threads and resources for
-        fitting = sum(min([threads] + [int(offer.get(r, 0) // v) for r, v in need.items()]) for offer, threads in offers)
-        return max(1, fitting)
-
     def _submit(self, request: RunRequest, levels: list[list[TableInfo]]) -> list[Group]:
         """One task per pull slot; each stage's tasks after every earlier stage's. All
         of them go in one ``submit`` per task before any can matter: each task enqueues
         its own tables when it starts."""
         assert self.client is not None
-        groups = self._groups(request, levels)
+        groups = plan.groups(request, self.config, levels, self._thread_offers(request))
         env = self._env(request)
         before: list[distributed.Future] = []
         for level in sorted({g.level for g in groups}):
@@ -292,69 +237,24 @@ class DaskBackend(Backend):
         chosen = {k: v for k, v in os.environ.items() if k != "DJ_PASS" and any(fnmatch.fnmatchcase(k, p) for p in patterns)}
         return {**chosen, **{k: v for k, v in request.target.worker_env().items() if v}}
 
-    # ------------------------------------------------------------ follow
-    def _follow(self, request: RunRequest, groups: list[Group]) -> bool:
-        """--wait: progress from the jobs tables until every task ended, releasing on the
-        way the keys of tasks whose worker died; then reconcile and submit slots again for
-        the levels that still have work (bounded). True when a worker exited abnormally."""
-        assert self.client is not None
-        crashed = False
-        for round_ in range(request.worker.policy.max_attempts + 1):
-            futures = {f.key: f for g in groups for f in g.futures}
-            self._wait_round(request, futures)
-            if self.stopping:
-                return crashed
-            self._db(request, lambda: check_identity(request.run_id, request.tables, FIX))
-            crashed |= self._report(futures)
-            todo = self._db(request, lambda: rerun_levels(request, self._ended))
-            if not todo or round_ == request.worker.policy.max_attempts:
-                break
-            groups = self._submit(request, self._stages([t for level in todo for t in level]))
-        return crashed
-
-    def _wait_round(self, request: RunRequest, futures: dict[str, distributed.Future]) -> None:
-        tables = [JobTable(t.instance()) for t in request.tables]
-        next_progress = next_reconcile = time.monotonic()
-        with tqdm(desc="dask", unit="key", disable=not request.progress or None) as bar:
-            while not all(f.done() for f in futures.values()):
-                if self.stopping:
-                    self._stop_tasks(request, futures)
-                    return
-                time.sleep(0.1)  # a round ends as soon as its last task does
-                if request.progress and time.monotonic() > next_progress:  # (no counting for nobody)
-                    next_progress = time.monotonic() + 1
-                    counts = self._db(request, lambda: [jt.status_counts() for jt in tables])
-                    running = sum(not f.done() for f in futures.values())
-                    bar.set_postfix_str(f"pending={sum(c['pending'] for c in counts)} "
-                                        f"reserved={sum(c['reserved'] for c in counts)} tasks={running}")
-                    bar.refresh()
-                if time.monotonic() > next_reconcile:  # a dead worker's keys go back to pending now
-                    next_reconcile = time.monotonic() + 5
-                    self._db(request, lambda: self._reconcile(request, tables))
-                    self._db(request, lambda: check_identity(request.run_id, request.tables, FIX))
-
-    def _reconcile(self, request: RunRequest, tables: list[JobTable]) -> None:
-        ended = self._ended({j for jt in tables for j in jt.reserved_backend_ids()})
-        if ended:
-            reconcile_all([t.instance() for t in request.tables], request.worker.policy, ended)
-
-    def _stop_tasks(self, request: RunRequest, futures: dict[str, distributed.Future]) -> None:
+    def interrupt(self, submission: Tasks) -> int:
         """Ctrl-C / SIGTERM: the workers of the run are told to stop (they release their
         claims, charging nothing); tasks not started are cancelled; wait for the others a
         little longer than the grace period."""
-        assert self.client is not None
+        assert self.client is not None and submission.request is not None
+        request, futures = submission.request, submission.futures
         with contextlib.suppress(Exception):
             self.client.cancel([f for f in futures.values() if f.status == "pending"])
             self.client.run(stop_run, request.run_id)
             deadline = time.monotonic() + request.worker.grace + 10
             while time.monotonic() < deadline and not all(f.done() for f in futures.values()):
                 time.sleep(0.2)
+        return 130
 
-    @staticmethod
-    def _report(futures: dict[str, distributed.Future]) -> bool:
+    def failed(self, submission: Tasks) -> bool:
         """Tasks that did not end with status 0 (worker exit codes; Dask's KilledWorker)."""
         bad = False
-        for key, f in futures.items():
+        for key, f in submission.futures.items():
             if f.status != "finished":  # its worker died too often (KilledWorker), or it was cancelled
                 print(f"dask: task {key} {f.status}; its keys are reconciled and run again", file=sys.stderr)
                 continue
@@ -364,101 +264,21 @@ class DaskBackend(Backend):
                 bad = True
         return bad
 
-    def _ended(self, job_ids: set[str]) -> set[str]:
+    def ended_now(self, job_ids: set[str]) -> set[str]:
         assert self.client is not None
-        return _ended_by(self.client, job_ids)
+        return status.ended_by(self.client, job_ids)
 
     # --------------------------------------------------------- hints, status
     @classmethod
     def ended_jobs(cls, job_ids: set[str]) -> set[str]:
-        """Which ``dask:<worker>/<task key>`` ids no longer run: their task key is not
-        processing on that worker, as the run's scheduler (from the ledger) says. A
-        scheduler that does not answer gives no hint."""
-        by_run: dict[str, set[str]] = {}
-        for job_id in job_ids:
-            if run_id := _run_of(job_id):
-                by_run.setdefault(run_id, set()).add(job_id)
-        by_scheduler: dict[str, set[str]] = {}
-        for run_id, ids in by_run.items():  # one ledger read per run, not per slot
-            if address := _scheduler_of(run_id):
-                by_scheduler.setdefault(address, set()).update(ids)
-        ended: set[str] = set()
-        for address, ids in by_scheduler.items():
-            with contextlib.suppress(Exception), quiet():
-                with distributed.Client(address, timeout=3, set_as_default=False) as client:
-                    ended |= _ended_by(client, ids)
-        return ended
+        return status.ended_jobs(job_ids)
 
     def run_ended(self, run: dict) -> bool | None:
-        """No task of the run is waiting, queued or running on its scheduler (with
-        ``fire_and_forget`` a finished task is forgotten). None: the scheduler does not
-        answer, or the run's tasks were not recorded."""
-        info = run.get("backend_info") or ""
-        address, keys = _field(info, "scheduler"), _task_keys(run["run_id"], info)
-        if not address or keys is None:
-            return None
-        try:
-            with quiet(), distributed.Client(address, timeout=3, set_as_default=False) as client:
-                states = client.sync(client.scheduler.get_task_status, keys=keys)
-        except Exception:
-            return None
-        return not any(state in LIVE_TASK_STATES for state in states.values())
+        return status.run_ended(run)
 
     def describe(self, run: dict) -> str:
-        """For ``status``: the scheduler, its dashboard and the run's running tasks."""
-        info = run.get("backend_info") or ""
-        address = _field(info, "scheduler")
-        if not address:
-            return info
-        try:
-            with quiet(), distributed.Client(address, timeout=3, set_as_default=False) as client:
-                prefix = f"djo-{run['run_id']}-"
-                running = sum(str(k).startswith(prefix) for keys in client.processing().values() for k in keys)
-        except Exception:
-            return f"{info} (scheduler not answering)"
-        return f"{info} running={running} worker task(s)"
+        return status.describe(run)
 
 
-# ------------------------------------------------------------------ helpers
 def _fits(need: dict[str, float], offer: dict[str, float]) -> bool:
     return all(offer.get(r, 0) >= v for r, v in need.items())
-
-
-def _ended_by(client: distributed.Client, job_ids: set[str]) -> set[str]:
-    processing = {(w, str(k)) for w, keys in client.processing().items() for k in keys}
-    ended = set()
-    for job_id in job_ids:
-        worker, _, key = job_id.removeprefix("dask:").rpartition("/")
-        if (worker, key) not in processing:
-            ended.add(job_id)
-    return ended
-
-
-LIVE_TASK_STATES = {"released", "waiting", "no-worker", "queued", "processing"}  # (not memory, erred, forgotten)
-RUN_IN_KEY = re.compile(r"dask:.+/djo-(\d{8}-\d{6}-[0-9a-f]+)-")
-
-
-def _run_of(job_id: str) -> str | None:
-    m = RUN_IN_KEY.match(job_id)
-    return m.group(1) if m else None
-
-
-def _scheduler_of(run_id: str) -> str | None:
-    """The scheduler a run's tasks went to, from its ledger row (None: not known)."""
-    info = ledger.backend_info(run_id)
-    return _field(info, "scheduler") if info else None
-
-
-def _task_keys(run_id: str, info: str) -> list[str] | None:
-    """The run's task keys from ``tasks=Square:0-1,Total:2-3`` in its backend info."""
-    ranges = _field(info, "tasks")
-    if ranges is None:
-        return None
-    pairs = (part.rpartition(":")[::2] for part in ranges.split(",") if part != "none")
-    return [f"djo-{run_id}-{label}-{slot}" for label, span in pairs
-            for slot in range(int(span.split("-")[0]), int(span.split("-")[1]) + 1)]
-
-
-def _field(info: str, name: str) -> str | None:
-    m = re.search(rf"(?:^| ){name}=(\S+)", info)
-    return m.group(1) if m else None

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ...config import BackendConfig, Settings
+from ...config import BackendConfig, Flag, Settings, flag
 from ...errors import UsageError
-from ..slurm import slurm_minutes
+from ..slurm.settings import slurm_minutes
 
 CLUSTERS = ("local", "slurm", "cuda")
 CLUSTER_WIDE = ("scheduler", "connect_timeout", "worker_resources", "forward_env", "slurm")
@@ -55,7 +55,10 @@ class DaskSettings(Settings):
 
     label: ClassVar[str] = "Dask setting"
 
-    scheduler: str | None = None  # e.g. "tcp://gpu-box:8786"; DASK_SCHEDULER_ADDRESS otherwise
+    extra_flags: ClassVar[tuple[Flag, ...]] = (
+        Flag("cluster", "start a cluster for this run instead: local, slurm (dask-jobqueue) or cuda (dask-cuda)."),)
+
+    scheduler: str | None = flag(None, "the scheduler's address (default: [dask] scheduler, DASK_SCHEDULER_ADDRESS).")
     connect_timeout: float = 5.0  # seconds to reach the scheduler before giving up (exit 2)
     resources: dict[str, Any] = field(default_factory=dict)  # per table, e.g. { GPU = 1 }
     pull_workers: int = 0  # tasks per table group and level; 0: one per worker thread that can run it
