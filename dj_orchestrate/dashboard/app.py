@@ -7,8 +7,7 @@ accepts a request and again by each action before it answers, and kept fresh by 
 while pages ask for them. GET only reads. Every action is a POST that must pass
 ``Dashboard.refusal``: the account may write, the Origin is this
 server's, and the caller holds the token (a cookie set by the URL printed at start, or
-``Authorization: Bearer TOKEN``). Every answer says what it cost in a ``Server-Timing``
-header (a browser's network panel shows it; ``bench/bench_dashboard.py`` reads it)."""
+``Authorization: Bearer TOKEN``). Every answer says what it cost (``meter``)."""
 
 from __future__ import annotations
 
@@ -37,6 +36,7 @@ from ..errors import UsageError
 from ..jobs import STATUSES, JobTable, Policy, Restriction, counts_of, key_source_of, reconcile_all
 from ..planner import TablePlan, plan_table
 from . import serial_keys, view
+from .meter import Meter
 from .snapshot import TTL, Keeper, Snapshot
 
 HERE = Path(__file__).parent
@@ -45,46 +45,6 @@ log = logging.getLogger("dj_orchestrate")
 GROUP_KEYS = 200  # failed keys listed, with their stacks, when a group opens
 OWNERS = 200  # owners of reserved keys listed on /runs (rendering thousands costs more than their queries)
 COLOURS = {"done": "#3a9a50", "pending": "#9aa5b1", "reserved": "#3c78c8", "error": "#d0453a", "ignore": "#c9a227"}
-
-
-class Meter:
-    """The statements a request ran and their time, counted per thread: work another
-    thread does meanwhile is not the request's."""
-
-    def __init__(self) -> None:
-        self.local = threading.local()
-
-    def watch(self, conn: Any) -> None:
-        """Count what runs on ``conn`` (DataJoint's and ours alike: all go through ``query``)."""
-        run = conn.query
-
-        def query(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return run(*args, **kwargs)
-            finally:
-                tally = getattr(self.local, "tally", None)
-                if tally is not None:
-                    tally[0] += 1
-                    tally[1] += time.perf_counter() - start
-
-        conn.query = query
-
-    def timed(self, handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
-        """``handler`` answering with ``Server-Timing: app;dur=MS, db;dur=MS;desc="N statements"``."""
-
-        def run(request: Request) -> Response:
-            start, self.local.tally = time.perf_counter(), [0, 0.0]
-            try:
-                response = handler(request)
-            finally:
-                n, db_time = self.local.tally
-                self.local.tally = None
-            response.headers["Server-Timing"] = (f"app;dur={1000 * (time.perf_counter() - start):.1f}, "
-                                                 f'db;dur={1000 * db_time:.1f};desc="{n} statements"')
-            return response
-
-        return run
 
 
 class Dashboard:
