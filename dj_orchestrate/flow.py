@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .jobs import JobTable, Restriction
+from .jobs import JobTable, Restriction, activity_of
 from .pipeline import TableInfo
 
 ORDERS = ("upstream", "downstream", "levels", "declared")
@@ -130,8 +130,9 @@ def waiting(infos: list[TableInfo], restriction: Restriction = Restriction()) ->
     ready in a table that can open: then work goes on."""
     nodes = build(infos)
     # a table with no jobs table (made under its lock) is due while it has keys missing
-    activity = {n: n.jt.activity() if n.jt.supported else (bool(n.jt.counts(restriction)["missing"]), False)
-                for n in nodes}
+    queued = [n for n in nodes if n.jt.supported]
+    activity = dict(zip(queued, activity_of([n.jt for n in queued])))
+    activity.update({n: (bool(n.jt.counts(restriction)["missing"]), False) for n in nodes if not n.jt.supported})
     if any(reserved for _, reserved in activity.values()):
         return []
     memo: dict[Node, bool] = {}

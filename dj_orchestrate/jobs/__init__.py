@@ -18,6 +18,7 @@ Keys travel as the raw values the database returned and are always bound as
 parameters (``sql``). The SQL that differs between MariaDB/MySQL and PostgreSQL is in ``dialect``.
 """
 
+from .claims import activity_of
 from .model import EXTRA_COLUMNS, NOW, RECONCILED, STATUSES, Claim, Owner, Policy, Restriction, truncate
 from .reconcile import LiveConnections
 from .reports import counts_of
@@ -25,4 +26,4 @@ from .sql import key_source_of
 from .table import JobTable, reconcile_all
 
 __all__ = ["EXTRA_COLUMNS", "NOW", "RECONCILED", "STATUSES", "Claim", "JobTable", "LiveConnections", "Owner", "Policy",
-           "Restriction", "counts_of", "key_source_of", "reconcile_all", "truncate"]
+           "Restriction", "activity_of", "counts_of", "key_source_of", "reconcile_all", "truncate"]

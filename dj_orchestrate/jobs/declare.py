@@ -105,4 +105,5 @@ class Declared(TableSQL):
             if not self._query(find, args).fetchone():
                 with _declaring(f"create an index on {self.name}", "owner (CREATE INDEX)"):
                     self._query(create)
+        _COLUMNS[type(self.table)] = frozenset(have | set(EXTRA_COLUMNS))  # (complete now: no need to ask again)
         _ENSURED.add(type(self.table))
