@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .jobs import JobTable, Restriction, activity_of
+from .jobs import JobTable, Restriction, activity_of, status_counts_of
 from .pipeline import TableInfo
 
 ORDERS = ("upstream", "downstream", "levels", "declared")
@@ -148,9 +148,10 @@ def waiting(infos: list[TableInfo], restriction: Restriction = Restriction()) ->
     if any(activity[n][0] and can_open(n) for n in nodes):
         return []
     by_name = {n.info.full_name: n for n in nodes}
+    status = dict(zip(nodes, status_counts_of([n.jt for n in nodes])))
     lines = []
     for n in nodes:
-        counts = n.jt.status_counts()
+        counts = status[n]
         keys = f"{counts['pending']} key{'s' * (counts['pending'] != 1)}"
         if counts["pending"] and not can_open(n):
             if n.blocked:
@@ -161,7 +162,7 @@ def waiting(infos: list[TableInfo], restriction: Restriction = Restriction()) ->
                 g = next(g for g in n.gates if not can_open(g))
                 lines.append(f"{n.info.name}: {keys} wait for {g.info.name}, which cannot run")
         failed = [f"{u.info.name} ({e} key{'s' * (e != 1)} failed)" for u in (by_name.get(x) for x in sorted(n.info.upstream))
-                  if u is not None and (e := u.jt.status_counts()["error"])]
+                  if u is not None and (e := status[u]["error"])]
         if failed:
             lines.append(f"{n.info.name}: waits for {', '.join(failed)}: see `dj-orchestrate errors`")
     return lines

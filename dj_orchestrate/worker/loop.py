@@ -11,7 +11,7 @@ from typing import Any, Callable
 from .. import durations, flow, ledger, serial
 from ..db import is_lost as _is_lost, reconnect
 from ..flow import Node
-from ..jobs import Claim, Owner, Restriction, activity_of
+from ..jobs import Claim, Owner, Restriction, activity_of, ensure_all
 from ..pipeline import TableInfo
 from ..watchdog import MakeTimedOut, Watchdog
 from .handle import JobsHandle
@@ -68,8 +68,7 @@ class Worker(Interrupts):
         previous = self._install_signals()
         self._record(state="running", started=ledger.now())
         try:
-            for node in nodes:
-                node.jt.ensure()
+            ensure_all([n.jt for n in nodes])
             if any(not n.opened for n in nodes):
                 self._more_coming(nodes)  # open the tables whose gates are already finished
             while not self.stopping:
