@@ -10,7 +10,7 @@ import pytest
 from conftest import PIPELINES
 
 from dj_orchestrate import pipeline
-from dj_orchestrate.jobs import JobTable, Owner, Policy, activity_of
+from dj_orchestrate.jobs import JobTable, Owner, Policy, activity_of, key_source_of
 
 WIDE = str(PIPELINES / "wide.py")
 KEYS = 12
@@ -59,3 +59,15 @@ def test_activity_of_says_which_tables_have_keys_due(wide, monkeypatch):
     assert activity_of([jt0, jt1]) == [(False, True), (False, False)]
     jt0.complete(owner, held)
     assert activity_of([jt0, jt1]) == [(False, False), (False, False)]  # one key left, backing off
+
+
+@pytest.mark.parametrize("name", ["wide", "lab", "quirks"])
+def test_key_source_is_datajoints_own(db, name):
+    """``key_source_of``, built from the module's classes where it can be (no heading
+    load per parent), is DataJoint's own key_source, statement for statement."""
+    sys.modules.pop(name, None)
+    module = pipeline.load(str(PIPELINES / f"{name}.py"))
+    for cls in pipeline.auto_populated(module).values():
+        own = cls().key_source
+        own = own() if isinstance(own, type) else own
+        assert key_source_of(cls) == (own.make_sql(), tuple(own.heading.names)), cls.__name__
