@@ -59,24 +59,34 @@ def flush() -> None:
         stats, per_minute = ledger.make_stats(create=create), ledger.make_minutes(create=create)
         worker = f"{platform.node()}:{os.getpid()}"[:255]
         if stats is not None:
-            for (run_id, name), s in noted.items():
-                row = {"n": s["n"], "total": s["total"], "longest": s["longest"], "buckets": json.dumps(s["buckets"]),
-                       "updated": ledger.now()}
-                _add(stats, {"run_id": run_id, "table_name": name, "worker": worker}, row, _merge_stats)
+            _add(stats, [({"run_id": run_id, "table_name": name, "worker": worker},
+                          {"n": s["n"], "total": s["total"], "longest": s["longest"], "buckets": json.dumps(s["buckets"]),
+                           "updated": ledger.now()}) for (run_id, name), s in noted.items()], _merge_stats)
         if per_minute is not None:
-            for (minute, name), n in minutes.items():
-                _add(per_minute, {"minute": minute, "table_name": name, "worker": worker}, {"n": n},
-                     lambda new, old: {"n": new["n"] + old["n"]})
+            _add(per_minute, [({"minute": minute, "table_name": name, "worker": worker}, {"n": n})
+                              for (minute, name), n in minutes.items()], lambda new, old: {"n": new["n"] + old["n"]})
             _prune(per_minute)
     except Exception:  # the statistics are a courtesy: a worker never fails for them
         pass
 
 
-def _add(table: Any, key: dict, values: dict, merge: Callable[[dict, dict], dict]) -> None:
-    """This worker's row ``key`` of ``table``: ``values``, merged into what it wrote before."""
-    old = (table & key).to_dicts()
-    row = {**key, **(merge(values, old[0]) if old else values)}
-    (table.update1 if old else table.insert1)(row)
+def _add(table: Any, rows: list[tuple[dict, dict]], merge: Callable[[dict, dict], dict]) -> None:
+    """This worker's rows of ``table``, (key, values) each: merged into what it wrote
+    before, read in one statement; the new ones inserted in one (a worker of N tables
+    sent two statements per table and flush)."""
+    if not rows:
+        return
+    pk = table.primary_key
+    old = {tuple(r[a] for a in pk): r for r in (table & [key for key, _ in rows]).to_dicts()}
+    new = []
+    for key, values in rows:
+        before = old.get(tuple(key[a] for a in pk))
+        if before is None:
+            new.append({**key, **values})
+        else:
+            table.update1({**key, **merge(values, before)})
+    if new:
+        table.insert(new)
 
 
 def _merge_stats(new: dict, old: dict) -> dict:

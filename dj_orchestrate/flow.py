@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .jobs import JobTable, Restriction
+from .jobs import JobTable, Restriction, activity_of, status_counts_of
 from .pipeline import TableInfo
 
 ORDERS = ("upstream", "downstream", "levels", "declared")
@@ -130,8 +130,9 @@ def waiting(infos: list[TableInfo], restriction: Restriction = Restriction()) ->
     ready in a table that can open: then work goes on."""
     nodes = build(infos)
     # a table with no jobs table (made under its lock) is due while it has keys missing
-    activity = {n: n.jt.activity() if n.jt.supported else (bool(n.jt.counts(restriction)["missing"]), False)
-                for n in nodes}
+    queued = [n for n in nodes if n.jt.supported]
+    activity = dict(zip(queued, activity_of([n.jt for n in queued])))
+    activity.update({n: (bool(n.jt.counts(restriction)["missing"]), False) for n in nodes if not n.jt.supported})
     if any(reserved for _, reserved in activity.values()):
         return []
     memo: dict[Node, bool] = {}
@@ -147,9 +148,10 @@ def waiting(infos: list[TableInfo], restriction: Restriction = Restriction()) ->
     if any(activity[n][0] and can_open(n) for n in nodes):
         return []
     by_name = {n.info.full_name: n for n in nodes}
+    status = dict(zip(nodes, status_counts_of([n.jt for n in nodes])))
     lines = []
     for n in nodes:
-        counts = n.jt.status_counts()
+        counts = status[n]
         keys = f"{counts['pending']} key{'s' * (counts['pending'] != 1)}"
         if counts["pending"] and not can_open(n):
             if n.blocked:
@@ -160,7 +162,7 @@ def waiting(infos: list[TableInfo], restriction: Restriction = Restriction()) ->
                 g = next(g for g in n.gates if not can_open(g))
                 lines.append(f"{n.info.name}: {keys} wait for {g.info.name}, which cannot run")
         failed = [f"{u.info.name} ({e} key{'s' * (e != 1)} failed)" for u in (by_name.get(x) for x in sorted(n.info.upstream))
-                  if u is not None and (e := u.jt.status_counts()["error"])]
+                  if u is not None and (e := status[u]["error"])]
         if failed:
             lines.append(f"{n.info.name}: waits for {', '.join(failed)}: see `dj-orchestrate errors`")
     return lines

@@ -18,11 +18,14 @@ Keys travel as the raw values the database returned and are always bound as
 parameters (``sql``). The SQL that differs between MariaDB/MySQL and PostgreSQL is in ``dialect``.
 """
 
+from .claims import activity_of
+from .declare import ensure_all
 from .model import EXTRA_COLUMNS, NOW, RECONCILED, STATUSES, Claim, Owner, Policy, Restriction, truncate
 from .reconcile import LiveConnections
-from .reports import counts_of
-from .sql import key_source_of
+from .reports import counts_of, status_counts_of
+from .sql import custom_key_source, key_source_of
 from .table import JobTable, reconcile_all
 
-__all__ = ["EXTRA_COLUMNS", "NOW", "RECONCILED", "STATUSES", "Claim", "JobTable", "LiveConnections", "Owner", "Policy",
-           "Restriction", "counts_of", "key_source_of", "reconcile_all", "truncate"]
+__all__ = ["EXTRA_COLUMNS", "NOW", "RECONCILED", "STATUSES", "Claim", "JobTable", "LiveConnections", "Owner",
+           "Policy", "Restriction", "activity_of", "counts_of", "custom_key_source", "ensure_all", "key_source_of",
+           "reconcile_all", "status_counts_of", "truncate"]

@@ -5,7 +5,7 @@ a conditional UPDATE, in one short transaction or one statement: see ``dialect``
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 from .declare import Declared
 from .model import NOW, Claim, Owner, Restriction
@@ -88,12 +88,13 @@ class Queue(Declared):
     def activity(self) -> tuple[bool, bool]:
         """(any key pending and due now, any key reserved): two probes of the status index,
         for a worker deciding whether more work can still come."""
-        status = self.q("status")
-        row = self._query(
-            f"SELECT EXISTS (SELECT 1 FROM {self.name} WHERE {status} = 'pending' AND {self.q('scheduled_time')} <= {NOW}), "
-            f"EXISTS (SELECT 1 FROM {self.name} WHERE {status} = 'reserved')"
-        ).fetchone()
+        row = self._query(f"SELECT {self._activity_sql()}").fetchone()
         return bool(row[0]), bool(row[1])
+
+    def _activity_sql(self) -> str:
+        status = self.q("status")
+        return (f"EXISTS (SELECT 1 FROM {self.name} WHERE {status} = 'pending' AND {self.q('scheduled_time')} <= {NOW}), "
+                f"EXISTS (SELECT 1 FROM {self.name} WHERE {status} = 'reserved')")
 
     def claim(self, owner: Owner, limit: int, shard: tuple[tuple | None, tuple | None] | None = None) -> list[Claim]:
         """Reserve up to ``limit`` pending keys (within ``[lo, hi)`` when a shard is given).
@@ -119,3 +120,18 @@ class Queue(Declared):
         n = len(self.pk)
         rows = self.dialect.claim(self, pick, args, sets, set_args)
         return [Claim(tuple(r[:n]), self._decode(r[:n]), int(r[n])) for r in rows]
+
+
+def activity_of(jts: Sequence[Any]) -> list[tuple[bool, bool]]:
+    """``activity`` of each of these jobs tables: of the declared ones in one statement
+    (UNION ALL of their probes, on the first one's connection), so that a worker serving
+    N tables learns which have keys due in one round trip, not N. The others (a table
+    served under its lock, a jobs table not declared yet) answer one by one."""
+    parts = [f"SELECT {i} AS t, {jt._activity_sql()}" for i, jt in enumerate(jts)
+             if isinstance(jt, Queue) and jt.declared]
+    found: dict[int, tuple[bool, bool]] = {}
+    if parts:
+        first = next(jt for jt in jts if isinstance(jt, Queue) and jt.declared)
+        found = {int(t): (bool(due), bool(reserved))
+                 for t, due, reserved in first._query(" UNION ALL ".join(parts)).fetchall()}
+    return [found[i] if i in found else jt.activity() for i, jt in enumerate(jts)]

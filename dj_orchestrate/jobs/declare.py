@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from datajoint.errors import AccessError
 
@@ -16,6 +16,7 @@ from .sql import TableSQL
 # process has ensured that jobs table (catalog queries each; columns are never dropped).
 _COLUMNS: dict[type, frozenset[str]] = {}
 _ENSURED: set[type] = set()
+COLUMNS_SQL = "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s"
 
 
 @contextlib.contextmanager
@@ -60,17 +61,17 @@ class Declared(TableSQL):
         only once complete (columns are never dropped)."""
         cls = type(self.table)
         if cls not in _COLUMNS:
-            found = frozenset(
-                r[0]
-                for r in self._query(
-                    "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
-                    (self.schema, self.jobs_name),
-                ).fetchall()
-            )
-            if not found or not set(EXTRA_COLUMNS) <= found:
+            found = frozenset(r[0] for r in self._query(COLUMNS_SQL, (self.schema, self.jobs_name)).fetchall())
+            if not self._remember(found):
                 return found
-            _COLUMNS[cls] = found
         return _COLUMNS[cls]
+
+    def _remember(self, found: frozenset[str]) -> bool:
+        """Remember the columns found, once complete; whether they were."""
+        if found and set(EXTRA_COLUMNS) <= found:
+            _COLUMNS[type(self.table)] = found
+            return True
+        return False
 
     @property
     def declared(self) -> bool:
@@ -105,4 +106,31 @@ class Declared(TableSQL):
             if not self._query(find, args).fetchone():
                 with _declaring(f"create an index on {self.name}", "owner (CREATE INDEX)"):
                     self._query(create)
+        _COLUMNS[type(self.table)] = frozenset(have | set(EXTRA_COLUMNS))  # (complete now: no need to ask again)
         _ENSURED.add(type(self.table))
+
+
+def ensure_all(jts: Sequence[Any], declare: bool = True) -> None:
+    """``ensure`` each of these jobs tables (with ``declare`` false: only those that
+    exist), reading all of their columns in one statement and, on PostgreSQL, all of their
+    claim indexes in another, instead of a statement or two per table: the start of every
+    command and worker on a wide pipeline. Only what is missing is then declared, one by one."""
+    todo = [jt for jt in jts if isinstance(jt, Declared) and jt.supported and type(jt.table) not in _ENSURED]
+    if not todo:
+        return
+    found: dict[int, set[str]] = {}
+    sql = " UNION ALL ".join(f"SELECT {i} AS t, x.column_name FROM ({COLUMNS_SQL}) AS x" for i in range(len(todo)))
+    for i, column in todo[0]._query(sql, [a for jt in todo for a in (jt.schema, jt.jobs_name)]).fetchall():
+        found.setdefault(int(i), set()).add(column)
+    indexes = [(i, jt.dialect.claim_index(jt)) for i, jt in enumerate(todo)]
+    indexed = {i for i, index in indexes if index is None}
+    probes = [(i, index) for i, index in indexes if index is not None]
+    if probes:
+        sql = " UNION ALL ".join(f"SELECT {i} AS t FROM ({find}) AS x" for i, (find, _, _) in probes)
+        indexed |= {int(r[0]) for r in todo[0]._query(sql, [a for _, (_, args, _) in probes for a in args]).fetchall()}
+    for i, jt in enumerate(todo):
+        have = frozenset(found.get(i, ()))
+        if jt._remember(have) and i in indexed:
+            _ENSURED.add(type(jt.table))
+        elif declare or have:
+            jt.ensure()

@@ -49,16 +49,13 @@ class Reporting(Declared):
 
     def status_counts(self) -> dict[str, int]:
         """Jobs rows per status, plus ``ready`` (pending and due now); cheap, for progress."""
-        if not self.supported:
-            return self._serial().status_counts()
-        counts = dict.fromkeys((*STATUSES, "ready"), 0)
-        if self.declared:
-            status = self.q("status")
-            ready = f"SUM(CASE WHEN {status} = 'pending' AND {self.q('scheduled_time')} <= {NOW} THEN 1 ELSE 0 END)"
-            for name, n, ready_n in self._query(f"SELECT {status}, COUNT(*), {ready} FROM {self.name} GROUP BY {status}").fetchall():
-                counts[name] = int(n)
-                counts["ready"] += int(ready_n or 0)
-        return counts
+        return status_counts_of([self])[0]
+
+    def _status_counts_sql(self, i: int) -> str:
+        status = self.q("status")  # (as text: PostgreSQL's enum types of two tables do not make one column)
+        ready = f"SUM(CASE WHEN {status} = 'pending' AND {self.q('scheduled_time')} <= {NOW} THEN 1 ELSE 0 END)"
+        return (f"SELECT {i} AS t, CAST({status} AS {self.dialect.text}) AS s, COUNT(*) AS n, {ready} AS r "
+                f"FROM {self.name} GROUP BY {status}")
 
     def made(self) -> int:
         """Rows in the table itself: what progress counts as made."""
@@ -159,6 +156,20 @@ class Reporting(Declared):
             [self.conn._config.jobs.default_priority, *ks_args],
         ).rowcount
         return updated + inserted
+
+
+def status_counts_of(jts: Sequence["Reporting"]) -> list[dict[str, int]]:
+    """``status_counts`` of each: of those with a jobs table in one statement (UNION ALL,
+    on the first one's connection), not one per table; those that can have none by
+    ``serial``, one by one."""
+    declared = [i for i, jt in enumerate(jts) if jt.declared]
+    out = [dict.fromkeys((*STATUSES, "ready"), 0) for _ in jts]
+    if declared:
+        sql = " UNION ALL ".join(jts[i]._status_counts_sql(i) for i in declared)
+        for t, name, n, ready in jts[declared[0]]._query(sql).fetchall():
+            out[int(t)][name] = int(n)
+            out[int(t)]["ready"] += int(ready or 0)
+    return [c if jt.supported else jt._serial().status_counts() for jt, c in zip(jts, out)]
 
 
 def counts_of(jts: Sequence["Reporting"], restriction: Restriction = Restriction()) -> list[dict[str, int]]:

@@ -6,6 +6,7 @@ Keys travel as the raw values the database returned and are always bound as para
 from __future__ import annotations
 
 import inspect
+import sys
 import uuid
 from typing import Any, Sequence
 
@@ -23,11 +24,41 @@ _JOBS_KEY: dict[type, list[str]] = {}
 def key_source_of(cls: type) -> tuple[str, tuple[str, ...]]:
     """DataJoint's own SQL of a table class's key_source, and the attributes it yields."""
     if cls not in _KEY_SOURCE:
-        ks = cls().key_source
+        ks = _of_parent_classes(cls)
+        if ks is None:  # (not ``or``: a query expression's truth is a query for its rows)
+            ks = cls().key_source
         if inspect.isclass(ks):
             ks = ks()
         _KEY_SOURCE[cls] = (ks.make_sql(), tuple(ks.heading.names))
     return _KEY_SOURCE[cls]
+
+
+def custom_key_source(cls: type) -> bool:
+    """Whether the user's class defines ``key_source``. Building one costs a heading load
+    per parent (7 catalog queries each), for every table, on every command."""
+    return any("key_source" in k.__dict__ for k in cls.__mro__ if not k.__module__.startswith("datajoint"))
+
+
+def _of_parent_classes(cls: type) -> Any:
+    """DataJoint's default key_source (the join of the primary parents, each renamed as
+    its foreign key says), built as DataJoint builds it but from the parents' classes in
+    the table's module, whose headings a process loads once, instead of a fresh
+    ``FreeTable`` per parent (a heading load each: 7 catalog queries, for every table of
+    every command and worker). None where it cannot be: a custom key_source, or a parent
+    the module does not define (then DataJoint's own)."""
+    if custom_key_source(cls):
+        return None
+    known = {v.full_table_name: v for v in vars(sys.modules.get(cls.__module__, object)).values()
+             if isinstance(v, type) and getattr(v, "database", None) and hasattr(v, "full_table_name")}
+    parents = cls().parents(primary=True, foreign_key_info=True)
+    if not parents or any(name not in known for name, _ in parents):
+        return None
+    ks = None
+    for name, props in parents:
+        renamed = {attr: ref for attr, ref in props["attr_map"].items() if attr != ref}
+        part = known[name]().proj(**renamed) if props["aliased"] else known[name]().proj()
+        ks = part if ks is None else ks * part
+    return ks
 
 
 class TableSQL:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .claims import Queue
+from .claims import Queue, activity_of
 from .model import RECONCILED, Policy, Restriction
 from .reconcile import LiveConnections, Reconciling
 from .reports import Reporting
@@ -17,12 +17,16 @@ class JobTable(Reporting, Reconciling, Queue):
 def reconcile_all(tables: Sequence[Any], policy: Policy = Policy(), ended_jobs: set[str] = frozenset(),
                   restriction: Restriction = Restriction()) -> dict[str, int]:
     """Reconcile the jobs tables of these table instances (the keys within
-    ``restriction``); totals over all of them."""
+    ``restriction``); totals over all of them. Only those holding reservations: one
+    statement finds them (``activity_of``), so that a run of a wide pipeline with
+    nothing to rescue does not read every jobs table, nor the server's sessions."""
     total = dict.fromkeys(RECONCILED, 0)
-    if not tables:
+    jts = [jt for jt in map(JobTable, tables) if jt.declared]
+    held = [jt for jt, (_, reserved) in zip(jts, activity_of(jts)) if reserved]
+    if not held:
         return total
-    live = LiveConnections(tables[0].connection)
-    for table in tables:
-        for k, v in JobTable(table).reconcile(live, ended_jobs, policy, restriction).items():
+    live = LiveConnections(held[0].conn)
+    for jt in held:
+        for k, v in jt.reconcile(live, ended_jobs, policy, restriction).items():
             total[k] += v
     return total

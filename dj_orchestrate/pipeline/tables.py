@@ -73,12 +73,6 @@ def discover(module: ModuleType) -> list[TableInfo]:
     return _leveled(ordered, topo, declared, reads, dropped, classes)
 
 
-def _custom_key_source(cls: type) -> bool:
-    """Whether the user's class defines ``key_source``. Building one costs a heading load
-    per parent (7 catalog queries each), for every table, on every command."""
-    return any("key_source" in k.__dict__ for k in cls.__mro__ if not k.__module__.startswith("datajoint"))
-
-
 def _sane_reads(classes: list[type]) -> tuple[dict[str, set[str]], dict[str, list[str]]]:
     """The auto-populated tables each table's code reads (``code_references``), less the
     ones that cannot be gates: a foreign-key descendant of the table (it needs the table's
@@ -119,11 +113,11 @@ def _upstream(cls: type, names: set[str], reads: set[str]) -> tuple[set[str], se
     """Tables among ``names`` this table waits for, and of those the ones no foreign key
     and no ``key_source`` shows: its foreign-key ancestors, the tables a custom
     ``key_source`` reads (a fan-in), and the tables its code reads."""
+    from ..jobs import custom_key_source, key_source_of  # (here: importing jobs imports DataJoint)
+
     deps = cls.connection.dependencies
     found = {a for a in deps.ancestors(cls.full_table_name) if a in names}
-    if _custom_key_source(cls):  # DataJoint's own reads only the primary parents: ancestors already
-        from ..jobs import key_source_of
-
+    if custom_key_source(cls):  # DataJoint's own reads only the primary parents: ancestors already
         sql = key_source_of(cls)[0]
         found.update(n for n in names if n in sql)
     found.discard(cls.full_table_name)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from .. import durations, flow, ledger, serial
 from ..db import is_lost as _is_lost, reconnect
 from ..flow import Node
-from ..jobs import Claim, Owner, Restriction
+from ..jobs import Claim, Owner, Restriction, activity_of, ensure_all
 from ..pipeline import TableInfo
 from ..watchdog import MakeTimedOut, Watchdog
 from .handle import JobsHandle
@@ -22,6 +22,12 @@ log = logging.getLogger("dj_orchestrate")
 
 EMPTY_CLAIM_RETRIES = 50  # empty claims in a row while keys are due, before a worker gives up
 CLAIM_RETRIES = 4  # empty claims of one table with keys due, before the next table is tried
+
+
+def _holds_lock(node: Node) -> bool:
+    """A table served under its lock (``serial``) that this worker holds: it must be
+    claimed again, since only a claim that finds no key lets the lock go."""
+    return bool(getattr(node.jt, "locked", False))
 
 
 class Worker(Interrupts):
@@ -46,6 +52,7 @@ class Worker(Interrupts):
         self._last_flush = time.monotonic()
         self._seconds_per_key: dict[Node, float] = {}
         self._empty = 0  # claims in a row that came back empty
+        self._due: set[Node] | None = None  # the tables known to have keys due (None: ask the database)
         self._deadline: float | None = None  # when the make in flight times out
         self._seconds = 0.0  # its timeout
         self._watchdog: Watchdog | None = None
@@ -61,8 +68,7 @@ class Worker(Interrupts):
         previous = self._install_signals()
         self._record(state="running", started=ledger.now())
         try:
-            for node in nodes:
-                node.jt.ensure()
+            ensure_all([n.jt for n in nodes])
             if any(not n.opened for n in nodes):
                 self._more_coming(nodes)  # open the tables whose gates are already finished
             while not self.stopping:
@@ -90,26 +96,53 @@ class Worker(Interrupts):
         return tally
 
     def _claim_next(self, nodes: list[Node]) -> tuple[Node | None, list[Claim]]:
-        """A batch from the first open table (in the worker's order) that has one."""
-        for node in nodes:
-            for retry in range(CLAIM_RETRIES):
-                if not node.opened or self.stopping:
-                    break
-                batch = self._claim(node)
-                if batch:
-                    return node, batch
-                if len(nodes) == 1 or not self._due(node):
-                    break
-                time.sleep(0.005 * 2**retry)
+        """A batch from the first open table (in the worker's order) that has keys due.
+
+        Which tables have keys due, one statement says for all of them (``_ask_due``),
+        asked again only when a claim comes back empty or no table is known to have any:
+        a worker serving N tables does not try N jobs tables per claim. A table whose
+        claim came back short has none left; a table its makes fed has some (``_flush``).
+        A claim that comes back empty from a table that still has keys due (another
+        claim was scanning past them) is tried again before the next table, so the order
+        holds."""
+        tries = CLAIM_RETRIES if len(nodes) > 1 else 1
+        empty: dict[Node, int] = {}
+        asked = False
+        while not self.stopping:
+            if self._due is None:
+                self._ask_due(nodes)
+                asked = True
+            due = self._due or set()
+            node = next((n for n in nodes if n.opened and n in due and empty.get(n, 0) < tries), None)
+            if node is None:
+                if asked:
+                    return None, []
+                self._due = None  # what others enqueued, or keys whose backoff ended
+                continue
+            if empty.get(node):
+                time.sleep(0.005 * 2 ** (empty[node] - 1))
+            limit = self._batch_size(node)
+            batch = self._claim(node, limit)
+            if batch:
+                if len(batch) < limit and self._due is not None and not _holds_lock(node):
+                    self._due.discard(node)
+                return node, batch
+            empty[node] = empty.get(node, 0) + 1
+            self._due = None
         return None, []
 
-    def _due(self, node: Node) -> bool:
+    def _ask_due(self, nodes: list[Node]) -> None:
+        """The tables with keys due now, in one statement (a worker of one table claims
+        instead of asking)."""
+        if len(nodes) == 1:
+            self._due = set(nodes)
+            return
         try:
-            return node.jt.activity()[0]
+            self._due = {n for n, (due, _) in zip(nodes, activity_of([n.jt for n in nodes])) if due or _holds_lock(n)}
         except Exception as err:
             if not _is_lost(err, self.conn):
                 raise
-            return False  # the next claim reconnects
+            self._due = set(nodes)  # the next claim reconnects
 
     def _more_coming(self, nodes: list[Node]) -> bool:
         """After claims came back empty: can this worker still get keys? Yes when keys
@@ -123,8 +156,10 @@ class Worker(Interrupts):
             if self.shard:
                 activity = {nodes[0]: (bool(nodes[0].jt.ready(self.shard)), False)}
             else:
-                activity = {n: n.jt.activity() for n in nodes}
-            if flow.open_gates(nodes, activity, self.restriction):
+                activity = dict(zip(nodes, activity_of([n.jt for n in nodes])))
+            opened = flow.open_gates(nodes, activity, self.restriction)
+            self._due = None if self.shard else {n for n in nodes if activity[n][0] or _holds_lock(n)}
+            if opened:
                 return True
         except Exception as err:
             if not _is_lost(err, self.conn):
@@ -148,10 +183,10 @@ class Worker(Interrupts):
             return 1
         return max(1, min(self.settings.max_batch, int(self.settings.batch_seconds / seconds)))
 
-    def _claim(self, node: Node) -> list[Claim]:
+    def _claim(self, node: Node, limit: int) -> list[Claim]:
         while True:
             try:
-                return node.jt.claim(self.owner, self._batch_size(node), self.shard)
+                return node.jt.claim(self.owner, limit, self.shard)
             except Exception as err:
                 if not _is_lost(err, self.conn):
                     raise
@@ -243,20 +278,25 @@ class Worker(Interrupts):
             self._completed[node] = []
             made = [c.raw for c in done]
             for reader in node.readers:
-                self._safe(lambda reader=reader: reader.jt.enqueue(self.restriction, after=(node.jt, made)))
+                if self._safe(lambda reader=reader: reader.jt.enqueue(self.restriction, after=(node.jt, made))) \
+                        and self._due is not None:
+                    self._due.add(reader)
             self._safe(lambda: node.jt.complete(owner or self.owner, done))
             self._last_flush = time.monotonic()
 
-    def _safe(self, action: Callable[[], Any]) -> None:
-        """Bookkeeping that may fail on a dying connection: reconcile covers what it misses."""
+    def _safe(self, action: Callable[[], Any]) -> Any:
+        """Bookkeeping that may fail on a dying connection: reconcile covers what it misses.
+        What it returned, or None when it failed."""
         try:
-            action()
+            return action()
         except Exception as err:
             log.warning("could not update the jobs table (%s); `dj-orchestrate reconcile` will", err)
+            return None
 
     def _reconnect(self, node: Node, unstarted: list[Claim], charge: Claim | None = None) -> None:
         """New connection, new owner; the old owner's claims go back to pending."""
         old = self.owner
+        self._due = None
         self.owner = reconnect(self.conn, self.settings.reconnect_seconds, "worker", give_up=lambda: self.stopping,
                                then=self._new_owner, hint="its keys are released by `dj-orchestrate reconcile`")
         for made in list(self._completed):

@@ -1,0 +1,73 @@
+"""Wide pipelines (issue #19), on MariaDB and PostgreSQL: a worker serving many tables
+learns which have keys due in one statement, and a run of a 13-table tree makes every
+key exactly once, as populate() would, leaving nothing reserved."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import PIPELINES
+
+from dj_orchestrate import pipeline
+from dj_orchestrate.jobs import JobTable, Owner, Policy, activity_of, key_source_of
+
+WIDE = str(PIPELINES / "wide.py")
+KEYS = 12
+
+
+@pytest.fixture
+def wide(db):
+    sys.modules.pop("wide", None)
+    module = pipeline.load(WIDE)
+    module.Source.insert({"key_id": i} for i in range(KEYS))
+    return module
+
+
+def tables(module) -> list:
+    return [getattr(module, f"W{i:02d}") for i in range(module.TABLES)]
+
+
+def test_run_with_two_workers_makes_every_key_once(wide, db):
+    r = db.cli("run", WIDE, "--workers", "2", "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    made = wide.Made.to_dicts()
+    assert len(made) == wide.TABLES * KEYS  # Made's key: none made twice
+    for table in tables(wide):
+        assert {k["key_id"] for k in table.keys()} == set(range(KEYS))  # what populate() makes
+        assert len(table.key_source - table) == 0
+        counts = JobTable(table()).status_counts()
+        assert counts["reserved"] == counts["pending"] == counts["error"] == 0, (table.__name__, counts)
+
+
+def test_activity_of_says_which_tables_have_keys_due(wide, monkeypatch):
+    """Keys due now (not those waiting out a backoff) and keys reserved, of every jobs
+    table in one statement."""
+    jt0, jt1 = JobTable(wide.W00()), JobTable(wide.W01())
+    jt1.ensure()
+    jt0.enqueue()
+    statements: list[str] = []
+    query = jt0.conn.query
+    monkeypatch.setattr(jt0.conn, "query", lambda sql, *a, **k: statements.append(sql) or query(sql, *a, **k))
+    assert activity_of([jt0, jt1]) == [(True, False), (False, False)]
+    assert len(statements) == 1
+    owner = Owner.of(jt0.conn)
+    failed = jt0.claim(owner, 1)
+    assert jt0.fail(owner, failed[0], "boom", None, Policy(retries=1, backoff=60)) == "pending"
+    held = jt0.claim(owner, KEYS)
+    assert len(held) == KEYS - 1
+    assert activity_of([jt0, jt1]) == [(False, True), (False, False)]
+    jt0.complete(owner, held)
+    assert activity_of([jt0, jt1]) == [(False, False), (False, False)]  # one key left, backing off
+
+
+@pytest.mark.parametrize("name", ["wide", "lab", "quirks"])
+def test_key_source_is_datajoints_own(db, name):
+    """``key_source_of``, built from the module's classes where it can be (no heading
+    load per parent), is DataJoint's own key_source, statement for statement."""
+    sys.modules.pop(name, None)
+    module = pipeline.load(str(PIPELINES / f"{name}.py"))
+    for cls in pipeline.auto_populated(module).values():
+        own = cls().key_source
+        own = own() if isinstance(own, type) else own
+        assert key_source_of(cls) == (own.make_sql(), tuple(own.heading.names)), cls.__name__
