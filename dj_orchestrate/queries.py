@@ -161,10 +161,7 @@ def key_page(jt: JobTable, status: str | None, restriction: Restriction, after: 
     """One page of the jobs table's keys in primary-key order, after the key ``after``."""
     if not jt.declared:
         return []
-    cond, args = restriction.sql("j", jt.pk, jt.q, jt._bind)
-    if status:
-        cond += f" AND j.{jt.q('status')} = %s"
-        args.append(status)
+    cond, args = jt._where(restriction, (f"j.{jt.q('status')} = %s", status))
     if after:
         row = "(" + ", ".join(["%s"] * len(jt.pk)) + ")"
         cond += f" AND ({jt._cols('j')}) > {row}"

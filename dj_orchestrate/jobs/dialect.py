@@ -16,40 +16,62 @@ if TYPE_CHECKING:
     from .sql import TableSQL
 
 
-class MySQL:
+# What the two databases spell differently, side by side: (MariaDB/MySQL, PostgreSQL).
+# A statement on listed keys or a key range is forced onto MariaDB's primary key
+# (``by_key``; DELETE's multi-table form is the one that takes that hint). Left to itself,
+# InnoDB runs such a statement through the (status, priority, scheduled_time) index
+# whenever few rows have that status (the end of a queue), locking the entries of keys
+# other workers hold while they do the same: two claims then deadlock (seen with 32
+# workers on MariaDB 10.11).
+SPELLINGS: dict[str, tuple[str, str]] = {
+    "text": ("CHAR", "TEXT"),  # what a CAST to text names
+    "insert_new": ("INSERT IGNORE INTO {name} ({columns}) {select}",  # skipping keys another process inserted
+                   "INSERT INTO {name} ({columns}) {select} ON CONFLICT DO NOTHING"),
+    "by_key": ("{name} FORCE INDEX (PRIMARY)", "{name}"),
+    "delete": ("DELETE {name} FROM {by_key} WHERE {where}", "DELETE FROM {name} WHERE {where}"),
+    "sessions": ("SELECT ID FROM information_schema.PROCESSLIST", "SELECT pid FROM pg_stat_activity"),
+}
+
+
+class Dialect:
+    """The words in which the databases differ (``SPELLINGS``, in column ``index``); the
+    subclasses add what differs in more than words."""
+
+    mysql: bool
+    index: int
+
+    @classmethod
+    def spell(cls, word: str, **parts: str) -> str:
+        return SPELLINGS[word][cls.index].format(**parts)
+
+    @classmethod
+    def column_type(cls, types: tuple[str, str, str]) -> str:
+        """This database's type of one of ``EXTRA_COLUMNS``."""
+        return types[cls.index]
+
+    @classmethod
+    def insert_new(cls, name: str, columns: str, select: str) -> str:
+        return cls.spell("insert_new", name=name, columns=columns, select=select)
+
+    @classmethod
+    def by_key(cls, name: str) -> str:
+        return cls.spell("by_key", name=name)
+
+    @classmethod
+    def delete(cls, name: str, by_key: str, where: str) -> str:
+        return cls.spell("delete", name=name, by_key=by_key, where=where)
+
+
+class MySQL(Dialect):
     """MariaDB and MySQL (InnoDB)."""
 
     mysql = True
-    text = "CHAR"  # what a CAST to text names
-
-    @staticmethod
-    def column_type(types: tuple[str, str, str]) -> str:
-        """This database's type of one of ``EXTRA_COLUMNS``."""
-        return types[0]
-
-    @staticmethod
-    def insert_new(name: str, columns: str, select: str) -> str:
-        """``INSERT ... SELECT`` that skips rows whose key another process inserted first."""
-        return f"INSERT IGNORE INTO {name} ({columns}) {select}"
-
-    @staticmethod
-    def by_key(name: str) -> str:
-        """The jobs table for a statement on listed keys or a key range, forced onto the
-        primary key. Left to itself, InnoDB runs such a statement through the (status,
-        priority, scheduled_time) index whenever few rows have that status (the end of a
-        queue), locking the entries of keys other workers hold while they do the same: two
-        claims then deadlock (seen with 32 workers on MariaDB 10.11)."""
-        return f"{name} FORCE INDEX (PRIMARY)"
+    index = 0
 
     @staticmethod
     def uuid(value: uuid.UUID | str) -> Any:
         """A UUID attribute's parameter: DataJoint stores UUIDs as binary(16)."""
         return (value if isinstance(value, uuid.UUID) else uuid.UUID(value)).bytes
-
-    @staticmethod
-    def delete(name: str, by_key: str, where: str) -> str:
-        """The multi-table form of DELETE, the one that takes an index hint."""
-        return f"DELETE {name} FROM {by_key} WHERE {where}"
 
     @staticmethod
     def claim_index(jt: "TableSQL") -> None:
@@ -94,11 +116,6 @@ class MySQL:
             raise
         return rows
 
-    # ------------------------------------------------------- the server's sessions
-    @staticmethod
-    def sessions_sql() -> str:
-        return "SELECT ID FROM information_schema.PROCESSLIST"
-
     @staticmethod
     def visibility(conn: Any) -> tuple[bool, str]:
         """(whether this user sees every session, the user's name): a user without the
@@ -114,31 +131,15 @@ class MySQL:
         return f"{column} < CURRENT_TIMESTAMP(3) - {conn.adapter.interval_expr(uptime + 2, 'second')}"
 
 
-class PostgreSQL:
+class PostgreSQL(Dialect):
     """PostgreSQL."""
 
     mysql = False
-    text = "TEXT"
-
-    @staticmethod
-    def column_type(types: tuple[str, str, str]) -> str:
-        return types[1]
-
-    @staticmethod
-    def insert_new(name: str, columns: str, select: str) -> str:
-        return f"INSERT INTO {name} ({columns}) {select} ON CONFLICT DO NOTHING"
-
-    @staticmethod
-    def by_key(name: str) -> str:
-        return name
+    index = 1
 
     @staticmethod
     def uuid(value: uuid.UUID | str) -> Any:
         return str(value)
-
-    @staticmethod
-    def delete(name: str, by_key: str, where: str) -> str:
-        return f"DELETE FROM {name} WHERE {where}"
 
     @staticmethod
     def claim_index(jt: "TableSQL") -> tuple[str, tuple, str]:
@@ -173,10 +174,6 @@ class PostgreSQL:
         return jt._query(sql, [*args, *set_args]).fetchall()
 
     @staticmethod
-    def sessions_sql() -> str:
-        return "SELECT pid FROM pg_stat_activity"
-
-    @staticmethod
     def visibility(conn: Any) -> tuple[bool, str]:
         return True, ""
 
@@ -185,9 +182,6 @@ class PostgreSQL:
         return f"{column} < pg_postmaster_start_time()"
 
 
-Dialect = type[MySQL] | type[PostgreSQL]
-
-
-def dialect_of(conn: Any) -> Dialect:
+def dialect_of(conn: Any) -> type[Dialect]:
     """The dialect of a DataJoint connection's database."""
     return MySQL if conn.adapter.backend == "mysql" else PostgreSQL

@@ -22,7 +22,7 @@ class LiveConnections:
         self.sees_all, self.user = self.dialect.visibility(conn)
 
     def snapshot(self) -> set[int]:
-        return {int(r[0]) for r in self.conn.query(self.dialect.sessions_sql()).fetchall()}
+        return {int(r[0]) for r in self.conn.query(self.dialect.spell("sessions")).fetchall()}
 
     def before_server_start(self, column: str) -> str:
         """SQL, true when ``column`` (a time the server wrote) is older than the server's

@@ -34,7 +34,7 @@ class Reporting(Declared):
         if not self.declared:
             return sql, args * 2
         status = f"j.{self.q('status')}"  # as text: PostgreSQL's enum and a string do not make one column
-        sql += (f" UNION ALL SELECT CAST({status} AS {self.dialect.text}), COUNT(*) FROM ({ks_sql}) AS m "
+        sql += (f" UNION ALL SELECT CAST({status} AS {self.dialect.spell('text')}), COUNT(*) FROM ({ks_sql}) AS m "
                 f"JOIN {self.name} AS j ON {self._match('j', 'm')} WHERE NOT {self._done('m')} GROUP BY {status}")
         return sql, args * 3
 
@@ -54,7 +54,7 @@ class Reporting(Declared):
     def _status_counts_sql(self, i: int) -> str:
         status = self.q("status")  # (as text: PostgreSQL's enum types of two tables do not make one column)
         ready = f"SUM(CASE WHEN {status} = 'pending' AND {self.q('scheduled_time')} <= {NOW} THEN 1 ELSE 0 END)"
-        return (f"SELECT {i} AS t, CAST({status} AS {self.dialect.text}) AS s, COUNT(*) AS n, {ready} AS r "
+        return (f"SELECT {i} AS t, CAST({status} AS {self.dialect.spell('text')}) AS s, COUNT(*) AS n, {ready} AS r "
                 f"FROM {self.name} GROUP BY {status}")
 
     def made(self) -> int:
@@ -91,10 +91,7 @@ class Reporting(Declared):
             return self._serial().errors(restriction, match, stack)
         if not self.declared:
             return []
-        cond, args = restriction.sql("j", self.pk, self.q, self._bind)
-        if match:
-            cond += f" AND POSITION(%s IN j.{self.q('error_message')}) > 0"
-            args.append(match)
+        cond, args = self._where(restriction, (f"POSITION(%s IN j.{self.q('error_message')}) > 0", match))
         cols = ["error_message", "attempts", "host", "pid", "backend_job_id", "log_path", "completed_time"]
         if stack:
             cols.append("error_stack")

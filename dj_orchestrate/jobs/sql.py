@@ -99,6 +99,16 @@ class TableSQL:
     def _match(self, a: str, b: str) -> str:
         return " AND ".join(f"{a}.{self.q(c)} = {b}.{self.q(c)}" for c in self.pk)
 
+    def _where(self, restriction: Restriction, *given: tuple[str, Any]) -> tuple[str, list]:
+        """``restriction``'s condition on the jobs table as ``j``, and each ``(condition,
+        value)`` whose value is given (the condition's one ``%s`` bound to it)."""
+        cond, args = restriction.sql("j", self.pk, self.q, self._bind)
+        for sql, value in given:
+            if value:
+                cond += f" AND {sql}"
+                args.append(value)
+        return cond, args
+
     def _bind(self, name: str, value: Any) -> Any:
         if isinstance(value, uuid.UUID) or (name in self.uuid_cols and isinstance(value, str)):
             return self.dialect.uuid(value)
