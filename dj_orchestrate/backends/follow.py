@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..db import retrying
 from ..errors import UsageError
 from ..flow import waiting
-from ..jobs import JobTable, Restriction, reconcile_all
+from ..jobs import JobTable, Restriction, counts_of, reconcile_all, status_counts_of
 from ..pipeline import TableInfo, identity, levels_of
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ class Follower:
                 if time.monotonic() >= next_look or poll.ended:
                     next_look = time.monotonic() + backend.look_every
                     if request.progress:
-                        counts = self.db(lambda: [jt.status_counts() for jt in tables])
+                        counts = self.db(lambda: status_counts_of(tables))
                         bar.set_postfix_str(f"pending={sum(c['pending'] for c in counts)} "
                                             f"reserved={sum(c['reserved'] for c in counts)} {backend.shown_as}={poll.running}")
                         bar.refresh()
@@ -133,15 +133,19 @@ def outcome(run_id: str) -> int:
     return 1 if any(s["keys_failed"] for s in ledger.shards_of(run_id)) else 0
 
 
+def _jobs(tables: list[TableInfo]) -> list[JobTable]:
+    return [JobTable(t.instance()) for t in tables]
+
+
 def error_count(tables: list[TableInfo]) -> int:
     """Keys in ``error``: compared before and after a run, the keys that a run gave up on
     because their workers died (no worker records those as failed)."""
-    return sum(JobTable(t.instance()).status_counts()["error"] for t in tables)
+    return sum(c["error"] for c in status_counts_of(_jobs(tables)))
 
 
 def ready_keys(tables: list[TableInfo]) -> int:
     """Keys that a worker could claim right now."""
-    return sum(JobTable(t.instance()).status_counts()["ready"] for t in tables)
+    return sum(c["ready"] for c in status_counts_of(_jobs(tables)))
 
 
 def has_work(level: list[TableInfo], restriction: Restriction) -> bool:
@@ -177,14 +181,14 @@ def check_identity(run_id: str, tables: list[TableInfo], fix: str) -> None:
 def keys_left(tables: list[TableInfo], restriction: Restriction) -> dict[str, int]:
     """Per table, keys still missing or pending: after every worker is gone, keys that
     no worker claimed (they saw another database or schema, or none could start)."""
-    left = {t.name: JobTable(t.instance()).counts(restriction)["missing"] for t in tables}
+    left = {t.name: c["missing"] for t, c in zip(tables, counts_of(_jobs(tables), restriction))}
     return {name: n for name, n in left.items() if n}
 
 
 def left_message(run_id: str, left: dict[str, int], tables: list[TableInfo]) -> str:
     """Why keys are left: some wait for a retry after their backoff (``--retries``), the
     rest no worker claimed (they saw another database or schema, or none could start)."""
-    later = sum(c["pending"] - c["ready"] for c in (JobTable(t.instance()).status_counts() for t in tables if t.name in left))
+    later = sum(c["pending"] - c["ready"] for c in status_counts_of(_jobs([t for t in tables if t.name in left])))
     why = (f"{later} wait for a retry after their --backoff; run again once it has passed" if later
            else "its workers ended and none claimed them; see the workers' logs")
     return f"run {run_id}: {sum(left.values())} keys left ({', '.join(f'{t} {n}' for t, n in left.items())}): {why}"

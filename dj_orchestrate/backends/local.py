@@ -32,7 +32,7 @@ from typing import Any, Callable, ClassVar, TypeVar
 from ..config import BackendConfig, Settings
 from ..db import reconnect, retrying
 from ..flow import waiting
-from ..jobs import JobTable, reconcile_all
+from ..jobs import JobTable, reconcile_all, status_counts_of
 from ..pipeline import TableInfo
 from ..entry import reported
 from ..work import WorkSpec, main
@@ -170,7 +170,8 @@ class LocalBackend(Backend):
                 self._db(request, lambda: reconcile_all(tables, request.worker.policy, ended))
                 next_reconcile = time.monotonic() + RECONCILE_EVERY
                 next_look = 0.0 if died else next_look
-            if time.monotonic() >= next_look or not self.alive:
+            full = len(self.alive) >= request.workers and not progress.shown  # nothing to draw, no room: read nothing
+            if (time.monotonic() >= next_look and not full) or not self.alive:
                 ready = progress.update()
                 next_look = time.monotonic() + PROGRESS_EVERY
                 if not self.stopping and self.alive and len(self.alive) < min(request.workers, len(self.alive) + ready):
@@ -266,7 +267,11 @@ class Progress:
         self.start = self._counts()
 
     def _counts(self) -> list[tuple[int, dict[str, int]]]:
-        return self.db(lambda: [(jt.made() if self.shown else 0, jt.status_counts()) for jt in self.tables])
+        def read() -> list[tuple[int, dict[str, int]]]:
+            made = [jt.made() if self.shown else 0 for jt in self.tables]
+            return list(zip(made, status_counts_of(self.tables)))
+
+        return self.db(read)
 
     def update(self) -> int:
         """Redraw; returns the keys ready to claim now, over all tables."""
