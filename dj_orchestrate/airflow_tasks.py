@@ -120,7 +120,7 @@ class WaitForTable(BaseOperator):
 
 class TableProgress(BaseTrigger):
     """Runs in the triggerer: ``dj-orchestrate airflow progress`` every ``poll_s``
-    seconds until the table is finished (see ``backends.airflow.progress``), or until
+    seconds until the table is finished (see ``backends.airflow.steps.progress``), or until
     ``deadline`` (epoch seconds, if any) has passed: then a ``timeout`` event with the
     keys left at the last answer. Its arguments, which Airflow stores, are the DAG's
     own values, the run id and the deadline: the credentials are resolved from the
