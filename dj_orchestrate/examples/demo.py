@@ -46,7 +46,7 @@ class Preprocess(dj.Imported):
     definition = """
     -> Session
     ---
-    mean_signal : float64
+    mean_signal : float64  # of the filtered recording
     """
 
     def make(self, key):
@@ -62,7 +62,7 @@ class Behavior(dj.Computed):
     definition = """
     -> Session
     ---
-    trials : int32
+    trials = 0 : int32  # 0: a session without a task
     """
 
     def make(self, key):
