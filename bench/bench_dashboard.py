@@ -35,55 +35,18 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
 import uuid
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATABASES = {
-    "mysql": {"DJ_HOST": "127.0.0.1", "DJ_PORT": "3306", "DJ_USER": "root", "DJ_PASS": "", "DJ_BACKEND": "mysql"},
-    "postgresql": {"DJ_HOST": "127.0.0.1", "DJ_PORT": "5432", "DJ_USER": "postgres", "DJ_PASS": "",
-                   "DJ_BACKEND": "postgresql"},
-}
+from harness import BENCH, DATABASES, child_result, database, in_child, log, python_env
+
+PIPELINE = BENCH / "dashboard_pipeline.py"
 TABLES, CAUSES, RUNS, REPS, PAUSE = 60, 50, 1000, 20, 0.3
 TARGET_MS = 300
 TOKEN = "bench-" + uuid.uuid4().hex
 WORDS = ("disk", "quota", "cuda", "memory", "nwb", "probe", "kilosort", "spike", "timeout", "socket")
-
-PIPELINE = '''
-import os
-import datajoint as dj
-
-schema = dj.Schema(os.environ["DJO_BENCH_SCHEMA"])
-
-
-@schema
-class Session(dj.Manual):
-    definition = """
-    session_id : int32
-    """
-
-'''
-TABLE = '''
-@schema
-class T{i:02d}(dj.Computed):
-    definition = """
-    -> {parent}
-    ---
-    value=0 : int32
-    """
-
-    def make(self, key):
-        self.insert1(key)
-
-'''
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 def cause_text(c: int) -> str:
@@ -98,9 +61,7 @@ def populate_history(n_keys: int) -> str:
     from dj_orchestrate import ledger, pipeline
     from dj_orchestrate.jobs import JobTable
 
-    path = Path(tempfile.mkdtemp()) / "dash_pipeline.py"
-    path.write_text(PIPELINE + "".join(TABLE.format(i=i, parent="Session" if i < 20 else f"T{i - 20:02d}")
-                                       for i in range(TABLES)))
+    path = PIPELINE
     module = pipeline.load(str(path))
     conn = dj.conn()
     done, errors, reserved = int(n_keys * 0.48), n_keys // 10, 100
@@ -216,17 +177,8 @@ def after_actions(base: str) -> list[dict]:
 
 
 def one_database(backend: str, quick: bool) -> list[dict]:
-    tag = uuid.uuid4().hex[:8]
-    env = {**os.environ, **DATABASES[backend], "DJ_USE_TLS": "false", "DJO_BENCH_SCHEMA": f"djo_bench_{tag}",
-           "DJO_LEDGER_SCHEMA": f"djo_bench_{tag}_ledger", "PYTHONPATH": str(ROOT)}
-    os.environ.update(env)
-    sys.path.insert(0, str(ROOT))  # this checkout's dj_orchestrate, as the server's PYTHONPATH says
-    from dj_orchestrate import db
-
-    db.connect()
-    import datajoint as dj
-
-    try:
+    with database(backend, "djo_bench"):
+        env = python_env()  # this checkout's dj_orchestrate and the fresh schemas, for the server and `status`
         spec = populate_history(1_000_000 // TABLES // (10 if quick else 1))
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "dj_orchestrate", "dashboard", spec, "--port", str(port)],
@@ -259,11 +211,6 @@ def one_database(backend: str, quick: bool) -> list[dict]:
             times.append(time.perf_counter() - t)
         out.append({"db": backend, "what": "status --json (a whole process)", **figures(times[0], times[1:], {None})})
         return out
-    finally:
-        for name in (env["DJO_LEDGER_SCHEMA"], env["DJO_BENCH_SCHEMA"]):
-            q = dj.conn().adapter.quote_identifier
-            dj.conn().query(f"DROP {'DATABASE' if backend == 'mysql' else 'SCHEMA'} IF EXISTS {q(name)}"
-                            + ("" if backend == "mysql" else " CASCADE"))
 
 
 def main() -> None:
@@ -271,15 +218,17 @@ def main() -> None:
     ap.add_argument("--db", choices=sorted(DATABASES), action="append")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--_one", help=argparse.SUPPRESS)
+    ap.add_argument("--_out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._one:
-        print(json.dumps(one_database(args._one, args.quick)))
+        child_result(args._out, one_database(args._one, args.quick))
         return
     rows = []
     for backend in args.db or sorted(DATABASES):
-        child = subprocess.run([sys.executable, __file__, "--_one", backend] + (["--quick"] if args.quick else []),
-                               stdout=subprocess.PIPE, text=True, check=True)
-        rows += json.loads(child.stdout.strip().splitlines()[-1])
+        result = in_child([__file__, "--_one", backend] + (["--quick"] if args.quick else []))
+        if result is None:
+            sys.exit(1)
+        rows += result
     print(f"{platform.node()}: {os.cpu_count()} cores, {platform.python_version()}"
           f"{' (--quick: a tenth of the rows)' if args.quick else ''}\n")
     print("| database | page | first ms | p50 ms | p95 ms | worst ms | statements |\n|---|---|---:|---:|---:|---:|---:|")
