@@ -111,6 +111,6 @@ def hint(tables: list) -> set[str]:
     """Reconcile's hint for these tables (instances): the backend job ids of their
     reserved keys whose jobs have ended."""
     from ..jobs import JobTable
+    from .follow import ended_holders
 
-    ids = {j for t in tables for j in JobTable(t).reserved_backend_ids()}
-    return ended_jobs(ids) if ids else set()
+    return ended_holders([JobTable(t) for t in tables], ended_jobs)

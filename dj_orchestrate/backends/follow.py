@@ -118,10 +118,17 @@ class Follower:
             raise
 
 
+def ended_holders(tables: list[JobTable], ended_jobs: Callable[[set[str]], set[str]]) -> set[str]:
+    """The backend job ids that hold keys of these tables and, as the backend's hint
+    ``ended_jobs`` says, have ended (it is asked only when some key is held)."""
+    reserved = {j for jt in tables for j in jt.reserved_backend_ids()}
+    return ended_jobs(reserved) if reserved else set()
+
+
 def release_ended(request: RunRequest, tables: list[JobTable], ended_now: Callable[[set[str]], set[str]]) -> None:
     """Reconcile, while the run goes on, when the backend says some workers that hold
     keys have ended (a dead worker's keys go back to pending now, not after the round)."""
-    ended = ended_now({j for jt in tables for j in jt.reserved_backend_ids()})
+    ended = ended_holders(tables, ended_now)
     if ended:
         reconcile_all([t.instance() for t in request.tables], request.worker.policy, ended)
 
@@ -197,8 +204,8 @@ def left_message(run_id: str, left: dict[str, int], tables: list[TableInfo]) -> 
 def reconcile_run(request: RunRequest, ended_jobs: Callable[[set[str]], set[str]]) -> None:
     """Reconcile the run's tables; ``ended_jobs`` is the backend's hint, asked only about
     the jobs that still hold keys."""
-    reserved = {j for t in request.tables for j in JobTable(t.instance()).reserved_backend_ids()}
-    reconcile_all([t.instance() for t in request.tables], request.worker.policy, ended_jobs(reserved) if reserved else set())
+    reconcile_all([t.instance() for t in request.tables], request.worker.policy,
+                  ended_holders(_jobs(request.tables), ended_jobs))
 
 
 def rerun_levels(request: RunRequest, ended_jobs: Callable[[set[str]], set[str]]) -> list[list[TableInfo]]:
