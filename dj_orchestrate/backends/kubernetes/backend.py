@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ... import ledger
 from ...config import BackendConfig, dumps
 from ...errors import UsageError
 from ...pipeline import TableInfo
@@ -121,6 +122,9 @@ class KubernetesBackend(SchedulerBackend):
                                  levels=levels)
         run = request.run_id
         made = self.manifests(request, launches, run, api.namespace, self.version, suspend_all=True)
+        names = [j["metadata"]["name"] for j in made.jobs]
+        info = f"{api.namespace}/" + ",".join(names)
+        ledger.set_backend_info(run, info)  # (before any Job exists: a driver killed mid-submit leaves Jobs a server can find)
         try:
             for job in made.jobs:
                 api.create(job)
@@ -138,8 +142,7 @@ class KubernetesBackend(SchedulerBackend):
         for job in made.jobs:
             if not job["metadata"].get("annotations", {}).get(AFTER):
                 api.release(job["metadata"]["name"])
-        names = [j["metadata"]["name"] for j in made.jobs]
-        return Jobs(f"{api.namespace}/" + ",".join(names),
+        return Jobs(info,
                     f"created {len(names)} Job(s) in {api.namespace}: {', '.join(names) or 'nothing to do'}", run, len(names))
 
     def poll(self, submission: Jobs) -> Poll:
@@ -189,11 +192,13 @@ class KubernetesBackend(SchedulerBackend):
         return all(name not in jobs or finished(jobs[name]) for name in names)
 
     def resume(self, run: dict) -> list[str] | None:
-        """A run whose driver is gone with Jobs still suspended: only a conductor releases them."""
+        """A run whose driver is gone with Jobs still suspended: only a conductor releases them.
+        It expects the Jobs that exist: a driver killed mid-submit made only some, and a
+        finished one may be gone (its TTL)."""
         found = self._jobs_of(run)
         if not found or not any(found[1].get(n, {}).get("spec", {}).get("suspend") for n in found[0]):
             return None
-        return ["k8s", "conduct", "--run", run["run_id"], "--jobs", str(len(found[0])),
+        return ["k8s", "conduct", "--run", run["run_id"], "--jobs", str(sum(n in found[1] for n in found[0])),
                 "--namespace", run["backend_info"].partition("/")[0]]
 
     def describe(self, run: dict) -> str:
