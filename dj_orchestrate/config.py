@@ -26,14 +26,16 @@ from typing import Any, ClassVar, Generic, TypeVar
 from .errors import UsageError
 
 CONFIG_FILE = "dj_orchestrate.toml"
-SECTIONS = ("run", "serve", "local", "slurm", "dask", "kubernetes", "airflow")
+SECTIONS: set[str] = set()  # the top-level sections, each declared by its Settings subclass
 
 S = TypeVar("S", bound="Settings")
 
 
 def read(path: str | None) -> tuple[dict[str, Any], str]:
     """The whole config (``{}`` when there is none) and where it came from. A top-level
-    section no backend knows is a typo, and says so."""
+    section no settings class declares is a typo, and says so (each backend's package
+    declares its own: ``class SlurmResources(Settings, section="slurm")``; the commands
+    import every one of them, as the options they make)."""
     candidates = [Path(path)] if path else [Path(CONFIG_FILE), Path("pyproject.toml")]
     for candidate in candidates:
         if not candidate.is_file():
@@ -49,7 +51,7 @@ def read(path: str | None) -> tuple[dict[str, Any], str]:
         unknown = sorted(set(data) - set(SECTIONS))
         if unknown:
             raise UsageError(f"unknown section {', '.join(f'[{u}]' for u in unknown)} in {candidate}",
-                             f"valid sections: {', '.join(f'[{s}]' for s in SECTIONS)}")
+                             f"valid sections: {', '.join(f'[{s}]' for s in sorted(SECTIONS))}")
         return data, str(candidate)
     return {}, "defaults"
 
@@ -105,7 +107,14 @@ class Settings:
     ``dict[str, ...]``, ``tuple[dict, ...]``); ``label`` names them in messages."""
 
     label: ClassVar[str] = "setting"
+    section: ClassVar[str] = ""  # its top-level section of the config file ("": part of one, e.g. [dask.slurm])
     extra_flags: ClassVar[tuple[Flag, ...]] = ()  # options of `run` that are no config key (dask's --cluster)
+
+    def __init_subclass__(cls, section: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if section:
+            cls.section = section
+            SECTIONS.add(section)
 
     @classmethod
     def flags(cls) -> tuple[Flag, ...]:
@@ -191,7 +200,8 @@ class BackendConfig(Generic[S]):
     source: str = "defaults"
 
     @classmethod
-    def load(cls, section: str, settings: type[S], path: str | None = None) -> "BackendConfig[S]":
+    def load(cls, settings: type[S], path: str | None = None) -> "BackendConfig[S]":
+        section = settings.section
         data, source = read(path)
         values = dict(data.get(section, {}))
         tables = values.pop("tables", {})

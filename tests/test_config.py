@@ -8,12 +8,13 @@ from typing import Any, ClassVar
 
 import pytest
 
+import dj_orchestrate.cli  # noqa: F401  (the commands import every section's settings, as a command's process does)
 from dj_orchestrate.config import BackendConfig, Settings
 from dj_orchestrate.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
-class Knobs(Settings):
+class Knobs(Settings, section="dask"):
     label: ClassVar[str] = "knob"
 
     name: str | None = None
@@ -36,7 +37,7 @@ class Info:
 def load(tmp_path: Path, text: str, pyproject: bool = False) -> BackendConfig[Knobs]:
     path = tmp_path / ("pyproject.toml" if pyproject else "dj_orchestrate.toml")
     path.write_text(text)
-    return BackendConfig.load("dask", Knobs, str(path))
+    return BackendConfig.load(Knobs, str(path))
 
 
 def test_every_type_and_table_precedence(tmp_path):
@@ -71,13 +72,13 @@ def test_pyproject_section(tmp_path):
 
 def test_no_file_means_defaults(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = BackendConfig.load("dask", Knobs)
+    config = BackendConfig.load(Knobs)
     assert config.defaults == Knobs() and config.source == "defaults"
 
 
 @pytest.mark.parametrize("text, message, hint", [
     ("[dask]\ncont = 1\n", "unknown knob 'cont' in", "valid keys: name, count, ratio, flag, lines, labels, rules"),
-    ("[dsak]\n", "unknown section [dsak]", "valid sections: [run], [serve], [local], [slurm], [dask], [kubernetes], [airflow]"),
+    ("[dsak]\n", "unknown section [dsak]", "valid sections: [airflow], [dask], [kubernetes], [local], [run], [serve], [slurm]"),
     ("[dask]\ncount = \"2\"\n", "count in", "e.g. count = 2"),
     ("[dask]\nflag = 1\n", "flag in", "e.g. flag = true"),
     ("[dask]\nlines = \"x\"\n", "lines in", "e.g. lines = [...]"),
@@ -94,7 +95,7 @@ def test_mistakes_name_the_key_and_the_fix(tmp_path, text, message, hint):
 
 def test_missing_file_given_explicitly(tmp_path):
     with pytest.raises(UsageError, match="config file not found"):
-        BackendConfig.load("dask", Knobs, str(tmp_path / "nope.toml"))
+        BackendConfig.load(Knobs, str(tmp_path / "nope.toml"))
 
 
 def test_dumps_reads_back_as_written():

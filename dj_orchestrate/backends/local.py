@@ -46,7 +46,7 @@ RECONCILE_EVERY = 5.0  # seconds between reconciles while workers run
 
 
 @dataclass(frozen=True)
-class LocalSettings(Settings):
+class LocalSettings(Settings, section="local"):
     """``[local]`` of dj_orchestrate.toml, per table ``[local.tables.<Table>]`` or a class's
     ``local = {...}``: only what the pool's workers do per key."""
 
@@ -68,7 +68,7 @@ class LocalBackend(Backend):
 
     @classmethod
     def from_config(cls, path: str | None = None, **options: Any) -> "LocalBackend":
-        return cls(BackendConfig.load("local", LocalSettings, path))
+        return cls(BackendConfig.load(LocalSettings, path))
 
     def default_wait(self) -> bool:
         return True  # the workers are this command's children

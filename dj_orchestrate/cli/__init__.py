@@ -6,24 +6,11 @@ Exit codes: 0 every attempted key succeeded; 1 some keys failed (they are record
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from .. import db
-from ..entry import report
-from ..errors import UsageError
-
-db.quiet_datajoint()  # before DataJoint is imported: its config warnings are not ours to show
-try:
-    db.import_datajoint()  # it validates DJ_* as it is imported
-except UsageError as _err:
-    report(_err, "--debug" in sys.argv)
-    sys.exit(_err.exit_code)
-
-from .. import __version__  # noqa: E402
-from ..dashboard import command as dashboard  # noqa: E402
-from . import airflow, keys, running, schedulers  # noqa: E402
+from .. import __version__
+from ..dashboard import command as dashboard
+from . import airflow, keys, running, schedulers
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

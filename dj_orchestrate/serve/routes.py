@@ -13,7 +13,7 @@ from ..pipeline import TableInfo
 
 
 @dataclass(frozen=True)
-class RouteSettings(Settings):
+class RouteSettings(Settings, section="run"):
     """``[run]``: which backend makes a table (``[run.tables.X] backend = "slurm"``)."""
 
     label = "[run] setting"
@@ -27,7 +27,7 @@ class RouteSettings(Settings):
 
 
 @dataclass(frozen=True)
-class ServeSettings(Settings):
+class ServeSettings(Settings, section="serve"):
     """``[serve]``: the defaults of ``serve``'s own options."""
 
     label = "[serve] setting"
@@ -54,7 +54,7 @@ def routes(infos: list[TableInfo], default: str | None, config_path: str | None)
     """Each table to its backend: ``[run.tables.X] backend`` (or the class's ``run =
     {"backend": ...}``), else ``default`` (``--backend``), else ``[run] backend``, else
     local. In the tables' order, one route per backend."""
-    config = BackendConfig.load("run", RouteSettings, config_path)
+    config = BackendConfig.load(RouteSettings, config_path)
     if default is not None:
         backends.get(default)  # an unknown name or a missing extra, said before anything runs
         config = dataclasses.replace(config, defaults=RouteSettings(backend=default))
@@ -67,4 +67,4 @@ def routes(infos: list[TableInfo], default: str | None, config_path: str | None)
 
 
 def serve_settings(config_path: str | None) -> ServeSettings:
-    return BackendConfig.load("serve", ServeSettings, config_path).defaults
+    return BackendConfig.load(ServeSettings, config_path).defaults

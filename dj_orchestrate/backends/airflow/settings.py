@@ -20,7 +20,7 @@ CRON_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthl
 
 
 @dataclass(frozen=True)
-class AirflowSettings(Settings):
+class AirflowSettings(Settings, section="airflow"):
     """Per-table Airflow settings: ``[airflow]`` in dj_orchestrate.toml, overridden by a
     table class's ``airflow`` dict, overridden by ``[airflow.tables.<Table>]``."""
 
@@ -58,7 +58,7 @@ class AirflowSettings(Settings):
 
 def load_config(path: str | None = None) -> BackendConfig[AirflowSettings]:
     """``[airflow]`` of the config file (see ``dj_orchestrate.config``)."""
-    return BackendConfig.load("airflow", AirflowSettings, path)
+    return BackendConfig.load(AirflowSettings, path)
 
 
 # ------------------------------------------------------------ render-time checks

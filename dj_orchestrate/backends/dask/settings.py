@@ -49,7 +49,7 @@ class DaskSlurm(Settings):
 
 
 @dataclass(frozen=True)
-class DaskSettings(Settings):
+class DaskSettings(Settings, section="dask"):
     """``[dask]``, and per table ``[dask.tables.X]`` or a class's ``dask = {...}``
     (only ``resources``, ``pull_workers`` and ``timeout``; the rest are one per cluster)."""
 
@@ -86,7 +86,7 @@ class DaskSettings(Settings):
 
 def load_config(path: str | None = None) -> BackendConfig[DaskSettings]:
     """``[dask]`` of the config file. A table section may only set what a table can ask for."""
-    config = BackendConfig.load("dask", DaskSettings, path)
+    config = BackendConfig.load(DaskSettings, path)
     for name, values in config.tables.items():
         wide = sorted(set(values) & set(CLUSTER_WIDE))
         if wide:

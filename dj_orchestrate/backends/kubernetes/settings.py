@@ -37,7 +37,7 @@ CREDENTIAL_WORDS = re.compile(r"PASS|PASSWORD|TOKEN|SECRET|KEY", re.I)
 
 
 @dataclass(frozen=True)
-class KubernetesSettings(Settings):
+class KubernetesSettings(Settings, section="kubernetes"):
     """``[kubernetes]`` of dj_orchestrate.toml; per table: a class's ``kubernetes`` dict,
     then ``[kubernetes.tables.<Table>]``. Image, namespace, context, secret and
     cluster_version are the run's (the defaults'); the rest may differ per table."""
@@ -93,7 +93,7 @@ def version_tuple(text: str, where: str = "the server") -> tuple[int, int]:
 
 
 def load_config(path: str | None = None) -> BackendConfig[KubernetesSettings]:
-    return BackendConfig.load("kubernetes", KubernetesSettings, path)
+    return BackendConfig.load(KubernetesSettings, path)
 
 
 def dns_name(*parts: str) -> str:

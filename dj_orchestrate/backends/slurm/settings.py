@@ -19,7 +19,7 @@ GATE = "now+600"
 
 
 @dataclass(frozen=True)
-class SlurmResources(Settings):
+class SlurmResources(Settings, section="slurm"):
     """Per-table SLURM resources: ``[slurm]`` in dj_orchestrate.toml, overridden by a
     table class's ``slurm`` dict, overridden by ``[slurm.tables.<Table>]``."""
 
@@ -98,5 +98,5 @@ def slurm_minutes(time_: str | int) -> int:
 
 def load_config(path: str | None = None) -> BackendConfig[SlurmResources]:
     """``[slurm]`` of the config file (see ``dj_orchestrate.config``)."""
-    return BackendConfig.load("slurm", SlurmResources, path)
+    return BackendConfig.load(SlurmResources, path)
 
