@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import ledger
-from .jobs import JobTable, Restriction
+from .jobs import JobTable, Restriction, counts_of
 from .pipeline import TableInfo
 
 LOST_AFTER = 3  # intervals without a beat after which a leader is shown as lost
@@ -20,9 +20,11 @@ def status_rows(infos: list[TableInfo], restriction: Restriction,
     ``JobTable.counts`` where the caller has read them (the dashboard's snapshot)."""
     from . import durations
 
+    if counts is None:
+        counts = dict(zip((t.name for t in infos), counts_of([JobTable(t.instance()) for t in infos], restriction)))
     rows = []
     for t in infos:
-        c = counts[t.name] if counts is not None else JobTable(t.instance()).counts(restriction)
+        c = counts[t.name]
         rows.append({"table": t.name, "total": c["total"], "done": c["done"], "pending": c["missing"],
                      "reserved": c["reserved"], "error": c["error"], "ignore": c["ignore"]})
     eta = etas(infos, {r["table"]: (r["pending"], r["reserved"], r["total"]) for r in rows})
@@ -56,7 +58,8 @@ def plan_rows(infos: list[TableInfo], restriction: Restriction, shard_size: int 
     """Each table's plan (``planner.TablePlan``); ``plan_json`` is what ``plan --json`` prints."""
     from .planner import plan_table
 
-    return [plan_table(t, restriction, shard_size, shards) for t in infos]
+    jts = [JobTable(t.instance()) for t in infos]
+    return [plan_table(t, restriction, shard_size, shards, jt, c) for t, jt, c in zip(infos, jts, counts_of(jts, restriction))]
 
 
 def plan_json(infos: list[TableInfo], plans: list[Any]) -> list[dict[str, Any]]:

@@ -123,15 +123,14 @@ class Queue(Declared):
 
 
 def activity_of(jts: Sequence[Any]) -> list[tuple[bool, bool]]:
-    """``activity`` of each of these jobs tables: of the declared ones in one statement
-    (UNION ALL of their probes, on the first one's connection), so that a worker serving
-    N tables learns which have keys due in one round trip, not N. The others (a table
+    """``activity`` of each of these jobs tables: of the declared ones in a UNION ALL of
+    their probes (``_union``, on the first one's connection), so that a worker serving N
+    tables learns which have keys due in a round trip or a few, not N. The others (a table
     served under its lock, a jobs table not declared yet) answer one by one."""
-    parts = [f"SELECT {i} AS t, {jt._activity_sql()}" for i, jt in enumerate(jts)
+    parts = [(f"SELECT {i} AS t, {jt._activity_sql()}", ()) for i, jt in enumerate(jts)
              if isinstance(jt, Queue) and jt.declared]
     found: dict[int, tuple[bool, bool]] = {}
     if parts:
         first = next(jt for jt in jts if isinstance(jt, Queue) and jt.declared)
-        found = {int(t): (bool(due), bool(reserved))
-                 for t, due, reserved in first._query(" UNION ALL ".join(parts)).fetchall()}
+        found = {int(t): (bool(due), bool(reserved)) for t, due, reserved in first._union(parts, 2)}
     return [found[i] if i in found else jt.activity() for i, jt in enumerate(jts)]
