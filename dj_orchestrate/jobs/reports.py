@@ -3,8 +3,7 @@ errors, shard starts) and the commands that change their status by hand (retry, 
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 from datajoint import blob
 
@@ -158,33 +157,17 @@ class Reporting(Declared):
 
 
 def status_counts_of(jts: Sequence["Reporting"]) -> list[dict[str, int]]:
-    """``status_counts`` of each: of those with a jobs table in one statement (UNION ALL,
-    on the first one's connection), not one per table; those that can have none by
+    """``status_counts`` of each: of those with a jobs table in a UNION ALL (``_union``, on
+    the first one's connection), not a statement per table; those that can have none by
     ``serial``, one by one."""
     read_columns(jts)
     declared = [i for i, jt in enumerate(jts) if jt.declared]
     out = [dict.fromkeys((*STATUSES, "ready"), 0) for _ in jts]
     if declared:
-        sql = " UNION ALL ".join(jts[i]._status_counts_sql(i) for i in declared)
-        for t, name, n, ready in jts[declared[0]]._query(sql).fetchall():
+        for t, name, n, ready in jts[declared[0]]._union([(jts[i]._status_counts_sql(i), ()) for i in declared], 1):
             out[int(t)][name] = int(n)
             out[int(t)]["ready"] += int(ready or 0)
     return [c if jt.supported else jt._serial().status_counts() for jt, c in zip(jts, out)]
-
-
-@contextlib.contextmanager
-def _one_snapshot(jt: Declared) -> Iterator[None]:
-    """Statements that read the database as one would: in a read-only transaction on one
-    snapshot (within a transaction already open, on that one's)."""
-    if jt.conn._in_transaction:
-        yield
-        return
-    jt._query(jt.dialect.spell("snapshot"))
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):  # (read only: nothing to keep; an error above is the one to report)
-            jt._query("COMMIT")
 
 
 def counts_of(jts: Sequence["Reporting"], restriction: Restriction = Restriction()) -> list[dict[str, int]]:
@@ -202,7 +185,6 @@ def counts_of(jts: Sequence["Reporting"], restriction: Restriction = Restriction
     rows: dict[int, list] = {}
     if parts:
         first = next(jt for jt in jts if jt.supported)
-        with _one_snapshot(first) if len(parts) * 3 > first.dialect.union_limit else contextlib.nullcontext():
-            for t, what, n in first._union(parts, 3):
-                rows.setdefault(int(t), []).append((what, n))
+        for t, what, n in first._union(parts, 3, one_snapshot=True):
+            rows.setdefault(int(t), []).append((what, n))
     return [jt.tally(rows.get(i, [])) if jt.supported else jt.counts(restriction) for i, jt in enumerate(jts)]

@@ -5,11 +5,12 @@ Keys travel as the raw values the database returned and are always bound as para
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import sys
 import uuid
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .dialect import dialect_of
 from .model import Restriction
@@ -100,16 +101,29 @@ class TableSQL:
     def _query(self, sql: str, args: Sequence = ()) -> Any:
         return self.conn.query(sql, args=tuple(args), reconnect=False)
 
-    def _union(self, parts: Sequence[tuple[str, Sequence]], weight: int) -> list[tuple]:
+    def _union(self, parts: Sequence[tuple[str, Sequence]], weight: int, one_snapshot: bool = False) -> list[tuple]:
         """The rows of the UNION ALL of these (statement, arguments) parts, each of
         ``weight`` subqueries, in as few statements as the dialect's ``union_limit`` allows:
-        many tables' probes in a round trip or a few, not one each."""
+        many tables' probes in a round trip or a few, not one each. ``one_snapshot``: where
+        that takes more than one statement, they read the database as one statement would."""
         per = max(1, self.dialect.union_limit // weight)
-        rows: list[tuple] = []
-        for i in range(0, len(parts), per):
-            chunk = parts[i:i + per]
-            rows += self._query(" UNION ALL ".join(p[0] for p in chunk), [a for p in chunk for a in p[1]]).fetchall()
-        return rows
+        chunks = [parts[i:i + per] for i in range(0, len(parts), per)]
+        with self._snapshot() if one_snapshot and len(chunks) > 1 else contextlib.nullcontext():
+            return [row for chunk in chunks
+                    for row in self._query(" UNION ALL ".join(p[0] for p in chunk), [a for p in chunk for a in p[1]]).fetchall()]
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """A read-only transaction on one snapshot (within a transaction already open, that one's)."""
+        if self.conn._in_transaction:
+            yield
+            return
+        self._query(self.dialect.spell("snapshot"))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # (read only: nothing to keep; an error above is the one to report)
+                self._query("COMMIT")
 
     def _cols(self, alias: str | None = None, names: Sequence[str] | None = None) -> str:
         prefix = f"{alias}." if alias else ""
