@@ -576,7 +576,8 @@ async def test_run_ended_when_every_table_job_finished(kmock, tmp_path, monkeypa
     the conductor), ended once each finished (a failed one too) or is gone; no answer
     from the API is no answer (None), not an end. A server takes such a run up with a
     conductor for the Jobs that exist, not every recorded name (it waited for ever for
-    one never created)."""
+    one never created), or, when its driver died before it released the Jobs that wait
+    for none, deletes them (``k8s cancel``): their pods could not work."""
     from dj_orchestrate.backends.kubernetes.backend import KubernetesBackend
 
     cluster(kmock)
@@ -589,6 +590,10 @@ async def test_run_ended_when_every_table_job_finished(kmock, tmp_path, monkeypa
     assert await asyncio.to_thread(backend.run_ended, run) is False
     # taken up by a conductor that expects the Jobs that exist (one never made: its driver died mid-submit)
     assert await asyncio.to_thread(backend.resume, run) == ["k8s", "conduct", "--run", "r1", "--jobs", "2", "--namespace", NS]
+    # a Job that waits for none still suspended: its driver died mid-submit, before its keys were recorded
+    await asyncio.to_thread(api.create, job("djo-r3-a", run="r3", suspend=True))
+    assert await asyncio.to_thread(backend.resume, {"run_id": "r3", "backend_info": f"{NS}/djo-r3-a,djo-r3-b"}) == \
+        ["k8s", "cancel", "r3", "--namespace", NS]
     await finish(kmock, "djo-r1-a")
     assert await asyncio.to_thread(backend.run_ended, run) is False  # b is still suspended
     await finish(kmock, "djo-r1-b", failed=True)

@@ -192,14 +192,22 @@ class KubernetesBackend(SchedulerBackend):
         return all(name not in jobs or finished(jobs[name]) for name in names)
 
     def resume(self, run: dict) -> list[str] | None:
-        """A run whose driver is gone with Jobs still suspended: only a conductor releases them.
-        It expects the Jobs that exist: a driver killed mid-submit made only some, and a
-        finished one may be gone (its TTL)."""
+        """A run whose driver is gone with Jobs still suspended: only a conductor releases
+        them. It expects the Jobs that exist (a finished one may be gone: its TTL). A Job
+        that waits for none still suspended means the driver died mid-submit, before the
+        run's shards and keys were recorded: its pods could not work, so its Jobs are
+        deleted (none ran) and the run ends; the next run makes its keys."""
         found = self._jobs_of(run)
-        if not found or not any(found[1].get(n, {}).get("spec", {}).get("suspend") for n in found[0]):
+        if not found:
             return None
-        return ["k8s", "conduct", "--run", run["run_id"], "--jobs", str(sum(n in found[1] for n in found[0])),
-                "--namespace", run["backend_info"].partition("/")[0]]
+        present = [found[1][n] for n in found[0] if n in found[1]]
+        suspended = [j for j in present if j.get("spec", {}).get("suspend")]
+        if not suspended:
+            return None
+        namespace = run["backend_info"].partition("/")[0]
+        if any(not j["metadata"].get("annotations", {}).get(AFTER) for j in suspended):
+            return ["k8s", "cancel", run["run_id"], "--namespace", namespace]
+        return ["k8s", "conduct", "--run", run["run_id"], "--jobs", str(len(present)), "--namespace", namespace]
 
     def describe(self, run: dict) -> str:
         """Each Job's pods: active, succeeded, failed (and suspended), for ``status``."""
