@@ -12,14 +12,16 @@ from ..jobs import Policy
 class Settings:
     """How one worker behaves; the CLI exposes each field as a flag."""
 
-    max_batch: int = 50
+    max_batch: int = 200
     order: str = "upstream"  # which ready table a claim tries first: see ``flow``
     # Work one claim takes. It bounds the tail: when the queue runs dry, a worker may still
     # hold this much unstarted work while the others idle, and a slow key at the end of a
     # batch starts that much late (bench/bench_pipeline.py, straggler last: 0.5 gave 1.35-1.40x
     # the lower bound, 0.2 gives 1.23-1.25x, what claiming in key order allows). Keys faster
-    # than batch_seconds / max_batch (4 ms) are claimed max_batch at a time either way; slower
+    # than batch_seconds / max_batch (1 ms) are claimed max_batch at a time either way; slower
     # keys cost at most five claims a second per worker (one claim is a few ms of database time).
+    # Each batch costs a claim, an enqueue of each table it feeds and a completion: at 50 keys
+    # a batch those were 5-7 % of a trivial make's time (bench/bench_wide.py, issue #19).
     batch_seconds: float = 0.2
     flush_seconds: float = 1.0
     grace: float = 5.0
