@@ -107,11 +107,10 @@ def wide_systems(name: str, args: argparse.Namespace, conn: Any, counter: Counte
     def measured(system: str, seconds: float, sent: int, kinds: collections.Counter[str], note: str = "") -> None:
         check(tables, args.keys, system)
         log(f"{name}: {system}: {seconds:.2f} s, {sent / makes:.1f} statements per make")
-        times = [*runs.get(system, {}).get("runs", []), seconds]
-        if system not in runs or seconds < runs[system]["seconds"]:
-            runs[system] = {"db": name, "system": system, "seconds": seconds, "per_make": sent / makes, "note": note,
-                            "kinds": {k: n / makes for k, n in kinds.items()}}
-        runs[system]["runs"] = times
+        run = runs.setdefault(system, {"db": name, "system": system, "runs": []})
+        run["runs"].append(seconds)
+        if seconds == min(run["runs"]):  # the best run's figures
+            run.update(seconds=seconds, per_make=sent / makes, note=note, kinds={k: n / makes for k, n in kinds.items()})
         empty(conn, tables)
 
     for rep in range(args.reps):  # interleaved, so that a busy moment on a shared machine hits all
