@@ -127,6 +127,18 @@ def totals(tables: list[str]) -> dict[str, dict[str, Any]]:
             for name, n, total, longest, *counts in rows}
 
 
+def means(tables: list[str]) -> dict[str, float]:
+    """Per table with durations recorded: the mean make duration over every run. A worker
+    sizes its first claim of a table by it: a table's keys take about as long run after
+    run, and a first claim of one key (nothing known yet) costs each table a claim, an
+    enqueue of every table it feeds and a completion more. Empty where nothing can be read
+    (no ledger yet, a read-only account without it): the worker then learns from one key."""
+    try:
+        return {name: s["sum"] / s["n"] for name, s in totals(tables).items() if s["n"]}
+    except Exception:  # (a courtesy, as the statistics themselves: never fails a worker)
+        return {}
+
+
 def made_lately(tables: list[str], minutes: int = 60) -> dict[str, int]:
     """Per table: keys workers made in this minute and the ``minutes - 1`` before it (on
     the workers' clocks), summed by the database over a range of the primary key: at most

@@ -7,10 +7,12 @@ from __future__ import annotations
 import sys
 
 import pytest
-from conftest import PIPELINES
+from conftest import PIPELINES, infos
 
 from dj_orchestrate import pipeline
 from dj_orchestrate.jobs import JobTable, Owner, Policy, activity_of, key_source_of
+from dj_orchestrate.jobs.claims import Queue
+from dj_orchestrate.worker import Settings, Worker
 
 WIDE = str(PIPELINES / "wide.py")
 KEYS = 12
@@ -38,6 +40,24 @@ def test_run_with_two_workers_makes_every_key_once(wide, db):
         assert len(table.key_source - table) == 0
         counts = JobTable(table()).status_counts()
         assert counts["reserved"] == counts["pending"] == counts["error"] == 0, (table.__name__, counts)
+
+
+def test_first_claims_are_sized_by_recorded_durations(wide, db, monkeypatch):
+    """A table's makes take about as long run after run: once a run has recorded them,
+    a worker's first claim of each table takes ``batch_seconds`` of its keys, not one key
+    to learn from (a claim, an enqueue of each table it feeds and a completion more per
+    table)."""
+    r = db.cli("run", WIDE, "--workers", "1", "--no-progress")  # records the make durations
+    assert r.returncode == 0, r.stdout + r.stderr
+    wide.Source.insert({"key_id": i} for i in range(KEYS, 2 * KEYS))
+    JobTable(wide.W00()).enqueue()  # (what the driver does; the worker enqueues downstream)
+    first: dict[str, int] = {}
+    claim = Queue.claim
+    monkeypatch.setattr(Queue, "claim", lambda jt, owner, limit, shard=None:
+                        first.setdefault(jt.table.__class__.__name__, limit) and claim(jt, owner, limit, shard))
+    tally = Worker(infos(wide), Settings()).run()
+    assert tally.done == wide.TABLES * KEYS and tally.failed == 0
+    assert len(first) == wide.TABLES and min(first.values()) > 1, first
 
 
 def test_activity_of_says_which_tables_have_keys_due(wide, monkeypatch):

@@ -65,6 +65,8 @@ class Worker(Interrupts):
         tally = Tally()
         # (before the ledger: declaring its schema makes DataJoint reload the dependencies)
         nodes = serial.adopt(flow.build(self.tables, self.settings.order), self.restriction)
+        recorded = durations.means([n.info.name for n in nodes])
+        self._seconds_per_key = {n: recorded[n.info.name] for n in nodes if recorded.get(n.info.name, 0) > 0}
         previous = self._install_signals()
         self._record(state="running", started=ledger.now())
         try:
@@ -178,6 +180,9 @@ class Worker(Interrupts):
         return True
 
     def _batch_size(self, node: Node) -> int:
+        """Keys of about ``batch_seconds`` of work, by the table's mean make duration:
+        recorded by earlier runs (``durations.means``), moved towards this worker's own
+        as it makes keys; one key where nothing is known yet."""
         seconds = self._seconds_per_key.get(node, 0.0)
         if seconds <= 0:
             return 1
