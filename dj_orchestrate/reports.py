@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import ledger
-from .jobs import JobTable, Restriction, counts_of
+from .jobs import JobTable, Restriction, counts_of, jobs_of
 from .pipeline import TableInfo
 
 LOST_AFTER = 3  # intervals without a beat after which a leader is shown as lost
@@ -21,7 +21,7 @@ def status_rows(infos: list[TableInfo], restriction: Restriction,
     from . import durations
 
     if counts is None:
-        counts = dict(zip((t.name for t in infos), counts_of([JobTable(t.instance()) for t in infos], restriction)))
+        counts = dict(zip((t.name for t in infos), counts_of(jobs_of(infos), restriction)))
     rows = []
     for t in infos:
         c = counts[t.name]
@@ -58,7 +58,7 @@ def plan_rows(infos: list[TableInfo], restriction: Restriction, shard_size: int 
     """Each table's plan (``planner.TablePlan``); ``plan_json`` is what ``plan --json`` prints."""
     from .planner import plan_table
 
-    jts = [JobTable(t.instance()) for t in infos]
+    jts = jobs_of(infos)
     return [plan_table(t, restriction, shard_size, shards, jt, c) for t, jt, c in zip(infos, jts, counts_of(jts, restriction))]
 
 

@@ -23,7 +23,7 @@ from .db import Target
 from .entry import open_pipeline
 from .errors import UsageError
 from .flow import waiting
-from .jobs import JobTable, Restriction, counts_of, ensure_all, reconcile_all
+from .jobs import Restriction, counts_of, ensure_all, jobs_of, reconcile_all
 from .options import worker_settings
 from .worker import Settings
 
@@ -55,7 +55,7 @@ def prepare(infos: list[pipeline.TableInfo], declare: bool = True) -> None:
     """Before a command writes any key: the jobs tables declared (or, with ``declare``
     false, only those that exist: stock DataJoint's), with dj-orchestrate's columns. A
     privilege the database user lacks then stops it before it changed any key."""
-    ensure_all([JobTable(t.instance()) for t in infos], declare)
+    ensure_all(jobs_of(infos), declare)
 
 
 def per_table(counts: dict[str, int]) -> str:
@@ -64,7 +64,7 @@ def per_table(counts: dict[str, int]) -> str:
 
 def counts(infos: list[pipeline.TableInfo], restriction: Restriction) -> list[dict[str, Any]]:
     """Each table's keys by status, as a run's summary shows them."""
-    return [{"table": t.name, **c} for t, c in zip(infos, counts_of([JobTable(t.instance()) for t in infos], restriction))]
+    return [{"table": t.name, **c} for t, c in zip(infos, counts_of(jobs_of(infos), restriction))]
 
 
 def launch(backend: Backend, request: RunRequest) -> tuple[int, str]:

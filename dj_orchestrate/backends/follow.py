@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..db import retrying
 from ..errors import UsageError
 from ..flow import waiting
-from ..jobs import JobTable, Restriction, counts_of, reconcile_all, status_counts_of
+from ..jobs import JobTable, Restriction, counts_of, jobs_of, reconcile_all, status_counts_of
 from ..pipeline import TableInfo, identity, levels_of
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Follower:
         """Progress from the jobs tables until the scheduler says every task ended;
         on the way the keys of ended workers are released (``reconcile_every``)."""
         backend, request = self.backend, self.request
-        tables = [JobTable(t.instance()) for t in request.tables]
+        tables = jobs_of(request.tables)
         silent_since = None
         next_look = next_reconcile = time.monotonic()
         with tqdm(desc=backend.name, unit="key", disable=not request.progress or None) as bar:
@@ -140,19 +140,15 @@ def outcome(run_id: str) -> int:
     return 1 if any(s["keys_failed"] for s in ledger.shards_of(run_id)) else 0
 
 
-def _jobs(tables: list[TableInfo]) -> list[JobTable]:
-    return [JobTable(t.instance()) for t in tables]
-
-
 def error_count(tables: list[TableInfo]) -> int:
     """Keys in ``error``: compared before and after a run, the keys that a run gave up on
     because their workers died (no worker records those as failed)."""
-    return sum(c["error"] for c in status_counts_of(_jobs(tables)))
+    return sum(c["error"] for c in status_counts_of(jobs_of(tables)))
 
 
 def ready_keys(tables: list[TableInfo]) -> int:
     """Keys that a worker could claim right now."""
-    return sum(c["ready"] for c in status_counts_of(_jobs(tables)))
+    return sum(c["ready"] for c in status_counts_of(jobs_of(tables)))
 
 
 def has_work(level: list[TableInfo], restriction: Restriction) -> bool:
@@ -188,14 +184,14 @@ def check_identity(run_id: str, tables: list[TableInfo], fix: str) -> None:
 def keys_left(tables: list[TableInfo], restriction: Restriction) -> dict[str, int]:
     """Per table, keys still missing or pending: after every worker is gone, keys that
     no worker claimed (they saw another database or schema, or none could start)."""
-    left = {t.name: c["missing"] for t, c in zip(tables, counts_of(_jobs(tables), restriction))}
+    left = {t.name: c["missing"] for t, c in zip(tables, counts_of(jobs_of(tables), restriction))}
     return {name: n for name, n in left.items() if n}
 
 
 def left_message(run_id: str, left: dict[str, int], tables: list[TableInfo]) -> str:
     """Why keys are left: some wait for a retry after their backoff (``--retries``), the
     rest no worker claimed (they saw another database or schema, or none could start)."""
-    later = sum(c["pending"] - c["ready"] for c in status_counts_of(_jobs([t for t in tables if t.name in left])))
+    later = sum(c["pending"] - c["ready"] for c in status_counts_of(jobs_of([t for t in tables if t.name in left])))
     why = (f"{later} wait for a retry after their --backoff; run again once it has passed" if later
            else "its workers ended and none claimed them; see the workers' logs")
     return f"run {run_id}: {sum(left.values())} keys left ({', '.join(f'{t} {n}' for t, n in left.items())}): {why}"
@@ -205,7 +201,7 @@ def reconcile_run(request: RunRequest, ended_jobs: Callable[[set[str]], set[str]
     """Reconcile the run's tables; ``ended_jobs`` is the backend's hint, asked only about
     the jobs that still hold keys."""
     reconcile_all([t.instance() for t in request.tables], request.worker.policy,
-                  ended_holders(_jobs(request.tables), ended_jobs))
+                  ended_holders(jobs_of(request.tables), ended_jobs))
 
 
 def rerun_levels(request: RunRequest, ended_jobs: Callable[[set[str]], set[str]]) -> list[list[TableInfo]]:

@@ -32,7 +32,7 @@ from typing import Any, Callable, ClassVar, TypeVar
 from ..config import BackendConfig, Settings
 from ..db import reconnect, retrying
 from ..flow import waiting
-from ..jobs import JobTable, reconcile_all, status_counts_of
+from ..jobs import JobTable, jobs_of, reconcile_all, status_counts_of
 from ..pipeline import TableInfo
 from ..entry import reported
 from ..work import WorkSpec, main
@@ -258,7 +258,7 @@ class Progress:
 
         tqdm.monitor_interval = 0  # no monitor thread: the driver forks its workers, best with no thread running
         self.request, self.db = request, lambda action: db(request, action)
-        self.tables = [JobTable(t.instance()) for t in request.tables]
+        self.tables = jobs_of(request.tables)
         width = max(len(t.name) for t in request.tables)
         self.bars = [tqdm(total=0, desc=t.name.ljust(width), unit="key", position=i, leave=True,
                           disable=not request.progress or None)

@@ -24,7 +24,7 @@ from .model import EXTRA_COLUMNS, NOW, RECONCILED, STATUSES, Claim, Owner, Polic
 from .reconcile import LiveConnections
 from .reports import counts_of, status_counts_of
 from .sql import custom_key_source, key_source_of
-from .table import JobTable, reconcile_all
+from .table import JobTable, jobs_of, reconcile_all
 
 __all__ = ["EXTRA_COLUMNS", "NOW", "RECONCILED", "STATUSES", "Claim", "JobTable", "LiveConnections", "Owner",
            "Policy", "Restriction", "activity_of", "counts_of", "custom_key_source", "ensure_all", "key_source_of",

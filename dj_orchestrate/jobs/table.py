@@ -14,6 +14,11 @@ class JobTable(Reporting, Reconciling, Queue):
     """Set-based, owner-checked operations on one table's ``~~table`` jobs table."""
 
 
+def jobs_of(tables: Sequence[Any]) -> list[JobTable]:
+    """The jobs table of each of these selected tables (``pipeline.TableInfo``), in order."""
+    return [JobTable(t.instance()) for t in tables]
+
+
 def reconcile_all(tables: Sequence[Any], policy: Policy = Policy(), ended_jobs: set[str] = frozenset(),
                   restriction: Restriction = Restriction()) -> dict[str, int]:
     """Reconcile the jobs tables of these table instances (the keys within
