@@ -51,10 +51,14 @@ def test_first_claims_are_sized_by_recorded_durations(wide, db, monkeypatch):
     assert r.returncode == 0, r.stdout + r.stderr
     wide.Source.insert({"key_id": i} for i in range(KEYS, 2 * KEYS))
     JobTable(wide.W00()).enqueue()  # (what the driver does; the worker enqueues downstream)
-    first: dict[str, int] = {}
+    first: dict[str, int] = {}  # table: the limit of the worker's first claim of it
     claim = Queue.claim
-    monkeypatch.setattr(Queue, "claim", lambda jt, owner, limit, shard=None:
-                        first.setdefault(jt.table.__class__.__name__, limit) and claim(jt, owner, limit, shard))
+
+    def noted(jt, owner, limit, shard=None):
+        first.setdefault(jt.table.__class__.__name__, limit)
+        return claim(jt, owner, limit, shard)
+
+    monkeypatch.setattr(Queue, "claim", noted)
     tally = Worker(infos(wide), Settings()).run()
     assert tally.done == wide.TABLES * KEYS and tally.failed == 0
     assert len(first) == wide.TABLES and min(first.values()) > 1, first

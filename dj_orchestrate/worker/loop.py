@@ -66,7 +66,7 @@ class Worker(Interrupts):
         # (before the ledger: declaring its schema makes DataJoint reload the dependencies)
         nodes = serial.adopt(flow.build(self.tables, self.settings.order), self.restriction)
         recorded = durations.means([n.info.name for n in nodes])
-        self._seconds_per_key = {n: recorded[n.info.name] for n in nodes if recorded.get(n.info.name, 0) > 0}
+        self._seconds_per_key = {n: recorded[n.info.name] for n in nodes if n.info.name in recorded}
         previous = self._install_signals()
         self._record(state="running", started=ledger.now())
         try:
