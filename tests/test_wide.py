@@ -64,6 +64,27 @@ def test_first_claims_are_sized_by_recorded_durations(wide, db, monkeypatch):
     assert len(first) == wide.TABLES and min(first.values()) > 1, first
 
 
+def test_a_full_claim_then_an_empty_one_asks_nothing(wide, db, monkeypatch):
+    """A claim that came back full may have taken a table's last keys: the next one,
+    empty, says so. The worker goes on to the next table it knows has keys due, without
+    asking the database which tables have (a question per table, on a tree of 200-key
+    tables: 0.3 s of a 12-second run on PostgreSQL)."""
+    r = db.cli("run", WIDE, "--workers", "1", "--no-progress")  # records the make durations
+    assert r.returncode == 0, r.stdout + r.stderr
+    wide.Source.insert({"key_id": i} for i in range(KEYS, 2 * KEYS))
+    JobTable(wide.W00()).enqueue()
+    asked: list[int] = []
+
+    def counted(jts):
+        asked.append(len(jts))
+        return activity_of(jts)
+
+    monkeypatch.setattr("dj_orchestrate.worker.loop.activity_of", counted)
+    tally = Worker(infos(wide), Settings(max_batch=KEYS)).run()  # each table's claim: all of its new keys
+    assert tally.done == wide.TABLES * KEYS and tally.failed == 0
+    assert len(asked) <= 3, asked  # at the start, and at the end whether more can come
+
+
 def test_activity_of_says_which_tables_have_keys_due(wide, monkeypatch):
     """Keys due now (not those waiting out a backoff) and keys reserved, of every jobs
     table in one statement."""

@@ -53,6 +53,7 @@ class Worker(Interrupts):
         self._seconds_per_key: dict[Node, float] = {}
         self._empty = 0  # claims in a row that came back empty
         self._due: set[Node] | None = None  # the tables known to have keys due (None: ask the database)
+        self._full: set[Node] = set()  # of those, the ones there only because their last claim came back full
         self._deadline: float | None = None  # when the make in flight times out
         self._seconds = 0.0  # its timeout
         self._watchdog: Watchdog | None = None
@@ -106,7 +107,9 @@ class Worker(Interrupts):
         claim came back short has none left; a table its makes fed has some (``_flush``).
         A claim that comes back empty from a table that still has keys due (another
         claim was scanning past them) is tried again before the next table, so the order
-        holds."""
+        holds. A table whose last claim came back full may have none left: when its next
+        claim comes back empty, it is dropped without asking (on a wide pipeline of
+        200-key tables, that was an empty claim and a question for every table)."""
         tries = CLAIM_RETRIES if len(nodes) > 1 else 1
         empty: dict[Node, int] = {}
         asked = False
@@ -125,10 +128,18 @@ class Worker(Interrupts):
                 time.sleep(0.005 * 2 ** (empty[node] - 1))
             limit = self._batch_size(node)
             batch = self._claim(node, limit)
+            was_full = node in self._full
+            self._full.discard(node)
             if batch:
                 if len(batch) < limit and self._due is not None and not _holds_lock(node):
                     self._due.discard(node)
+                elif self._due is not None:
+                    self._full.add(node)
                 return node, batch
+            if was_full and self._due is not None:  # its full claim took its last keys: known without asking
+                self._due.discard(node)
+                empty[node] = tries
+                continue
             empty[node] = empty.get(node, 0) + 1
             self._due = None
         return None, []
@@ -136,6 +147,7 @@ class Worker(Interrupts):
     def _ask_due(self, nodes: list[Node]) -> None:
         """The tables with keys due now, in one statement (a worker of one table claims
         instead of asking)."""
+        self._full.clear()
         if len(nodes) == 1:
             self._due = set(nodes)
             return
@@ -161,6 +173,7 @@ class Worker(Interrupts):
                 activity = dict(zip(nodes, activity_of([n.jt for n in nodes])))
             opened = flow.open_gates(nodes, activity, self.restriction)
             self._due = None if self.shard else {n for n in nodes if activity[n][0] or _holds_lock(n)}
+            self._full.clear()
             if opened:
                 return True
         except Exception as err:
@@ -286,6 +299,7 @@ class Worker(Interrupts):
                 if self._safe(lambda reader=reader: reader.jt.enqueue(self.restriction, after=(node.jt, made))) \
                         and self._due is not None:
                     self._due.add(reader)
+                    self._full.discard(reader)
             self._safe(lambda: node.jt.complete(owner or self.owner, done))
             self._last_flush = time.monotonic()
 
