@@ -67,33 +67,37 @@ def counts(infos: list[pipeline.TableInfo], restriction: Restriction) -> list[di
     return [{"table": t.name, **c} for t, c in zip(infos, counts_of(jobs_of(infos), restriction))]
 
 
-def launch(backend: Backend, request: RunRequest) -> tuple[int, str]:
+def launch(backend: Backend, request: RunRequest) -> tuple[int, str, list[dict[str, Any]]]:
     """Run it, and record in the ledger how the run ended: never "done" while keys that
-    no worker claimed are left (exit 1, state "incomplete")."""
+    no worker claimed are left (exit 1, state "incomplete"). Also each table's counts
+    (``counts``), which say both what is left and the run's summary: read once."""
     try:
         code = backend.run(request)
     except Mismatch:
         ledger.finish_run(request.run_id, "mismatch")
         raise
     ended = request.wait and code in (0, 1)
-    left = keys_left(request.tables, request.restriction) if ended else {}
+    summary = counts(request.tables, request.restriction)
+    left = {c["table"]: c["missing"] for c in summary if c["missing"]} if ended else {}
     # what keys wait for (the no-progress guard: also a fan-in's, which key_source hides), else that nobody claimed them
     waits = waiting(request.tables, request.restriction) if ended else []
     for line in waits or ([left_message(request.run_id, left, request.tables)] if left else []):
         click.echo(f"dj-orchestrate: {line}", err=True)
     state = "incomplete" if left else {0: "done", 1: "errors", 130: "interrupted", SUBMITTED: "submitted"}.get(code, "failed")
     ledger.finish_run(request.run_id, state)
-    return (1 if left else code), state
+    return (1 if left else code), state, summary
 
 
 def start(backend: Backend, spec: str, infos: list[pipeline.TableInfo], restriction: Restriction, target: Target,
-          settings: Settings, identity: tuple[str, list[str]], **request: Any) -> tuple[str, int, str]:
+          settings: Settings, identity: tuple[str, list[str]],
+          **request: Any) -> tuple[str, int, str, list[dict[str, Any]]]:
     """Record a new run of these tables in the ledger and ``launch`` it: its id, exit
-    status and state. ``request``: the rest of its ``RunRequest`` (workers, wait, ...)."""
+    status, state and each table's counts. ``request``: the rest of its ``RunRequest``
+    (workers, wait, ...)."""
     run_id = ledger.new_run(spec, backend.name, [t.name for t in infos], identity=identity)
-    code, state = launch(backend, RunRequest(pipeline=spec, tables=infos, restriction=restriction, target=target,
-                                             worker=settings, run_id=run_id, log_dir=log_dir(run_id), **request))
-    return run_id, code, state
+    code, state, summary = launch(backend, RunRequest(pipeline=spec, tables=infos, restriction=restriction, target=target,
+                                                      worker=settings, run_id=run_id, log_dir=log_dir(run_id), **request))
+    return run_id, code, state, summary
 
 
 def run(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, backend: str | None, workers: int,
@@ -124,9 +128,10 @@ def run(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, backe
     ledger.tables()
     prepare(infos, declare=False)  # undeclared ones are declared as their keys are enqueued
     reconcile_all(instances := [t.instance() for t in infos], settings.policy, backends.hint(instances))
-    run_id, code, state = start(backend_obj, spec, infos, restriction, target, settings, identity, workers=workers,
-                                shard_size=shard_size, shards=shards, wait=wait, progress=progress, key_json=key_json)
-    return Ended(0 if code == SUBMITTED else code, state, counts(infos, restriction), run_id=run_id)
+    run_id, code, state, summary = start(backend_obj, spec, infos, restriction, target, settings, identity,
+                                         workers=workers, shard_size=shard_size, shards=shards, wait=wait,
+                                         progress=progress, key_json=key_json)
+    return Ended(0 if code == SUBMITTED else code, state, summary, run_id=run_id)
 
 
 def worker_args(policy: dict[str, Any]) -> list[str]:

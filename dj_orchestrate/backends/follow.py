@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..db import retrying
 from ..errors import UsageError
 from ..flow import waiting
-from ..jobs import JobTable, Restriction, counts_of, jobs_of, reconcile_all, status_counts_of
+from ..jobs import JobTable, Restriction, counts_of, jobs_of, reconcile_all, reserved_backend_ids_of, status_counts_of
 from ..pipeline import TableInfo, identity, levels_of
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ class Follower:
 def ended_holders(tables: list[JobTable], ended_jobs: Callable[[set[str]], set[str]]) -> set[str]:
     """The backend job ids that hold keys of these tables and, as the backend's hint
     ``ended_jobs`` says, have ended (it is asked only when some key is held)."""
-    reserved = {j for jt in tables for j in jt.reserved_backend_ids()}
+    reserved = reserved_backend_ids_of(tables)
     return ended_jobs(reserved) if reserved else set()
 
 

@@ -167,9 +167,9 @@ def demo(workers: int, sessions: int, seed_only: bool) -> None:
         return
     infos = pipeline.discover(module)
     click.echo(f"pipeline {spec}: " + ", ".join(f"{t.name} (level {t.level})" for t in infos))
-    runs.start(LocalBackend(), spec, infos, Restriction(), target, Settings(), pipeline.identity(module), workers=workers)
+    *_, rows = runs.start(LocalBackend(), spec, infos, Restriction(), target, Settings(), pipeline.identity(module),
+                          workers=workers)
     click.echo("")
-    rows = [{"table": t.name, **JobTable(t.instance()).counts()} for t in infos]
     click.echo(render_table(rows, ["table", "total", "done", "missing", "error"]))
     failed = [{"table": t.name, **e} for t in infos for e in JobTable(t.instance()).errors()]
     click.echo(f"\n{len(failed)} keys failed on purpose:")

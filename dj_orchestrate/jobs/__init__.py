@@ -21,11 +21,11 @@ parameters (``sql``). The SQL that differs between MariaDB/MySQL and PostgreSQL 
 from .claims import activity_of
 from .declare import ensure_all
 from .model import EXTRA_COLUMNS, NOW, RECONCILED, STATUSES, Claim, Owner, Policy, Restriction, truncate
-from .reconcile import LiveConnections
+from .reconcile import LiveConnections, reserved_backend_ids_of
 from .reports import counts_of, status_counts_of
 from .sql import custom_key_source, key_source_of
 from .table import JobTable, jobs_of, reconcile_all
 
 __all__ = ["EXTRA_COLUMNS", "NOW", "RECONCILED", "STATUSES", "Claim", "JobTable", "LiveConnections", "Owner",
            "Policy", "Restriction", "activity_of", "counts_of", "custom_key_source", "ensure_all", "key_source_of",
-           "reconcile_all", "status_counts_of", "truncate"]
+           "reconcile_all", "reserved_backend_ids_of", "status_counts_of", "truncate"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from .declare import read_columns
 from .dialect import dialect_of
 from .finish import Finishing
 from .model import RECONCILED, Policy, Restriction
@@ -85,16 +86,23 @@ class Reconciling(Finishing):
                 result["released"] += self._repend(host, pid, cid, [raw for raw, _, within in rest if within])
         return result
 
-    def reserved_backend_ids(self) -> set[str]:
-        """Backend job ids holding reservations: what reconcile asks the scheduler about."""
-        if "backend_job_id" not in self.columns:  # (not declared, or by stock DataJoint: none)
-            return set()
-        rows = self._query(f"SELECT DISTINCT {self.q('backend_job_id')} FROM {self.name} "
-                           f"WHERE {self.q('status')} = 'reserved' AND {self.q('backend_job_id')} <> ''").fetchall()
-        return {r[0] for r in rows}
+    def _holders_sql(self, i: int) -> str:
+        """This table's part of ``reserved_backend_ids_of``: the backend job ids holding its reservations."""
+        return (f"SELECT DISTINCT {i} AS t, {self.q('backend_job_id')} FROM {self.name} "
+                f"WHERE {self.q('status')} = 'reserved' AND {self.q('backend_job_id')} <> ''")
 
     def _present(self, raws: Sequence[tuple]) -> set[tuple]:
         """Which of these keys already have rows in the target table."""
         cond, args = self._in("t", raws)
         found = self._query(f"SELECT DISTINCT {self._cols('t')} FROM {self.target} AS t WHERE {cond}", args).fetchall()
         return {tuple(r) for r in found}
+
+
+def reserved_backend_ids_of(jts: Sequence[Reconciling]) -> set[str]:
+    """Backend job ids holding reservations in any of these jobs tables: what reconcile
+    asks the scheduler about. In a UNION ALL (``_union``), not a statement per table: a
+    run of 200 tables asked before it started and on every round of following it.
+    A jobs table not declared, or declared by stock DataJoint, has none."""
+    read_columns(jts)
+    parts = [(jt._holders_sql(i), ()) for i, jt in enumerate(jts) if jt.declared and "backend_job_id" in jt.columns]
+    return {job_id for _, job_id in jts[0]._union(parts, 1)} if parts else set()
