@@ -17,7 +17,7 @@ import click
 
 from . import backends, ledger, pipeline, serve
 from .backends.base import SUBMITTED, Backend, RunRequest
-from .backends.follow import Mismatch, keys_left, left_message
+from .backends.follow import Mismatch, left_message
 from .config import BackendConfig, timeouts
 from .db import Target
 from .entry import open_pipeline
@@ -67,6 +67,13 @@ def counts(infos: list[pipeline.TableInfo], restriction: Restriction) -> list[di
     return [{"table": t.name, **c} for t, c in zip(infos, counts_of(jobs_of(infos), restriction))]
 
 
+def left_in(summary: list[dict[str, Any]]) -> dict[str, int]:
+    """Per table of a run's ``counts``, keys still missing or pending: after every worker
+    is gone, keys that no worker claimed (they saw another database or schema, or none
+    could start)."""
+    return {c["table"]: c["missing"] for c in summary if c["missing"]}
+
+
 def launch(backend: Backend, request: RunRequest) -> tuple[int, str, list[dict[str, Any]]]:
     """Run it, and record in the ledger how the run ended: never "done" while keys that
     no worker claimed are left (exit 1, state "incomplete"). Also each table's counts
@@ -78,7 +85,7 @@ def launch(backend: Backend, request: RunRequest) -> tuple[int, str, list[dict[s
         raise
     ended = request.wait and code in (0, 1)
     summary = counts(request.tables, request.restriction)
-    left = {c["table"]: c["missing"] for c in summary if c["missing"]} if ended else {}
+    left = left_in(summary) if ended else {}
     # what keys wait for (the no-progress guard: also a fan-in's, which key_source hides), else that nobody claimed them
     waits = waiting(request.tables, request.restriction) if ended else []
     for line in waits or ([left_message(request.run_id, left, request.tables)] if left else []):
@@ -173,12 +180,13 @@ def run_routes(pipeline_spec: str, routes: list[serve.Route], infos: list[pipeli
             time.sleep(1)
     except KeyboardInterrupt:
         sup.stop(settings.grace)
-    left = keys_left(infos, restriction)
+    summary = counts(infos, restriction)
+    left = left_in(summary)
     for line in waiting(infos, restriction) or ([f"{sum(left.values())} keys left ({per_table(left)})"] if left else []):
         click.echo(f"dj-orchestrate: {line}", err=True)
     failed = any(r["exit"] != 0 for r in sup.results)
     state = "incomplete" if left else "errors" if failed else "done"
-    return Ended(1 if left or failed else 0, state, counts(infos, restriction), runs=sup.results)
+    return Ended(1 if left or failed else 0, state, summary, runs=sup.results)
 
 
 def serve_pipeline(pipeline_spec: str, tables: tuple[str, ...], key_json: str | None, backend: str | None,

@@ -7,7 +7,8 @@ import dataclasses
 import datajoint as dj
 from conftest import infos, jobs_rows, seed
 
-from dj_orchestrate.jobs import JobTable, LiveConnections, Owner, Policy, Restriction, reconcile_all, reserved_backend_ids_of
+from dj_orchestrate.jobs import (JobTable, LiveConnections, Owner, Policy, Restriction, reconcile_all,
+                                 reserved_backend_ids_of)
 from dj_orchestrate.planner import plan_table
 
 
@@ -148,20 +149,21 @@ def test_reconcile_rescues_stock_datajoint_reservations(chain):
     assert jt.counts()["pending"] == 2
 
 
-
 def test_reserved_backend_ids_of_many_tables_in_one_statement(chain, monkeypatch):
     """The backend jobs that hold keys, what reconcile asks a scheduler about: of every
     table at once (a run of 200 tables asked 200 statements before it started), none
     from a jobs table not declared yet, nor from a key reserved by a local worker."""
     jt = queued(chain, 4)
-    for i, job_id in enumerate(["4242_0", "4242_1", "4242_1", ""]):
+    for job_id in ["4242_0", "4242_1", "4242_1", ""]:
         jt.claim(owner(jt, backend_job_id=job_id), 1)
     total = JobTable(chain.Total())
     statements: list[str] = []
     query = jt.conn.query
     monkeypatch.setattr(jt.conn, "query", lambda sql, *a, **k: statements.append(sql) or query(sql, *a, **k))
     assert reserved_backend_ids_of([total, jt]) == {"4242_0", "4242_1"}
-    assert len([s for s in statements if "~~" in s]) == 1, statements  # (and the catalog, for Total's)
+    assert len([s for s in statements if "~~" in s]) == 1, statements
+    assert len(statements) == 2, statements  # and one catalog query for Total's, not one more per table
+
 
 def test_live_connections_sees_this_connection(chain):
     live = LiveConnections(dj.conn())

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..db import retrying
 from ..errors import UsageError
 from ..flow import waiting
-from ..jobs import JobTable, Restriction, counts_of, jobs_of, reconcile_all, reserved_backend_ids_of, status_counts_of
+from ..jobs import JobTable, Restriction, jobs_of, reconcile_all, reserved_backend_ids_of, status_counts_of
 from ..pipeline import TableInfo, identity, levels_of
 
 if TYPE_CHECKING:
@@ -179,13 +179,6 @@ def check_identity(run_id: str, tables: list[TableInfo], fix: str) -> None:
         raise Mismatch(f"run {run_id}: worker {wrong['worker']} imported {wrong['module_file']} against schemas "
                        f"{wrong['schemas'] or 'none'} ({wrong['db_user']}@{wrong['db_host']}:{wrong['db_port']}), "
                        f"this run against {schemas} ({mine['user']}@{mine['host']}:{mine['port']}); stopped", fix)
-
-
-def keys_left(tables: list[TableInfo], restriction: Restriction) -> dict[str, int]:
-    """Per table, keys still missing or pending: after every worker is gone, keys that
-    no worker claimed (they saw another database or schema, or none could start)."""
-    left = {t.name: c["missing"] for t, c in zip(tables, counts_of(jobs_of(tables), restriction))}
-    return {name: n for name, n in left.items() if n}
 
 
 def left_message(run_id: str, left: dict[str, int], tables: list[TableInfo]) -> str:

@@ -131,12 +131,17 @@ def columns_of(jts: Sequence[Declared]) -> list[frozenset[str]]:
     return have
 
 
-def read_columns(jts: Sequence[Any]) -> None:
+def read_columns(jts: Sequence[Any]) -> list[frozenset[str]]:
     """The columns of those of these jobs tables not known yet, read at once: before a
-    statement over many tables asks each whether it is declared."""
-    todo = [jt for jt in jts if isinstance(jt, Declared) and jt.supported and type(jt.table) not in _COLUMNS]
-    if todo:
-        columns_of(todo)
+    statement over many tables asks each whether it is declared. Returns each one's
+    columns now (empty: not declared, or none possible), which a caller may use instead
+    of asking ``columns`` again: of a table not declared or declared by stock DataJoint
+    nothing is remembered, and ``columns`` reads the catalog again."""
+    can = [isinstance(jt, Declared) and jt.supported for jt in jts]
+    todo = [jt for jt, c in zip(jts, can) if c and type(jt.table) not in _COLUMNS]
+    found = dict(zip(map(id, todo), columns_of(todo))) if todo else {}
+    return [found[id(jt)] if id(jt) in found else _COLUMNS.get(type(jt.table), frozenset()) if c else frozenset()
+            for jt, c in zip(jts, can)]
 
 
 def _indexed(names: Sequence[tuple[TableSQL, str]]) -> set[tuple[str, str]]:

@@ -103,6 +103,6 @@ def reserved_backend_ids_of(jts: Sequence[Reconciling]) -> set[str]:
     asks the scheduler about. In a UNION ALL (``_union``), not a statement per table: a
     run of 200 tables asked before it started and on every round of following it.
     A jobs table not declared, or declared by stock DataJoint, has none."""
-    read_columns(jts)
-    parts = [(jt._holders_sql(i), ()) for i, jt in enumerate(jts) if jt.declared and "backend_job_id" in jt.columns]
+    parts = [(jt._holders_sql(i), ()) for i, (jt, columns) in enumerate(zip(jts, read_columns(jts)))
+             if "backend_job_id" in columns]
     return {job_id for _, job_id in jts[0]._union(parts, 1)} if parts else set()
